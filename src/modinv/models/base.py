@@ -1,0 +1,194 @@
+"""The StagedModel interface: a frozen vision model cut into named processing stages.
+
+Stage 0 is always the image, named ``"img"`` (float B×3×H×W in [0, 1]); the model's own stages
+follow in processing order. A :class:`Trace` holds every stage's representation for one batch plus
+the ``context`` that later stages need besides the previous representation (DETR's position
+embeddings and pixel mask, token grids). ``run`` continues the forward pass from a possibly edited
+stage, which is what the token-noise and intermediate-layer analyses rely on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from modinv.errors import ModinvError
+
+IMAGE = "img"
+
+
+@dataclass
+class Trace:
+    """Representations of one batch at every stage reached, in processing order."""
+
+    stages: dict[str, Tensor]
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, stage: str) -> Tensor:
+        try:
+            return self.stages[stage]
+        except KeyError:
+            raise KeyError(f"trace has no stage {stage!r}; it holds {list(self.stages)}") from None
+
+    def __contains__(self, stage: object) -> bool:
+        return stage in self.stages
+
+    def edit(self, stage: str, value: Tensor) -> "Trace":
+        """A copy whose ``stage`` is replaced by ``value`` (context shared, other stages kept)."""
+        if stage not in self.stages:
+            raise KeyError(f"trace has no stage {stage!r}; it holds {list(self.stages)}")
+        stages = dict(self.stages)
+        stages[stage] = value
+        return Trace(stages, self.context)
+
+    def detach(self) -> "Trace":
+        return Trace({k: v.detach() for k, v in self.stages.items()}, _map_tensors(self.context, Tensor.detach))
+
+    def to(self, device: torch.device | str) -> "Trace":
+        move = lambda t: t.to(device)  # noqa: E731
+        return Trace({k: move(v) for k, v in self.stages.items()}, _map_tensors(self.context, move))
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.stages.values())).shape[0]
+
+
+def _map_tensors(obj: Any, fn) -> Any:
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    return obj
+
+
+class StagedModel(nn.Module):
+    """A frozen model whose forward pass is exposed stage by stage.
+
+    Adapters set ``name``, ``stages`` and ``input_size`` and implement :meth:`prepare` and
+    :meth:`step` (or override :meth:`_advance` when stages cannot be computed one after another),
+    :meth:`output` and :meth:`stage_modules`; :meth:`layers` where the model has layer-wise
+    representations of a stage's shape.
+    """
+
+    name: str
+    stages: tuple[str, ...]
+    input_size: tuple[int, int]
+    weights: str = "random"
+
+    # -- what adapters implement -------------------------------------------------------------
+    def prepare(self, images: Tensor) -> dict[str, Any]:
+        """Context for the stages of this batch (position embeddings, masks, grid sizes)."""
+        return {}
+
+    def step(self, stage: str, x: Tensor, context: dict[str, Any]) -> Tensor:
+        """Compute ``stage`` from the representation of the stage before it."""
+        raise NotImplementedError
+
+    def output(self, trace: Trace) -> Any:
+        """The wrapped model's own task output, computed from the last stage of ``trace``."""
+        raise NotImplementedError
+
+    def stage_modules(self) -> dict[str, list[nn.Module]]:
+        """The forward modules that produce each stage (used for parameter counts)."""
+        raise NotImplementedError
+
+    def layers(self, images: Tensor) -> dict[str, list[Tensor]]:
+        """Every intermediate layer output of multi-layer stages, shaped like that stage."""
+        raise ModinvError(f"model {self.name!r} exposes no intermediate layers of stage shape")
+
+    # -- the shared machinery -----------------------------------------------------------------
+    @property
+    def all_stages(self) -> tuple[str, ...]:
+        """``("img",) + stages``."""
+        return (IMAGE,) + tuple(self.stages)
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def previous(self, stage: str) -> str:
+        """The stage whose representation ``stage`` is computed from (``"img"`` for the first)."""
+        return self.all_stages[self.stage_index(stage) - 1]
+
+    def stage_index(self, stage: str) -> int:
+        """Position of ``stage`` in ``all_stages`` (0 is the image)."""
+        try:
+            return self.all_stages.index(stage)
+        except ValueError:
+            raise ModinvError(
+                f"unknown stage {stage!r} for model {self.name!r}; valid stages: {', '.join(self.stages)}"
+            ) from None
+
+    def check_images(self, images: Tensor) -> None:
+        """Raise a clear error unless ``images`` is a float B×3×H×W batch at ``input_size``."""
+        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ModinvError(f"images must be a float tensor of shape B×3×H×W, got {shape}")
+        if not images.is_floating_point():
+            raise ModinvError(f"images must be float in [0, 1], got dtype {images.dtype}")
+        if tuple(images.shape[-2:]) != tuple(self.input_size):
+            h, w = self.input_size
+            raise ModinvError(
+                f"model {self.name!r} takes {h}×{w} images, got {images.shape[-2]}×{images.shape[-1]}; "
+                "resize them (the data sources do) or load the model with another input_size"
+            )
+
+    def trace(self, images: Tensor, end: str | None = None) -> Trace:
+        """Run ``images`` (float B×3×H×W in [0, 1]) through the stages up to ``end`` (default: all)."""
+        self.check_images(images)
+        images = images.to(self.device)
+        start = Trace({IMAGE: images}, self.prepare(images))
+        return self.run(start, IMAGE, end or self.stages[-1])
+
+    def run(self, trace: Trace, start: str, end: str) -> Trace:
+        """Continue the forward pass from ``trace[start]`` (possibly edited) to ``end``.
+
+        Stages up to ``start`` are kept from ``trace``; later ones are recomputed.
+        """
+        i, j = self.stage_index(start), self.stage_index(end)
+        if j <= i:
+            raise ModinvError(f"run needs start before end, got start={start!r}, end={end!r}")
+        kept = {name: trace[name] for name in self.all_stages[: i + 1] if name in trace}
+        kept.update(self._advance(kept, start, end, trace.context))
+        return Trace(kept, trace.context)
+
+    def _advance(self, stages: dict[str, Tensor], start: str, end: str, context: dict[str, Any]) -> dict[str, Tensor]:
+        """Compute the stages after ``start`` up to ``end`` one after another with :meth:`step`."""
+        i, j = self.stage_index(start), self.stage_index(end)
+        x, out = stages[start], {}
+        for name in self.all_stages[i + 1 : j + 1]:
+            x = self.step(name, x, context)
+            out[name] = x
+        return out
+
+    def forward(self, images: Tensor) -> Trace:
+        return self.trace(images)
+
+    def stage_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample shape of every stage (including ``"img"``), from a dry run on one blank image."""
+        if getattr(self, "_stage_shapes", None) is None:
+            blank = torch.zeros(1, 3, *self.input_size, device=self.device)
+            with torch.no_grad():
+                trace = self.trace(blank)
+            self._stage_shapes = {k: tuple(v.shape[1:]) for k, v in trace.stages.items()}
+        return dict(self._stage_shapes)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Forward parameters of the modules producing each stage."""
+        return {
+            stage: sum(p.numel() for m in modules for p in m.parameters())
+            for stage, modules in self.stage_modules().items()
+        }
+
+    def freeze(self) -> "StagedModel":
+        """Eval mode, no gradients: how the model produces targets for inverse components."""
+        self.eval()
+        self.requires_grad_(False)
+        return self

@@ -1,0 +1,76 @@
+"""Weight loading shared by the adapters: seeded random init, local files, guarded downloads."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from modinv.errors import ModinvError, WeightsUnavailableError
+
+DOWNLOAD_TIMEOUT_S = 20.0
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block (e.g. model construction) under ``seed`` without touching the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def is_path(weights: str | os.PathLike) -> bool:
+    """True when ``weights`` names a local file or directory rather than 'pretrained'/'random'."""
+    return isinstance(weights, os.PathLike) or str(weights) not in ("pretrained", "random")
+
+
+def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a local weights file: safetensors, or a PyTorch file loaded with weights_only."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModinvError(f"weights file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or truncated file, foreign format
+        raise ModinvError(f"cannot read weights file {str(path)!r} ({type(exc).__name__}: {exc})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModinvError(f"weights file {str(path)!r} holds no state dict of tensors")
+    return state
+
+
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` strictly, turning key or shape mismatches into one clear sentence."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise ModinvError(f"weights in {source!r} do not fit this model: {detail}") from None
+
+
+@contextlib.contextmanager
+def guarded_download(what: str, how_to_supply: str) -> Iterator[None]:
+    """Fetch pretrained weights with a network time-out; any failure becomes one clear sentence."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        yield
+    except ModinvError:
+        raise
+    except Exception as exc:
+        raise WeightsUnavailableError(
+            f"could not obtain pretrained weights for {what} ({type(exc).__name__}); {how_to_supply}"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
