@@ -59,12 +59,27 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: s
         raise ModinvError(f"weights in {source!r} do not fit this model: {detail}") from None
 
 
+def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host`` opens within ``timeout`` seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
-def guarded_download(what: str, how_to_supply: str) -> Iterator[None]:
-    """Fetch pretrained weights with a network time-out; any failure becomes one clear sentence."""
+def guarded_download(what: str, how_to_supply: str, host: str | None = None) -> Iterator[None]:
+    """Fetch pretrained weights with a network time-out; any failure becomes one clear sentence.
+
+    With ``host`` given, an unreachable host fails at once instead of after a client's retries
+    (the Hugging Face client retries for about a minute before giving up).
+    """
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
+        if host is not None and not host_reachable(host):
+            raise ConnectionError(f"{host} is not reachable")
         yield
     except ModinvError:
         raise
