@@ -1,0 +1,287 @@
+"""DETR-R50 (Hugging Face ``facebook/detr-resnet-50``) as a staged model.
+
+Stages (paper Section 3.3; B = batch, shapes at the default 480×640 input):
+
+- ``bb``: ResNet-50 C5 map after DETR's 1×1 input projection 2048->256, flattened row-major to
+  B×300×256 (a 15×20 grid).
+- ``enc``: transformer-encoder output, B×300×256; the sine position embeddings enter the queries
+  and keys of every layer, as in DETR.
+- ``dec``: last decoder layer output after the decoder LayerNorm, B×100×256.
+- ``pred``: ``cat([class logits (92, incl. no-object), boxes (4: cx, cy, w, h in [0, 1])], -1)``,
+  B×100×96; :func:`split_pred` separates the two.
+
+Every stage is computed by the wrapped ``DetrForObjectDetection``'s own submodules (backbone,
+position embedding, input projection, encoder and decoder layers, decoder LayerNorm, heads), so a
+trace reproduces the model's forward pass. Images enter in [0, 1]; the ``bb`` step applies the
+ImageNet normalisation DETR was trained with. The pixel mask is all ones (no padding).
+
+Context of a trace (a contract with the inverse components):
+``pos`` B×300×256 sine position embeddings (token order of ``bb``), ``mask`` B×15×20 bool (True =
+valid), ``grid`` (15, 20), ``image_size`` (480, 640).
+
+Weights: ``"random"`` builds the hub model's architecture (timm ResNet-50 backbone, 91 labels)
+under a seed; ``"pretrained"`` loads ``facebook/detr-resnet-50`` from the local cache, else from
+the hub; a path is a ``save_pretrained`` directory or a state-dict file (.safetensors, or a
+PyTorch file read with ``weights_only``) in either key layout transformers knows. Every weight must
+fit: nothing is silently left at random.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import DetrConfig, DetrForObjectDetection
+from transformers.masking_utils import create_bidirectional_mask
+
+from modinv.errors import ModinvError
+from modinv.models.base import StagedModel, Trace
+from modinv.models.weights import guarded_download, load_state_file, seeded
+
+NAME = "detr-r50"
+HUB_ID = "facebook/detr-resnet-50"
+NUM_LABELS = 91  # COCO category ids 0..90 (some unused), as in the hub config
+NUM_CLASSES_WITH_NO_OBJECT = NUM_LABELS + 1
+NUM_BOX_COORDS = 4
+STRIDE = 32  # ResNet-50 C5 stride
+DEFAULT_INPUT_SIZE = (480, 640)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HOW_TO_SUPPLY = (
+    "reach the Hugging Face hub once (the weights are then cached), or pass weights=PATH with the "
+    f"model.safetensors file of {HUB_ID} (any DetrForObjectDetection state dict in .safetensors) or a "
+    "directory written by DetrForObjectDetection.save_pretrained, or use weights='random'"
+)
+
+__all__ = [
+    "HUB_ID",
+    "NAME",
+    "NUM_CLASSES_WITH_NO_OBJECT",
+    "DetrStagedModel",
+    "build",
+    "split_pred",
+]
+
+
+def split_pred(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``pred`` (…×96) -> (class logits …×92, boxes …×4 as normalised cx, cy, w, h)."""
+    return x[..., :-NUM_BOX_COORDS], x[..., -NUM_BOX_COORDS:]
+
+
+class DetrStagedModel(StagedModel):
+    """A ``DetrForObjectDetection`` exposed through the stages ``("bb", "enc", "dec", "pred")``.
+
+    ``detr`` is the wrapped Hugging Face model; ``input_size`` (H, W) must be divisible by 32.
+    Several adapters may share one ``detr`` (e.g. at different input sizes).
+    """
+
+    name = NAME
+    stages = ("bb", "enc", "dec", "pred")
+
+    def __init__(self, detr: DetrForObjectDetection, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE) -> None:
+        super().__init__()
+        self.detr = detr
+        self.input_size = _check_input_size(input_size)
+        # Constants of the preprocessing, not weights: kept out of the state dict.
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Token grid (rows, columns) of ``bb``/``enc``, e.g. (15, 20) at 480×640."""
+        h, w = self.input_size
+        return h // STRIDE, w // STRIDE
+
+    @property
+    def class_names(self) -> list[str]:
+        """Name of each logit index (the last one is DETR's "no object")."""
+        id2label = self.detr.config.id2label
+        return [str(id2label.get(i, f"LABEL_{i}")) for i in range(self.detr.config.num_labels)] + ["no object"]
+
+    # -- StagedModel -----------------------------------------------------------------------------
+    def prepare(self, images: Tensor) -> dict[str, Any]:
+        """Position embeddings, feature-resolution pixel mask, grid and image size of this batch."""
+        b, (h, w) = images.shape[0], self.grid
+        mask = torch.ones(b, h, w, dtype=torch.bool, device=images.device)
+        shape = torch.Size([b, self.detr.config.d_model, h, w])
+        pos = self.detr.model.position_embedding(shape=shape, device=images.device, dtype=images.dtype, mask=mask)
+        return {
+            "pos": pos.flatten(2).transpose(1, 2).contiguous(),
+            "mask": mask,
+            "grid": (h, w),
+            "image_size": tuple(int(s) for s in images.shape[-2:]),
+        }
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """[0, 1] images -> the ImageNet-normalised pixel values DETR expects."""
+        return (images - self.mean) / self.std
+
+    def step(self, stage: str, x: Tensor, context: dict[str, Any]) -> Tensor:
+        if stage == "bb":
+            return self._backbone(x)
+        if stage == "enc":
+            return self._encoder_layers(x, context)[-1]
+        if stage == "dec":
+            return self._decoder_layers(x, context)[-1]
+        if stage == "pred":
+            return torch.cat([self.detr.class_labels_classifier(x), self.detr.bbox_predictor(x).sigmoid()], -1)
+        raise ModinvError(f"unknown stage {stage!r} for model {self.name!r}; valid stages: {', '.join(self.stages)}")
+
+    def output(self, trace: Trace) -> dict[str, Tensor]:
+        """DETR's own outputs from ``trace["pred"]``: ``logits`` B×100×92, ``pred_boxes`` B×100×4."""
+        logits, boxes = split_pred(trace["pred"])
+        return {"logits": logits, "pred_boxes": boxes}
+
+    def stage_modules(self) -> dict[str, list[nn.Module]]:
+        model = self.detr.model
+        return {
+            "bb": [model.backbone, model.input_projection],
+            "enc": [model.encoder],
+            "dec": [model.decoder, model.query_position_embeddings],
+            "pred": [self.detr.class_labels_classifier, self.detr.bbox_predictor],
+        }
+
+    def layers(self, images: Tensor) -> dict[str, list[Tensor]]:
+        """Every encoder and decoder layer's output, each B×tokens×256.
+
+        ``"enc"``: 7 tensors, the encoder input (= ``bb``) then the 6 layer outputs (last = ``enc``).
+        ``"dec"``: 7 tensors, the decoder input (the zero target tokens) then the 6 layer outputs
+        with the decoder LayerNorm applied (last = ``dec``).
+        """
+        self.check_images(images)
+        images = images.to(self.device)
+        context = self.prepare(images)
+        enc = self._encoder_layers(self._backbone(images), context)
+        return {"enc": enc, "dec": self._decoder_layers(enc[-1], context)}
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _backbone(self, images: Tensor) -> Tensor:
+        """[0, 1] images -> projected C5 tokens B×(h·w)×256 (row-major)."""
+        pixel_mask = torch.ones(images.shape[0], *images.shape[-2:], device=images.device)
+        feature_map, _ = self.detr.model.backbone(self.normalize(images), pixel_mask)[-1]
+        return self.detr.model.input_projection(feature_map).flatten(2).transpose(1, 2).contiguous()
+
+    def _encoder_layers(self, x: Tensor, context: dict[str, Any]) -> list[Tensor]:
+        """``[x, layer 1 output, ..., layer 6 output]`` of DETR's encoder on tokens ``x``."""
+        encoder = self.detr.model.encoder
+        mask = create_bidirectional_mask(
+            config=encoder.config, inputs_embeds=x, attention_mask=context["mask"].flatten(1)
+        )
+        h = F.dropout(x, p=encoder.dropout, training=encoder.training)  # as DetrEncoder (identity in eval)
+        outs = [x]
+        for layer in encoder.layers:
+            h = layer(h, mask, spatial_position_embeddings=context["pos"])
+            outs.append(h)
+        return outs
+
+    def _decoder_layers(self, memory: Tensor, context: dict[str, Any]) -> list[Tensor]:
+        """``[zero queries, LayerNorm(layer 1 output), ..., LayerNorm(layer 6 output)]`` of DETR's
+        decoder attending to the encoder output ``memory``."""
+        model = self.detr.model
+        decoder = model.decoder
+        query_pos = model.query_position_embeddings.weight.unsqueeze(0).expand(memory.shape[0], -1, -1)
+        h = query_pos.new_zeros(query_pos.shape)
+        memory_mask = create_bidirectional_mask(
+            config=decoder.config,
+            inputs_embeds=h,
+            attention_mask=context["mask"].flatten(1),
+            encoder_hidden_states=memory,
+        )
+        outs = [h]
+        for layer in decoder.layers:
+            h = layer(h, None, context["pos"], query_pos, memory, encoder_attention_mask=memory_mask)
+            outs.append(decoder.layernorm(h))
+        return outs
+
+
+# -- builders ---------------------------------------------------------------------------------------
+def _check_input_size(input_size: Any) -> tuple[int, int]:
+    try:
+        h, w = (int(s) for s in input_size)
+    except (TypeError, ValueError):
+        raise ModinvError(f"input_size must be (H, W), got {input_size!r}") from None
+    if h <= 0 or w <= 0 or h % STRIDE or w % STRIDE:
+        raise ModinvError(f"DETR-R50 needs an input size (H, W) divisible by {STRIDE}, got {h}×{w}")
+    return h, w
+
+
+def _config() -> DetrConfig:
+    """The architecture of facebook/detr-resnet-50: timm ResNet-50 backbone (built without
+    pretrained weights), 6+6 layers, d 256, 100 queries, 91 labels (92 logits with no-object)."""
+    return DetrConfig(use_timm_backbone=True, backbone="resnet50", num_labels=NUM_LABELS)
+
+
+def _random(seed: int) -> DetrForObjectDetection:
+    with seeded(seed):
+        return DetrForObjectDetection(_config())
+
+
+def _pretrained() -> DetrForObjectDetection:
+    try:  # the local cache first: no network at all
+        return _load(HUB_ID, HUB_ID, local_files_only=True)
+    except OSError:
+        pass
+    with guarded_download(HUB_ID, HOW_TO_SUPPLY):
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        # One request without retries: an offline machine fails here in seconds instead of after
+        # the hub client's retry back-off.
+        get_hf_file_metadata(hf_hub_url(HUB_ID, "config.json"), timeout=10)
+        return _load(HUB_ID, HUB_ID)
+
+
+def _from_path(path: str, seed: int) -> DetrForObjectDetection:
+    """A save_pretrained directory or a state-dict file (loading draws no numbers from the caller's RNG)."""
+    try:
+        with seeded(seed):
+            if os.path.isdir(path):
+                return _load(path, path, local_files_only=True)
+            state = load_state_file(path)
+            if state and all(k.startswith("detr.") for k in state):  # a DetrStagedModel state dict
+                state = {k[len("detr."):]: v for k, v in state.items()}
+            # transformers' own loader accepts both key layouts: this version's module names and
+            # the hub checkpoint's (which save_pretrained writes).
+            return _load(None, path, config=_config(), state_dict=state)
+    except ModinvError:
+        raise
+    except Exception as exc:
+        raise ModinvError(f"cannot load DETR weights from {path!r} ({_first_line(exc)})") from None
+
+
+def _load(name: str | None, source: str, **kwargs: Any) -> DetrForObjectDetection:
+    """``DetrForObjectDetection.from_pretrained`` in float32, requiring every weight to fit (it
+    would otherwise initialise missing ones at random)."""
+    detr, info = DetrForObjectDetection.from_pretrained(
+        name, output_loading_info=True, dtype=torch.float32, weights_only=True, **kwargs
+    )
+    info["unexpected_keys"] = {k for k in info["unexpected_keys"] if not k.endswith("num_batches_tracked")}
+    problems = [
+        f"{kind.replace('_', ' ')} {', '.join(sorted(map(str, keys))[:3])}" for kind, keys in info.items() if keys
+    ]
+    if problems:
+        raise ModinvError(f"weights in {source!r} do not fit this model: {'; '.join(problems)}")
+    return detr
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def build(
+    weights: str = "random", seed: int = 0, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE, **_: Any
+) -> DetrStagedModel:
+    """DETR-R50 with ``weights`` "pretrained" (hub, cached), "random" (initialised from ``seed``)
+    or a local path (a save_pretrained directory or a state-dict file), in eval mode."""
+    size = _check_input_size(input_size)
+    weights = os.fspath(weights)
+    if weights == "random":
+        detr = _random(seed)
+    elif weights == "pretrained":
+        detr = _pretrained()
+    else:
+        detr = _from_path(weights, seed)
+    return DetrStagedModel(detr, size).eval()
