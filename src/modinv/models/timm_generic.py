@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from modinv.errors import ModinvError
 from modinv.models.modules import ModuleStagedModel
-from modinv.models.weights import guarded_download, is_path, load_into, load_state_file, seeded
+from modinv.models.weights import from_hub, is_path, load_into, load_state_file, seeded
 
 
 def _check_name(timm_name: str) -> None:
@@ -76,8 +76,7 @@ def build(
             "make the Hugging Face hub reachable once (timm caches the weights), or pass weights=PATH "
             f"to a state dict file of timm model {timm_name!r}"
         )
-        with guarded_download(f"timm model {timm_name!r}", how):
-            net = timm.create_model(timm_name, pretrained=True, **options)
+        net = from_hub(lambda: timm.create_model(timm_name, pretrained=True, **options), f"timm model {timm_name!r}", how)
     else:
         with seeded(seed):
             net = timm.create_model(timm_name, pretrained=False, **options)

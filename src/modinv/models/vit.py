@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from modinv.errors import ModinvError
 from modinv.models.base import StagedModel, Trace
-from modinv.models.weights import guarded_download, is_path, load_into, load_state_file, seeded
+from modinv.models.weights import from_hub, is_path, load_into, load_state_file, seeded
 
 TIMM_NAME = "vit_base_patch16_224"
 NAME = "vit-b16"
@@ -183,9 +183,12 @@ def _create_vit(weights: str | os.PathLike, seed: int, input_size: tuple[int, in
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     if not is_path(weights) and str(weights) == "pretrained":
-        with guarded_download(f"{TIMM_NAME} (timm)", _how_to_supply()):
-            with seeded(seed):
-                return timm.create_model(TIMM_NAME, pretrained=True, img_size=input_size)
+        with seeded(seed):
+            return from_hub(
+                lambda: timm.create_model(TIMM_NAME, pretrained=True, img_size=input_size),
+                f"{TIMM_NAME} (timm)",
+                _how_to_supply(),
+            )
     state, source = None, None
     if is_path(weights):  # read the file first: a bad path fails before the model is built
         source = os.fspath(weights)

@@ -6,13 +6,15 @@ import contextlib
 import os
 import socket
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 
 from modinv.errors import ModinvError, WeightsUnavailableError
 
 DOWNLOAD_TIMEOUT_S = 20.0
+HUB_HOST = "huggingface.co"
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -89,3 +91,22 @@ def guarded_download(what: str, how_to_supply: str, host: str | None = None) -> 
         ) from None
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def from_hub(load: Callable[[], T], what: str, how_to_supply: str) -> T:
+    """Run ``load`` (e.g. a timm ``pretrained=True`` build) from the local Hugging Face cache if it
+    can, else with the network, failing fast with one clear sentence when the hub is unreachable."""
+    import huggingface_hub.constants as hub
+
+    offline = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = True  # the client reads this flag at call time: try the cache alone first
+    try:
+        return load()
+    except Exception:
+        pass
+    finally:
+        hub.HF_HUB_OFFLINE = offline
+    with guarded_download(what, how_to_supply, host=None if offline else HUB_HOST):
+        if offline:
+            raise ConnectionError("HF_HUB_OFFLINE is set and the weights are not cached")
+        return load()
