@@ -1,0 +1,47 @@
+"""Image sources for modinv: sample photos, image folders, COCO (pycocotools), ImageNet folders.
+
+    source = modinv.data.open_source("coco:/data/coco", size=(480, 640))
+    loader = modinv.data.make_loader(source, batch_size=32, shuffle=True, seed=0, num_workers=8)
+    for batch in loader:
+        batch["image"]      # float32 B×3×480×640 in [0, 1]; unusable files dropped,
+        batch["skipped"]    # ... and counted here
+        batch["boxes"]      # list of N_i×4 xyxy boxes on the resized image (COCO)
+
+Items are dicts: always ``image`` (float32 3×H×W RGB in [0, 1], resized to exactly ``size``
+ignoring the aspect ratio, as the paper's code did), ``index`` and ``name``; COCO adds ``boxes``,
+``labels`` (category ids), ``masks``, ``image_id``, ``orig_size``; ImageNet adds ``label``.
+"""
+
+from modinv.data.decode import IMAGE_EXTENSIONS, read_image
+from modinv.data.loader import collate, make_loader
+from modinv.data.sources import (
+    EXTRA_SAMPLES,
+    SAMPLE_PHOTOS,
+    SOURCE_SPECS,
+    CocoSource,
+    DataWarning,
+    FolderSource,
+    ImageNetSource,
+    ImageSource,
+    SampleSource,
+    load_images,
+    open_source,
+)
+
+__all__ = [
+    "EXTRA_SAMPLES",
+    "IMAGE_EXTENSIONS",
+    "SAMPLE_PHOTOS",
+    "SOURCE_SPECS",
+    "CocoSource",
+    "DataWarning",
+    "FolderSource",
+    "ImageNetSource",
+    "ImageSource",
+    "SampleSource",
+    "collate",
+    "load_images",
+    "make_loader",
+    "open_source",
+    "read_image",
+]
