@@ -1,0 +1,5 @@
+import sys
+
+from modinv.cli import main
+
+sys.exit(main())

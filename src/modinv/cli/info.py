@@ -1,0 +1,63 @@
+"""``modinv info``: stages, their shapes and parameter counts, and the inverse chain's size."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from modinv.cli.common import add_model_args, model_from_args, parse_assignments
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print a model's stages, shapes and parameter counts")
+    add_model_args(p)
+    p.add_argument("--arch", default=None, help="inverse architecture to size: paper | auto (default: paper if known)")
+    p.add_argument("--variant", action="append", metavar="STAGE=NAME", help="component variant, e.g. bb=local")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=run)
+
+
+def describe(model, chain) -> dict:
+    """Everything ``info`` prints, as a dict."""
+    from modinv.inverse.chain import full_path_parameter_count
+
+    shapes = model.stage_shapes()
+    forward = model.parameter_counts()
+    inverse = {s: sum(p.numel() for p in c.parameters()) for s, c in chain.components.items()}
+    return {
+        "model": model.name,
+        "weights": model.weights,
+        "input_size": list(model.input_size),
+        "stages": [
+            {"stage": s, "shape": list(shapes[s]), "forward_parameters": forward.get(s), "inverse_parameters": inverse.get(s)}
+            for s in model.stages
+        ],
+        "inverse_arch": chain.arch,
+        "modular_trainable_parameters": sum(inverse.values()),
+        "full_path_trainable_parameters": full_path_parameter_count(chain),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from modinv.inverse.chain import InverseChain
+
+    model = model_from_args(args)
+    chain = InverseChain.build(
+        model, arch=args.arch or "default", seed=args.seed, variants=parse_assignments(args.variant, what="variant")
+    )
+    info = describe(model, chain)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model {info['model']}  weights {info['weights']}  input {'×'.join(map(str, info['input_size']))}")
+    print(f"{'stage':<8}{'shape':<22}{'forward params':>16}{'inverse params':>16}")
+    for row in info["stages"]:
+        shape = "×".join(map(str, row["shape"]))
+        fwd = f"{row['forward_parameters']:,}" if row["forward_parameters"] is not None else "-"
+        inv = f"{row['inverse_parameters']:,}" if row["inverse_parameters"] is not None else "-"
+        print(f"{row['stage']:<8}{shape:<22}{fwd:>16}{inv:>16}")
+    modular, full = info["modular_trainable_parameters"], info["full_path_trainable_parameters"]
+    print(f"inverse architecture: {info['inverse_arch']}")
+    print(f"trainable parameters, modular chain:            {modular:,}")
+    print(f"trainable parameters, per-stage full-path (classic): {full:,}  ({full / max(modular, 1):.2f}× the modular chain)")
+    return 0

@@ -1,0 +1,33 @@
+"""``modinv reconstruct``: a figure grid, one row per image: the input, then every stage's reconstruction."""
+
+from __future__ import annotations
+
+import argparse
+
+from modinv.cli.common import add_model_args, model_from_args, writable_file
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reconstruct", help="reconstruct images from every stage into a PNG grid")
+    add_model_args(p)
+    p.add_argument("--inverse", required=True, help="inverse chain folder (e.g. RUN/best)")
+    p.add_argument("--images", nargs="+", required=True, help="image files")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from modinv.analysis.reconstruct import reconstruction_figure
+    from modinv.data import load_images
+    from modinv.inverse.chain import InverseChain
+
+    out = writable_file(args.out)
+    model = model_from_args(args)
+    chain = InverseChain.load(args.inverse, model, map_location=model.device)
+    images, names = load_images(args.images, size=tuple(model.input_size))
+    with torch.no_grad():
+        reconstruction_figure(model, chain, images, out, row_titles=names)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,88 @@
+"""``modinv train``: train the modular inverse components of a model on an image source."""
+
+from __future__ import annotations
+
+import argparse
+
+from modinv.cli.common import add_amp_arg, add_model_args, model_from_args, parse_assignments, writable_dir
+from modinv.errors import ModinvError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train inverse components (one frozen forward feeds all of them)")
+    add_model_args(p)
+    p.add_argument("--data", required=True, help="samples | folder:PATH | coco:ROOT[:split] | imagenet:ROOT")
+    p.add_argument("--val-data", help="validation source (default: hold out --val-fraction of --data)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share when no --val-data (default 0.1)")
+    p.add_argument("--out", required=True, help="run folder: config.json, log.jsonl, best/, checkpoints/")
+    p.add_argument("--stages", nargs="+", help="components to train (default: all)")
+    length = p.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int, help="optimisation steps")
+    length.add_argument("--epochs", type=int, help="passes over the training data")
+    p.add_argument("--batch", type=int, default=32, help="batch size (default 32, the paper's for DETR)")
+    p.add_argument("--arch", default=None, help="paper | auto (default: paper for detr-r50/vit-b16, else auto)")
+    p.add_argument("--variant", action="append", metavar="STAGE=NAME", help="e.g. bb=local, pred=oh")
+    p.add_argument("--lr", action="append", metavar="STAGE=LR", help="override a component's learning rate")
+    p.add_argument("--augment", action="store_true", help="random crops and flips of training images")
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--val-batches", type=int, default=25)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_amp_arg(p)
+    p.set_defaults(handler=run)
+
+
+def split_sources(args: argparse.Namespace, size: tuple[int, int]):
+    """Training and validation data sets; a held-out split is deterministic in --seed."""
+    import torch
+    from torch.utils.data import Subset
+
+    from modinv.data import open_source
+
+    train = open_source(args.data, size=size, augment=args.augment, seed=args.seed)
+    if args.val_data:
+        return train, open_source(args.val_data, size=size)
+    if not 0 <= args.val_fraction < 1:
+        raise ModinvError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    n = len(train)
+    n_val = min(max(round(n * args.val_fraction), 1 if args.val_fraction > 0 and n > 1 else 0), n - 1)
+    if n_val == 0:
+        return train, None
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed)).tolist()
+    plain = open_source(args.data, size=size)
+    return Subset(train, order[n_val:]), Subset(plain, order[:n_val])
+
+
+def run(args: argparse.Namespace) -> int:
+    from modinv.inverse.chain import InverseChain
+    from modinv.training.modular import ModularTrainer, TrainConfig
+
+    out = writable_dir(args.out)
+    model = model_from_args(args)
+    chain = InverseChain.build(
+        model, arch=args.arch or "default", seed=args.seed, variants=parse_assignments(args.variant, what="variant")
+    )
+    train, val = split_sources(args, tuple(model.input_size))
+    config = TrainConfig(
+        stages=args.stages,
+        steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch,
+        seed=args.seed,
+        lr=parse_assignments(args.lr, kind=float, what="learning rate"),
+        val_every=args.val_every,
+        val_batches=args.val_batches,
+        checkpoint_every=args.checkpoint_every,
+        amp=args.amp,
+        num_workers=args.num_workers,
+    )
+    run_info = {"data": args.data, "val_data": args.val_data, "val_fraction": args.val_fraction, "augment": args.augment,
+                "arch": chain.arch, "command": "train"}
+    trainer = ModularTrainer(model, chain, train, val, out, config, run_info=run_info)
+    best = trainer.fit(resume=args.resume, progress=not args.no_progress)
+    for stage, record in best.items():
+        print(f"{stage}⁻¹: best validation loss {record['val_loss']:.5f} at step {record['step']}")
+    print(f"inverse chain written to {out / 'best'}")
+    return 0

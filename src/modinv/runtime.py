@@ -1,0 +1,59 @@
+"""Device and precision choices shared by training, evaluation and analyses."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+from modinv.errors import ModinvError
+
+AMP_CHOICES = ("auto", "bf16", "off")
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/"auto" -> CUDA when available, else CPU; a named device must exist."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ModinvError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModinvError(f"device {str(device)!r} requested but CUDA is not available here; use --device cpu")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 kernels (AVX512-BF16 / AMX), detected rather than assumed."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device`` (None = full float32).
+
+    "auto": bf16 on CUDA cards that support it and on CPUs with native bf16; "bf16": always;
+    "off": never.
+    """
+    if amp not in AMP_CHOICES:
+        raise ModinvError(f"unknown amp setting {amp!r}; choose from {', '.join(AMP_CHOICES)}")
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
+    """``torch.autocast`` for ``dtype``, or a no-op when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,84 @@
+"""Crash-safe checkpoints: each one a complete folder, published by atomically rewriting a pointer.
+
+A run killed at any moment leaves either the previous checkpoint or the new one, never a mix:
+the folder ``ckpt-<step>/`` is written completely first, then the file ``LATEST`` (written to a
+temporary file and renamed) is switched to it, then older folders are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modinv.errors import ModinvError
+
+POINTER = "LATEST"
+STATE_FILE = "trainer_state.pt"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def new_checkpoint_dir(root: Path, step: int) -> Path:
+    """An empty folder for the checkpoint of ``step`` (replacing a half-written one)."""
+    path = root / f"ckpt-{step:08d}"
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def save_state(folder: Path, state: dict[str, Any]) -> None:
+    """Trainer state (optimisers, step, RNG) next to the components; tensors and plain types only."""
+    tmp = folder / (STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, folder / STATE_FILE)
+
+
+def publish(root: Path, folder: Path) -> None:
+    """Make ``folder`` the checkpoint a resume starts from, then drop the older ones."""
+    atomic_write_text(root / POINTER, folder.name + "\n")
+    for old in root.glob("ckpt-*"):
+        if old != folder and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def latest(root: Path) -> Path | None:
+    """The last published checkpoint folder under ``root``, or None."""
+    pointer = root / POINTER
+    if not pointer.is_file():
+        return None
+    folder = root / pointer.read_text().strip()
+    if not (folder / STATE_FILE).is_file():
+        raise ModinvError(f"checkpoint {str(folder)!r} named by {str(pointer)!r} is incomplete; cannot resume")
+    return folder
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    """Trainer state written by :func:`save_state` (``weights_only=True``: no pickled code runs)."""
+    try:
+        return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModinvError(f"cannot read trainer state in {str(folder)!r} ({type(exc).__name__})") from None

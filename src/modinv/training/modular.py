@@ -1,0 +1,324 @@
+"""The modular trainer (Eq. 1): one frozen forward pass per batch feeds every inverse component.
+
+Component j learns ``N⁻¹_j(x_j) ≈ x_{j-1}`` with its own loss, optimiser and gradient clipping;
+inputs and targets come detached from the frozen model (eval mode, no grad), so components never
+see each other's outputs during training.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from modinv.errors import ModinvError
+from modinv.inverse.chain import InverseChain
+from modinv.models.base import StagedModel, Trace
+from modinv.runtime import amp_dtype, autocast
+from modinv.training import checkpoint as ckpt
+from modinv.training.optim import default_learning_rate, make_optimizer
+from modinv.training.sampling import EpochSampler
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; written to ``config.json`` with the run."""
+
+    stages: list[str] | None = None  # components to train (default: all of the chain)
+    steps: int | None = None  # optimisation steps; or
+    epochs: int | None = None  # passes over the training data
+    batch_size: int = 32
+    seed: int = 0
+    lr: dict[str, float] = field(default_factory=dict)  # per-stage overrides of the paper rates
+    grad_clip: float = 1.0
+    val_every: int = 500
+    val_batches: int = 25
+    checkpoint_every: int = 500
+    log_every: int = 10
+    amp: str = "auto"
+    num_workers: int = 0
+    max_nonfinite: int = 20  # consecutive skipped updates of one component before the run stops
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def image_batches(loader: DataLoader) -> Iterator[Tensor]:
+    """Image tensors of a loader built with :func:`modinv.data.make_loader` (empty batches dropped)."""
+    for batch in loader:
+        images = batch["image"] if isinstance(batch, dict) else batch
+        if images.shape[0]:
+            yield images
+
+
+def _has_trainable(module: torch.nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def set_data_epoch(dataset: Dataset, epoch: int) -> None:
+    """Tell an augmenting source (possibly inside a Subset) which epoch it serves: new crops each epoch."""
+    while dataset is not None:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+            return
+        dataset = getattr(dataset, "dataset", None)
+
+
+class ModularTrainer:
+    """Train the components of ``chain`` for ``model`` on an image data set.
+
+    Writes to ``out_dir``: ``config.json``, ``log.jsonl`` (one JSON record per logged step and per
+    validation), ``best/`` (each component at its lowest validation loss, an :class:`InverseChain`
+    folder) and ``checkpoints/`` (the latest resumable state).
+    """
+
+    def __init__(
+        self,
+        model: StagedModel,
+        chain: InverseChain,
+        train_data: Dataset,
+        val_data: Dataset | None,
+        out_dir: str | Path,
+        config: TrainConfig,
+        run_info: dict[str, Any] | None = None,
+    ) -> None:
+        if (config.steps is None) == (config.epochs is None):
+            raise ModinvError("give exactly one of steps or epochs")
+        self.model, self.chain, self.config = model.freeze(), chain, config
+        self.device = model.device
+        self.out = Path(out_dir)
+        trainable = [s for s in chain.components.keys() if _has_trainable(chain.components[s])]
+        self.stages = list(config.stages or trainable)
+        unknown = [s for s in self.stages if s not in trainable]
+        if unknown:
+            raise ModinvError(
+                f"no trainable inverse component for stage(s) {', '.join(unknown)}; "
+                f"trainable ones: {', '.join(trainable) or 'none'}"
+            )
+        self.chain.to(self.device)
+        self.amp = amp_dtype(self.device, config.amp)
+        self.train_data, self.val_data = train_data, val_data
+        self.sampler = EpochSampler(len(train_data), seed=config.seed)
+        self.lrs = {s: config.lr.get(s, default_learning_rate(model.name, s, chain.components[s])) for s in self.stages}
+        self.optimizers = {s: make_optimizer(chain.components[s], self.lrs[s]) for s in self.stages}
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.best: dict[str, dict[str, Any]] = {}
+        self.nonfinite = {s: 0 for s in self.stages}
+        self.best_chain = copy.deepcopy(chain).cpu()
+        self.run_info = run_info or {}
+
+    # -- set-up and bookkeeping ------------------------------------------------------------------
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.sampler.per_rank / self.config.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.steps if self.config.steps is not None else self.config.epochs * self.batches_per_epoch
+
+    def _loader(self) -> DataLoader:
+        from modinv.data import make_loader
+
+        self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.config.batch_size)
+        set_data_epoch(self.train_data, self.epoch)
+        return make_loader(
+            self.train_data,
+            batch_size=self.config.batch_size,
+            sampler=self.sampler,
+            num_workers=self.config.num_workers,
+        )
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _write_config(self) -> None:
+        info = {
+            "model": self.model.name,
+            "weights": self.model.weights,
+            "stages": self.stages,
+            "learning_rates": self.lrs,
+            "amp": str(self.amp) if self.amp else "off",
+            "device": str(self.device),
+            "train": self.config.to_dict(),
+            **self.run_info,
+        }
+        ckpt.atomic_write_json(self.out / "config.json", info)
+
+    # -- one step --------------------------------------------------------------------------------
+    def frozen_trace(self, images: Tensor) -> Trace:
+        """The one frozen forward pass of a batch, shared by every component."""
+        with torch.no_grad(), autocast(self.device, self.amp):
+            return self.model.trace(images.to(self.device, non_blocking=True)).detach()
+
+    def component_loss(self, stage: str, trace: Trace) -> Tensor:
+        """Eq. 1 for one component: MSE between N⁻¹_j(x_j) and x_{j-1} (image target in [0, 1])."""
+        target = trace[self.model.previous(stage)].float()
+        with autocast(self.device, self.amp):
+            prediction = self.chain.components[stage](trace[stage], trace.context)
+        return F.mse_loss(prediction.float(), target)
+
+    def train_step(self, images: Tensor) -> dict[str, float]:
+        trace = self.frozen_trace(images)
+        losses = {}
+        for stage in self.stages:
+            component, optimizer = self.chain.components[stage], self.optimizers[stage]
+            component.train()
+            loss = self.component_loss(stage, trace)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(component.parameters(), self.config.grad_clip)
+            if torch.isfinite(loss) and torch.isfinite(grad_norm):
+                optimizer.step()
+                self.nonfinite[stage] = 0
+            else:
+                self._skip_update(stage, float(loss), float(grad_norm))
+            losses[stage] = float(loss.detach())
+        return losses
+
+    def _skip_update(self, stage: str, loss: float, grad_norm: float) -> None:
+        self.optimizers[stage].zero_grad(set_to_none=True)
+        self.nonfinite[stage] += 1
+        message = f"step {self.step}: non-finite loss/gradient for {stage}⁻¹ (loss {loss}, grad norm {grad_norm}); update skipped"
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        self._log({"step": self.step, "event": "nonfinite", "stage": stage, "loss": loss, "grad_norm": grad_norm})
+        if self.nonfinite[stage] >= self.config.max_nonfinite:
+            raise ModinvError(
+                f"{stage}⁻¹ produced non-finite losses or gradients {self.nonfinite[stage]} steps in a row; "
+                "lower its learning rate (--lr) or check the data"
+            )
+
+    # -- validation and checkpoints --------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean component loss over (at most ``val_batches``) validation batches."""
+        if self.val_data is None or len(self.val_data) == 0:
+            return {}
+        from modinv.data import make_loader
+
+        loader = make_loader(self.val_data, batch_size=self.config.batch_size, shuffle=False)
+        sums, count = {s: 0.0 for s in self.stages}, 0
+        for i, images in enumerate(image_batches(loader)):
+            if i >= self.config.val_batches:
+                break
+            trace = self.frozen_trace(images)
+            for stage in self.stages:
+                self.chain.components[stage].eval()
+                sums[stage] += float(self.component_loss(stage, trace)) * images.shape[0]
+            count += images.shape[0]
+        return {s: v / max(count, 1) for s, v in sums.items()}
+
+    def _update_best(self, val: dict[str, float]) -> None:
+        improved = [s for s, v in val.items() if math.isfinite(v) and v < self.best.get(s, {}).get("val_loss", math.inf)]
+        for stage in improved:
+            self.best[stage] = {"val_loss": val[stage], "step": self.step}
+            state = {k: v.detach().cpu() for k, v in self.chain.components[stage].state_dict().items()}
+            self.best_chain.components[stage].load_state_dict(state)
+        if improved:
+            self.best_chain.save(self.out / "best", metrics=self._metrics(), training=self._training_info())
+
+    def _metrics(self) -> dict[str, Any]:
+        return {s: dict(v) for s, v in self.best.items()}
+
+    def _training_info(self) -> dict[str, dict[str, Any]]:
+        """Per trained component: how long it trained (untrained components get nothing)."""
+        info = {"steps": self.step, "epochs": self.step / max(self.batches_per_epoch, 1), "seed": self.config.seed,
+                "batch_size": self.config.batch_size}
+        return {s: dict(info, lr=self.lrs[s]) for s in self.stages}
+
+    def save_checkpoint(self) -> None:
+        root = self.out / "checkpoints"
+        folder = ckpt.new_checkpoint_dir(root, self.step)
+        self.chain.save(folder / "chain", metrics=self._metrics(), training=self._training_info())
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "stages": self.stages,
+            "optimizers": {s: o.state_dict() for s, o in self.optimizers.items()},
+            "best": self.best,
+            "nonfinite": self.nonfinite,
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        ckpt.save_state(folder, state)
+        ckpt.publish(root, folder)
+
+    def resume(self) -> bool:
+        """Restore the latest checkpoint under ``out_dir``; False when there is none."""
+        folder = ckpt.latest(self.out / "checkpoints")
+        if folder is None:
+            return False
+        state = ckpt.load_state(folder)
+        if state["stages"] != self.stages:
+            raise ModinvError(
+                f"the checkpoint in {str(folder)!r} trains stages {state['stages']}, this run {self.stages}; "
+                "resume with the same --stages"
+            )
+        saved = InverseChain.load(folder / "chain", self.model, map_location=self.device)
+        self.chain.load_state_dict(saved.state_dict())
+        for s, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][s])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best, self.nonfinite = state["best"], state["nonfinite"]
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        best_dir = self.out / "best"
+        if best_dir.is_dir():
+            self.best_chain.load_state_dict(InverseChain.load(best_dir, self.model).state_dict())
+        self._log({"step": self.step, "event": "resumed", "from": folder.name})
+        return True
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def fit(self, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+        """Train until ``steps``/``epochs`` are done; returns the best validation losses."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        self._write_config()
+        cfg, total = self.config, self.total_steps
+        bar = tqdm(total=total, initial=self.step, disable=not progress, desc="train", unit="step")
+        started = time.perf_counter()
+        while self.step < total:
+            seen = 0
+            for images in image_batches(self._loader()):
+                seen += 1
+                losses = self.train_step(images)
+                self.step += 1
+                self.batch_in_epoch += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    bar.set_postfix({s: f"{v:.4f}" for s, v in losses.items()})
+                    self._log({"step": self.step, "epoch": self.epoch, "loss": losses, "time": time.perf_counter() - started})
+                if self.step % cfg.val_every == 0 or self.step == total:
+                    val = self.validate()
+                    if val:
+                        self._log({"step": self.step, "event": "validation", "val_loss": val})
+                        self._update_best(val)
+                if self.step % cfg.checkpoint_every == 0 or self.step == total:
+                    self.save_checkpoint()
+                if self.step >= total:
+                    break
+            else:
+                if seen == 0 and self.batch_in_epoch == 0:
+                    raise ModinvError("the training data yielded no usable images")
+                self.epoch += 1
+                self.batch_in_epoch = 0
+        bar.close()
+        if not self.best:  # no validation data: the final weights are the result
+            self.best_chain.load_state_dict({k: v.cpu() for k, v in self.chain.state_dict().items()})
+            self.best_chain.save(self.out / "best", metrics={}, training=self._training_info())
+        return self._metrics()
