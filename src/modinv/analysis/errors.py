@@ -1,0 +1,450 @@
+"""Detection errors of DETR seen through reconstructions (paper Sec. 4.6, Fig. 10), with an error-detection score.
+
+    result = detection_error_analysis(model, chain, coco_source)
+    detection_error_figure(result["figure_data"], "errors.png")      # or `modinv analyze errors`
+
+Figure: one row per image: the input with its ground-truth boxes (green: found by DETR, red: missed),
+DETR's predictions (score > threshold, default 0.7, with class names), then the reconstruction from
+each stage (bb, enc, dec, pred) with the ground-truth boxes drawn thin.
+
+The score the paper leaves as future work: does the reconstruction show where DETR will miss an
+object? For every ground-truth object (COCO, crowds left out) and stage s:
+
+- ``discrepancy_s`` = MSE ([0, 1] pixels, all channels) between the input and the reconstruction
+  from s over the pixels of the object's box (the box rounded outwards to whole pixels);
+- ``relative_s`` = ``discrepancy_s`` / the MSE over the whole image at stage s. Reconstruction
+  error differs widely between images (texture, clutter) and stages; dividing by the image's own
+  error makes the score say "this object is reconstructed worse than the rest of its image" —
+  what the paper describes for missed objects (they fade while the scene stays) — instead of "this
+  image is hard". It is the main score (``auroc``); the raw one is reported too (``auroc_raw``).
+
+Found vs missed: an object is *found* when a prediction with score > threshold of the same class
+matches it at IoU ≥ 0.5 in COCO's one-to-one greedy matching: predictions in descending score
+order each take the still unmatched ground truth of their class with the highest IoU (≥ 0.5);
+everything else is *missed*. Predictions: :func:`modinv.analysis.task.detr_predictions` (softmax
+over DETR's 92 logits, the last, "no object", dropped, score and class = max and argmax of the rest
+as in DETR's post-processing, boxes cx, cy, w, h normalised -> xyxy pixels of the model's input).
+
+AUROC (missed = positive class): the probability that a missed object scores higher than a found
+one, ties counting one half — the Mann-Whitney U divided by n_missed·n_found, from mid-ranks
+(:func:`auroc`); 0.5 = no information; null when either class is empty. Its 95% CI is Hanley &
+McNeil's (1982) normal approximation, clipped to [0, 1]. Baseline ``small_box``: the AUROC of
+minus the box area (small objects are missed more often), so a reader can see whether the
+discrepancy says more than the object's size.
+
+CLI: ``modinv analyze errors --model detr-r50 --inverse CHAIN --data coco:ROOT[:split] --out DIR
+[--threshold 0.7] [--iou 0.5] [--figure-images 4]`` writes ``DIR/errors.png`` and ``DIR/errors.json``.
+
+``errors.json``: ``analysis, model, weights, data, inverse, n_images, pixel_space, threshold,
+iou_threshold, matching, discrepancy, auroc_definition, stages {stage: {auroc, auroc_ci95,
+auroc_raw, n_missed, n_found, relative_missed, relative_found}}, baselines {small_box: {auroc,
+auroc_ci95, n_missed, n_found}}, n_objects, n_missed, n_found, objects [{image, image_id, index,
+category_id, category, box, area, found, matched_score, matched_iou, discrepancy {stage},
+relative {stage}}], figure``; ``relative_missed``/``relative_found`` are ``{"mean", "ci95", "n",
+"std"}`` of the relative discrepancy over the objects of each class (null when there are none).
+Undefined numbers (an empty class, an image reconstructed perfectly) are written as null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from modinv.analysis.metrics import summarize
+from modinv.errors import ModinvError
+from modinv.inverse.chain import InverseChain
+from modinv.models.base import StagedModel
+from modinv.runtime import amp_dtype, autocast
+
+DEFAULT_THRESHOLD = 0.7
+IOU_THRESHOLD = 0.5
+MATCHING = ("COCO-style greedy one-to-one matching: predictions with score > threshold in descending score order "
+            "each take the unmatched ground truth of the same class with the highest IoU, if that IoU >= 0.5")
+DISCREPANCY = ("relative_s = MSE(input, reconstruction from s) inside the object's box / the same MSE over the whole "
+               "image ([0, 1] pixels, all channels); discrepancy_s is the numerator")
+AUROC_DEFINITION = ("P(score of a missed object > score of a found one) + 0.5 P(tie) = Mann-Whitney U / "
+                    "(n_missed n_found) from mid-ranks; 95% CI: Hanley & McNeil (1982)")
+FOUND_COLOR, MISSED_COLOR, PRED_COLOR = "#39d353", "#ff3b30", "#ffd60a"
+
+__all__ = [
+    "add_arguments",
+    "auroc",
+    "auroc_ci",
+    "box_discrepancy",
+    "detection_error_analysis",
+    "detection_error_figure",
+    "detections",
+    "filter_detections",
+    "match_objects",
+    "run_cli",
+]
+
+
+# -- AUROC -----------------------------------------------------------------------------------------------
+
+def auroc(positive: Sequence[float] | np.ndarray | Tensor, negative: Sequence[float] | np.ndarray | Tensor) -> float | None:
+    """P(a positive scores higher than a negative) + 0.5·P(tie): the Mann-Whitney U / (n_pos·n_neg)
+    from the mid-ranks of all scores. None when either group is empty (NaN scores are dropped)."""
+    pos, neg = _finite(positive), _finite(negative)
+    if pos.size == 0 or neg.size == 0:
+        return None
+    ranks = stats.rankdata(np.concatenate([pos, neg]))  # mid-ranks: ties share their average rank
+    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0
+    return float(u / (pos.size * neg.size))
+
+
+def auroc_ci(a: float | None, n_pos: int, n_neg: int, confidence: float = 0.95) -> list[float] | None:
+    """Hanley & McNeil's (1982) normal-approximation interval of an AUROC ``a``, clipped to [0, 1]."""
+    if a is None or n_pos == 0 or n_neg == 0:
+        return None
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    half = float(stats.norm.ppf(0.5 + confidence / 2) * math.sqrt(max(var, 0.0)))
+    return [max(0.0, a - half), min(1.0, a + half)]
+
+
+def _finite(values) -> np.ndarray:
+    if isinstance(values, Tensor):
+        values = values.detach().cpu().double().numpy()
+    x = np.asarray(values, dtype=np.float64).ravel()
+    return x[np.isfinite(x)]
+
+
+# -- predictions and matching ---------------------------------------------------------------------------
+
+def filter_detections(prediction: Mapping[str, Tensor], threshold: float = DEFAULT_THRESHOLD) -> dict[str, Tensor]:
+    """The detections of one image (``scores``, ``labels``, ``boxes``) with score > ``threshold``, by
+    descending score."""
+    keep = prediction["scores"] > threshold
+    order = prediction["scores"][keep].argsort(descending=True, stable=True)
+    return {k: prediction[k][keep][order] for k in ("boxes", "labels", "scores")}
+
+
+def detections(model: StagedModel, images: Tensor, threshold: float = DEFAULT_THRESHOLD) -> list[dict[str, Tensor]]:
+    """Per image DETR's detections with score > ``threshold`` (:func:`modinv.analysis.task.detr_predictions`:
+    softmax over the 92 logits, no-object dropped, max/argmax = score/COCO category id, boxes xyxy
+    pixels of the input), by descending score."""
+    from modinv.analysis.task import detr_predictions
+
+    return [filter_detections(p, threshold) for p in detr_predictions(model, images)]
+
+
+def match_objects(gt_boxes: Tensor, gt_labels: Tensor, pred_boxes: Tensor, pred_labels: Tensor, pred_scores: Tensor,
+                  iou_threshold: float = IOU_THRESHOLD) -> dict[str, Tensor]:
+    """COCO's greedy one-to-one matching of predictions to ground truth (xyxy boxes).
+
+    Predictions by descending score (ties: in the given order) each take the unmatched ground truth
+    of the same label with the highest IoU, if that IoU >= ``iou_threshold``. Returns ``{"found":
+    bool G, "pred": int64 G (matched prediction index, -1), "iou": float G (0 when missed)}``.
+    """
+    from torchvision.ops import box_iou
+
+    g = gt_boxes.shape[0]
+    found = torch.zeros(g, dtype=torch.bool)
+    matched = torch.full((g,), -1, dtype=torch.int64)
+    ious = torch.zeros(g)
+    if g == 0 or pred_boxes.shape[0] == 0:
+        return {"found": found, "pred": matched, "iou": ious}
+    iou = box_iou(pred_boxes.float().cpu(), gt_boxes.float().cpu())
+    iou[pred_labels.cpu()[:, None] != gt_labels.cpu()[None, :]] = -1.0
+    for p in torch.argsort(pred_scores.cpu(), descending=True, stable=True).tolist():
+        candidates = iou[p].clone()
+        candidates[found] = -1.0
+        best = int(candidates.argmax())
+        if candidates[best] >= iou_threshold:
+            found[best], matched[best], ious[best] = True, p, float(candidates[best])
+    return {"found": found, "pred": matched, "iou": ious}
+
+
+# -- discrepancy -----------------------------------------------------------------------------------------
+
+def box_pixels(box: Sequence[float], image_size: Sequence[int]) -> tuple[int, int, int, int]:
+    """xyxy box -> integer pixel ranges (y0, y1, x0, x1) rounded outwards, clipped, at least 1 pixel."""
+    h, w = (int(s) for s in image_size)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    c0, r0 = min(max(int(math.floor(x0)), 0), w - 1), min(max(int(math.floor(y0)), 0), h - 1)
+    c1, r1 = max(min(int(math.ceil(x1)), w), c0 + 1), max(min(int(math.ceil(y1)), h), r0 + 1)
+    return r0, r1, c0, c1
+
+
+def box_discrepancy(image: Tensor, reconstruction: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, float]:
+    """``(inside, relative, whole)``: per box (N×4 xyxy) the MSE between ``image`` and
+    ``reconstruction`` (3×H×W) over the box's pixels, that divided by the whole image's MSE, and the
+    whole image's MSE."""
+    sq = (image.float().cpu() - reconstruction.float().cpu()).pow(2).mean(0)
+    whole = float(sq.mean())
+    inside = torch.tensor([float(sq[r0:r1, c0:c1].mean()) for r0, r1, c0, c1 in
+                           (box_pixels(b, sq.shape) for b in boxes.tolist())], dtype=torch.float64)
+    relative = inside / whole if whole > 0 else torch.full_like(inside, math.nan)
+    return inside, relative, whole
+
+
+# -- the analysis ----------------------------------------------------------------------------------------
+
+def _batches(source, batch_size: int, limit: int | None) -> Iterable[dict[str, Any]]:
+    from modinv.data import make_loader
+
+    seen = 0
+    for batch in make_loader(source, batch_size=batch_size, shuffle=False):
+        n = batch["image"].shape[0]
+        if limit is not None:
+            n = min(n, max(limit - seen, 0))
+        if n and "boxes" not in batch:
+            raise ModinvError("the detection-error analysis needs ground-truth boxes: use a COCO source (coco:ROOT)")
+        if n:
+            seen += n
+            yield {k: (v[:n] if isinstance(v, (Tensor, list)) else v) for k, v in batch.items()}
+        if limit is not None and seen >= limit:
+            return
+
+
+def _category_names(model: StagedModel, source) -> dict[int, str]:
+    names: dict[int, str] = {}
+    model_names = getattr(model, "class_names", None) or []
+    for i, name in enumerate(model_names[:-1]):
+        if not str(name).startswith("LABEL_") and str(name) != "N/A":
+            names[i] = str(name)
+    names.update(getattr(source, "categories", {}) or {})
+    return names
+
+
+@torch.no_grad()
+def detection_error_analysis(
+    model: StagedModel,
+    chain: InverseChain,
+    source,
+    threshold: float = DEFAULT_THRESHOLD,
+    iou_threshold: float = IOU_THRESHOLD,
+    batch_size: int = 8,
+    limit: int | None = None,
+    amp: str = "off",
+    figure_images: int = 4,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Found/missed ground-truth objects, their per-stage box discrepancy and its AUROC; the numbers of
+    ``errors.json`` plus ``"figure_data"`` for :func:`detection_error_figure`."""
+    stages = [s for s in model.stages if _reconstructs(chain, s)]
+    if not stages:
+        raise ModinvError(f"the inverse chain reconstructs from no stage of {model.name}")
+    names = _category_names(model, source)
+    device = model.device
+    dtype = amp_dtype(device, amp)
+    objects: list[dict[str, Any]] = []
+    figure: dict[str, Any] = {"rows": [], "stages": stages, "threshold": threshold}
+    n_images = 0
+    chain.eval()
+    for batch in tqdm(_batches(source, batch_size, limit), desc="errors", disable=not progress):
+        images = batch["image"].to(device)
+        with autocast(device, dtype):
+            trace = model.trace(images)
+            recons = {s: chain.reconstruct(trace, s).float().cpu() for s in stages}
+            predictions = detections(model, images, threshold)
+        images = images.float().cpu()
+        for i in range(images.shape[0]):
+            gt_boxes, gt_labels = batch["boxes"][i].float(), batch["labels"][i].long()
+            pred = predictions[i]
+            match = match_objects(gt_boxes, gt_labels, pred["boxes"], pred["labels"], pred["scores"], iou_threshold)
+            per_stage = {s: box_discrepancy(images[i], recons[s][i], gt_boxes) for s in stages}
+            name = str(batch["name"][i])
+            for j in range(gt_boxes.shape[0]):
+                box = [float(v) for v in gt_boxes[j]]
+                p = int(match["pred"][j])
+                objects.append({
+                    "image": name,
+                    "image_id": int(batch["image_id"][i]) if "image_id" in batch else None,
+                    "index": int(batch["index"][i]),
+                    "category_id": int(gt_labels[j]),
+                    "category": names.get(int(gt_labels[j]), str(int(gt_labels[j]))),
+                    "box": box,
+                    "area": max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0),
+                    "found": bool(match["found"][j]),
+                    "matched_score": float(pred["scores"][p]) if p >= 0 else None,
+                    "matched_iou": float(match["iou"][j]) if p >= 0 else None,
+                    "discrepancy": {s: float(per_stage[s][0][j]) for s in stages},
+                    "relative": {s: _number(per_stage[s][1][j]) for s in stages},
+                })
+            if len(figure["rows"]) < figure_images:
+                figure["rows"].append({
+                    "name": name, "image": images[i], "recons": {s: recons[s][i] for s in stages},
+                    "gt": [(b, names.get(int(l), str(int(l))), bool(f))
+                           for b, l, f in zip(gt_boxes.tolist(), gt_labels.tolist(), match["found"].tolist())],
+                    "pred": [(b, names.get(int(l), str(int(l))), float(sc))
+                             for b, l, sc in zip(pred["boxes"].tolist(), pred["labels"].tolist(), pred["scores"].tolist())],
+                })
+        n_images += images.shape[0]
+    if not n_images:
+        raise ModinvError("the image source yielded no images")
+    missed = [o for o in objects if not o["found"]]
+    found = [o for o in objects if o["found"]]
+    per_stage_result = {}
+    for s in stages:
+        rel_m = [_nan(o["relative"][s]) for o in missed]
+        rel_f = [_nan(o["relative"][s]) for o in found]
+        a = auroc(rel_m, rel_f)
+        per_stage_result[s] = {
+            "auroc": a,
+            "auroc_ci95": auroc_ci(a, len(_finite(rel_m)), len(_finite(rel_f))),
+            "auroc_raw": auroc([o["discrepancy"][s] for o in missed], [o["discrepancy"][s] for o in found]),
+            "n_missed": len(missed),
+            "n_found": len(found),
+            "relative_missed": _mean_summary(_finite(rel_m)),
+            "relative_found": _mean_summary(_finite(rel_f)),
+        }
+    small = auroc([-o["area"] for o in missed], [-o["area"] for o in found])
+    return {
+        "analysis": "errors",
+        "model": model.name,
+        "weights": str(getattr(model, "weights", "unknown")),
+        "n_images": n_images,
+        "pixel_space": "[0, 1]",
+        "threshold": threshold,
+        "iou_threshold": iou_threshold,
+        "matching": MATCHING,
+        "discrepancy": DISCREPANCY,
+        "auroc_definition": AUROC_DEFINITION,
+        "positive_class": "missed",
+        "stages": per_stage_result,
+        "baselines": {"small_box": {"auroc": small, "auroc_ci95": auroc_ci(small, len(missed), len(found)),
+                                    "n_missed": len(missed), "n_found": len(found),
+                                    "score": "minus the box area (small objects are missed more often)"}},
+        "n_objects": len(objects),
+        "n_missed": len(missed),
+        "n_found": len(found),
+        "objects": objects,
+        "figure_data": figure,
+    }
+
+
+def _reconstructs(chain: InverseChain, stage: str) -> bool:
+    try:
+        chain.path(stage)
+    except ModinvError:
+        return False
+    return True
+
+
+def _number(x: Tensor | float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
+def _mean_summary(values: np.ndarray) -> dict[str, Any] | None:
+    """Mean, 95% CI, n, std of ``values`` (None when there are none)."""
+    if len(values) == 0:
+        return None
+    summary = summarize(values)
+    return {"mean": summary.pop("mse"), **summary}
+
+
+def detection_error_figure(figure: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
+    """Fig. 10: per image the input with ground-truth boxes (green found, red missed), DETR's
+    predictions (yellow, class and score) and the reconstruction from each stage (GT boxes thin)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from modinv.figures import to_numpy_image
+
+    rows = figure["rows"]
+    if not rows:
+        raise ModinvError("no images to draw")
+    stages = list(figure["stages"])
+    columns = ["input + ground truth", f"DETR (score > {figure['threshold']:g})"] + [f"from {s}" for s in stages]
+    h, w = rows[0]["image"].shape[-2:]
+    cell = 2.4
+    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False,
+                             figsize=(cell * len(columns) * w / max(h, w) + 0.4, cell * len(rows) * h / max(h, w) + 0.8))
+    for i, row in enumerate(rows):
+        panels = [row["image"], row["image"]] + [row["recons"][s] for s in stages]
+        for j, image in enumerate(panels):
+            ax = axes[i][j]
+            ax.imshow(to_numpy_image(image))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(columns[j], fontsize=9)
+            if j == 1:
+                for box, name, score in row["pred"]:
+                    _box(ax, box, PRED_COLOR, 1.5, f"{name} {score:.2f}", Rectangle)
+            else:
+                for box, name, found in row["gt"]:
+                    color = FOUND_COLOR if found else MISSED_COLOR
+                    _box(ax, box, color, 1.5 if j == 0 else 0.8, name if j == 0 else None, Rectangle)
+        axes[i][0].set_ylabel(Path(row["name"]).stem[:18], fontsize=8)
+    fig.suptitle(title or "Detection errors (ground truth: green = found by DETR, red = missed)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by None (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _box(ax, box, color, linewidth, label, Rectangle) -> None:
+    x0, y0, x1, y1 = box
+    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=linewidth))
+    if label:
+        ax.text(x0, y0, label, fontsize=6, color="black", va="top", ha="left",
+                bbox={"facecolor": color, "edgecolor": "none", "pad": 1, "alpha": 0.8}, clip_on=True)
+
+
+# -- CLI ------------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help="score above which a DETR query counts as a detection (default: 0.7)")
+    parser.add_argument("--iou", type=float, default=IOU_THRESHOLD,
+                        help="IoU at which a detection matches a ground-truth object (default: 0.5)")
+    parser.add_argument("--figure-images", type=int, default=4, help="images shown in the figure (default: 4)")
+
+
+def run_cli(args: argparse.Namespace) -> dict[str, Any]:
+    from modinv.cli.common import model_from_args, writable_dir
+    from modinv.data import open_source
+
+    out = writable_dir(args.out)
+    if len(args.inverse) != 1:
+        raise ModinvError(f"the detection-error analysis takes one inverse chain, got {len(args.inverse)}")
+    model = model_from_args(args)
+    chain = InverseChain.load(args.inverse[0], model, map_location=model.device)
+    source = open_source(args.data, size=tuple(model.input_size))
+    result = detection_error_analysis(model, chain, source, threshold=args.threshold, iou_threshold=args.iou,
+                                      batch_size=args.batch, limit=args.limit, amp=args.amp,
+                                      figure_images=args.figure_images)
+    figure = detection_error_figure(result.pop("figure_data"), out / "errors.png")
+    payload = _json_safe(result | {"data": args.data, "inverse": [str(p) for p in args.inverse],
+                                   "figure": figure.name})
+    (out / "errors.json").write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    print(f"{payload['n_objects']} objects: {payload['n_found']} found, {payload['n_missed']} missed "
+          f"(score > {args.threshold:g}, IoU >= {args.iou:g})")
+    for stage, r in payload["stages"].items():
+        a = "n/a" if r["auroc"] is None else f"{r['auroc']:.3f}"
+        print(f"  {stage:<6} AUROC(missed | relative box discrepancy) {a}")
+    print(f"wrote {out / 'errors.png'} and {out / 'errors.json'}")
+    return payload

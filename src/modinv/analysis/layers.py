@@ -1,0 +1,234 @@
+"""Reconstructions from intermediate encoder and decoder layers (paper Sec. 4.7, Fig. 11).
+
+    result = layer_analysis(model, chain, source)
+    layer_figure(result["figure_data"], "layers.png")              # or `modinv analyze layers`
+
+``model.layers(images)`` gives every layer output of the model's multi-layer stages, each shaped like
+its stage: DETR ``{"enc": 7, "dec": 7}`` (index 0 is the stack's input — x_bb for the encoder, the
+zero queries for the decoder — and 1..6 the layer outputs, the last being x_enc / x_dec), ViT
+``{"enc": 13}`` (x_bb, then the 12 blocks). Each layer tensor is fed to the inverse components of
+every stage of the same shape — trace.edit(stage, tensor), then chain.reconstruct(…, stage):
+
+- DETR encoder layers -> bb⁻¹ (entry ``bb``) and -> enc⁻¹∘bb⁻¹ (entry ``enc``);
+- DETR decoder layers -> dec⁻¹∘enc⁻¹∘bb⁻¹ (entry ``dec``);
+- ViT encoder layers -> bb⁻¹ and -> enc⁻¹∘bb⁻¹.
+
+The inverse components were trained on one layer each (``native_layer``: the layer whose tensor is
+the entry stage's own representation, e.g. 0 for enc layers -> bb⁻¹, 6 for -> enc⁻¹); the others
+are out of their training context, which is the point of the analysis.
+
+Numbers: image MSE ([0, 1] pixels) between the input and each reconstruction, per row (source ->
+entry) and layer: mean with a 95% Student-t CI over images.
+
+CLI: ``modinv analyze layers --model detr-r50|vit-b16 --inverse CHAIN --data SPEC --out DIR
+[--figure-images 1]`` writes ``DIR/layers.png`` and ``DIR/layers.json``.
+
+``layers.json``: ``analysis, model, weights, data, inverse, n_images, pixel_space, ci, layers
+{source: number of tensors}, rows [{key, source, entry, components, native_layer}], columns
+{source: [labels]}, mse {key: [{"mse", "ci95", "n", "std"} per layer]}, figure``; ``key`` is
+``"<source>-><entry>"``, e.g. ``"enc->bb"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from modinv.analysis.metrics import per_image_mse, summarize
+from modinv.errors import ModinvError
+from modinv.inverse.chain import InverseChain
+from modinv.models.base import StagedModel
+
+__all__ = ["add_arguments", "layer_analysis", "layer_entries", "layer_figure", "run_cli"]
+
+
+def layer_entries(model: StagedModel, chain: InverseChain, layers: Mapping[str, list[Tensor]]) -> list[dict[str, Any]]:
+    """One row per (layer source, entry stage): every stage whose per-sample shape equals the
+    source's layer shape and from which ``chain`` can reconstruct, in processing order."""
+    shapes = model.stage_shapes()
+    rows = []
+    for source, tensors in layers.items():
+        shape = tuple(tensors[0].shape[1:])
+        for stage in model.stages:
+            if tuple(shapes[stage]) != shape:
+                continue
+            try:
+                path = chain.path(stage)
+            except ModinvError:
+                continue
+            rows.append({"key": f"{source}->{stage}", "source": source, "entry": stage,
+                         "components": [f"{s}⁻¹" for s in path], "native_layer": None})
+    if not rows:
+        raise ModinvError(f"no inverse component of the chain takes {model.name}'s intermediate layers "
+                          f"(layer shapes {[tuple(t[0].shape[1:]) for t in layers.values()]})")
+    return rows
+
+
+def _batches(source, batch_size: int, limit: int | None) -> Iterable[dict[str, Any]]:
+    from modinv.data import make_loader
+
+    seen = 0
+    for batch in make_loader(source, batch_size=batch_size, shuffle=False):
+        n = batch["image"].shape[0]
+        if limit is not None:
+            n = min(n, max(limit - seen, 0))
+        if n:
+            seen += n
+            yield {"image": batch["image"][:n], "name": list(batch["name"][:n])}
+        if limit is not None and seen >= limit:
+            return
+
+
+@torch.no_grad()
+def layer_analysis(
+    model: StagedModel,
+    chain: InverseChain,
+    source,
+    batch_size: int = 8,
+    limit: int | None = None,
+    amp: str = "off",
+    figure_images: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Image MSE of the reconstruction from every intermediate layer through every inverse entry
+    point of its shape; the numbers of ``layers.json`` plus ``"figure_data"`` for :func:`layer_figure`."""
+    from modinv.runtime import amp_dtype, autocast
+
+    device = model.device
+    dtype = amp_dtype(device, amp)
+    chain.eval()
+    rows: list[dict[str, Any]] | None = None
+    errors: dict[str, list[list[Tensor]]] = {}
+    figure: dict[str, Any] = {"images": [], "names": [], "recons": []}
+    counts: dict[str, int] = {}
+    n_images = 0
+    for batch in tqdm(_batches(source, batch_size, limit), desc="layers", disable=not progress):
+        images = batch["image"].to(device)
+        with autocast(device, dtype):
+            layers = model.layers(images)
+            if rows is None:
+                rows = layer_entries(model, chain, layers)
+                counts = {s: len(t) for s, t in layers.items()}
+                errors = {r["key"]: [[] for _ in layers[r["source"]]] for r in rows}
+            deepest = max((r["entry"] for r in rows), key=model.stage_index)
+            trace = model.trace(images, end=deepest)
+        keep = max(0, min(figure_images - len(figure["images"]), images.shape[0]))
+        recon_keep: list[dict[str, list[Tensor]]] = [{} for _ in range(keep)]
+        for row in rows:
+            tensors = layers[row["source"]]
+            if row["native_layer"] is None:
+                ref = trace[row["entry"]].float()
+                native = [l for l, t in enumerate(tensors) if torch.allclose(t.float(), ref, rtol=1e-4, atol=1e-5)]
+                row["native_layer"] = native[-1] if native else -1
+            for l, tensor in enumerate(tensors):
+                with autocast(device, dtype):
+                    recon = chain.reconstruct(trace.edit(row["entry"], tensor), row["entry"]).float()
+                errors[row["key"]][l].append(per_image_mse(recon, images).cpu())
+                for i in range(keep):
+                    recon_keep[i].setdefault(row["key"], []).append(recon[i].cpu())
+        figure["images"] += [images[i].float().cpu() for i in range(keep)]
+        figure["names"] += batch["name"][:keep]
+        figure["recons"] += recon_keep
+        n_images += images.shape[0]
+    if rows is None:
+        raise ModinvError("the image source yielded no images")
+    for row in rows:
+        if row["native_layer"] == -1:
+            row["native_layer"] = None
+    columns = {s: _column_labels(n) for s, n in counts.items()}
+    figure |= {"rows": rows, "columns": columns}
+    return {
+        "analysis": "layers",
+        "model": model.name,
+        "weights": str(getattr(model, "weights", "unknown")),
+        "n_images": n_images,
+        "pixel_space": "[0, 1]",
+        "ci": "95% Student-t confidence interval of the mean over images",
+        "layers": counts,
+        "rows": rows,
+        "columns": columns,
+        "mse": {key: [summarize(torch.cat(v)) for v in per_layer] for key, per_layer in errors.items()},
+        "figure_data": figure,
+    }
+
+
+def _column_labels(n: int) -> list[str]:
+    """``["0 (input)", "1", ..., "n-1"]``; layer 0 is the stack's input."""
+    return ["0 (input)"] + [str(i) for i in range(1, n)]
+
+
+def layer_figure(figure: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
+    """Fig. 11: per image and row (source layers -> inverse entry point) the reconstruction from each
+    layer (columns: layer index, 0 = the stack's input), the input image first. Row titles name the
+    source, the inverse component the layers are fed into (the chain continues down to the image)
+    and the layer that component was trained on."""
+    from modinv.figures import image_grid
+
+    if not figure["images"]:
+        raise ModinvError("no images to draw")
+    rows, titles = [], []
+    for i, image in enumerate(figure["images"]):
+        for row in figure["rows"]:
+            rows.append([image] + figure["recons"][i][row["key"]])
+            native = row["native_layer"]
+            mark = f"\n(trained on layer {native})" if native is not None else ""
+            name = Path(str(figure["names"][i])).stem[:14]
+            titles.append(f"{name}\n{row['source']} layers → {row['entry']}⁻¹{mark}")
+    n = max(len(r) for r in rows) - 1
+    columns = ["input"] + [f"layer {c}" for c in _longest(figure["columns"], n)]
+    return image_grid(rows, path, column_titles=columns, row_titles=titles, title=title)
+
+
+def _longest(columns: Mapping[str, list[str]], n: int) -> list[str]:
+    for labels in columns.values():
+        if len(labels) == n:
+            return labels
+    return [str(i) for i in range(n)]
+
+
+# -- CLI ------------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--figure-images", type=int, default=1, help="images shown in the figure (default: 1)")
+
+
+def _json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by None (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def run_cli(args: argparse.Namespace) -> dict[str, Any]:
+    from modinv.cli.common import model_from_args, writable_dir
+    from modinv.data import open_source
+
+    out = writable_dir(args.out)
+    if len(args.inverse) != 1:
+        raise ModinvError(f"the layer analysis takes one inverse chain, got {len(args.inverse)}")
+    model = model_from_args(args)
+    chain = InverseChain.load(args.inverse[0], model, map_location=model.device)
+    source = open_source(args.data, size=tuple(model.input_size))
+    result = layer_analysis(model, chain, source, batch_size=args.batch, limit=args.limit, amp=args.amp,
+                            figure_images=args.figure_images)
+    figure = layer_figure(result.pop("figure_data"), out / "layers.png",
+                          title=f"{model.name}: reconstructions from intermediate layers")
+    payload = _json_safe(result | {"data": args.data, "inverse": [str(p) for p in args.inverse],
+                                   "figure": figure.name})
+    (out / "layers.json").write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    for row in payload["rows"]:
+        values = " ".join(f"{s['mse']:.4f}" for s in payload["mse"][row["key"]])
+        print(f"{row['key']:<10} MSE per layer: {values}")
+    print(f"wrote {out / 'layers.png'} and {out / 'layers.json'}")
+    return payload
