@@ -9,12 +9,17 @@ from typing import Sequence
 
 from modinv.errors import ModinvError
 
-# subcommand -> module in this package (imported only when that subcommand runs)
+# subcommand -> module in this package (each imported when the parser is built)
 COMMANDS: dict[str, str] = {
     "info": "info",
     "train": "train",
     "evaluate": "evaluate",
     "reconstruct": "reconstruct",
+    "analyze": "analyze",
+    "finetune": "finetune",
+    "eval-task": "eval_task",
+    "params": "params",
+    "demo": "demo",
 }
 
 
@@ -30,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors print one sentence (no traceback) and exit with status 2."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        status = args.handler(args)
+        return status if isinstance(status, int) else 0  # analyses return their numbers
     except ModinvError as exc:
         print(f"modinv {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -19,9 +19,10 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from modinv.distributed import SINGLE, DistContext
 from modinv.errors import ModinvError
 from modinv.inverse.chain import InverseChain
 from modinv.models.base import StagedModel, Trace
@@ -38,7 +39,7 @@ class TrainConfig:
     stages: list[str] | None = None  # components to train (default: all of the chain)
     steps: int | None = None  # optimisation steps; or
     epochs: int | None = None  # passes over the training data
-    batch_size: int = 32
+    batch_size: int = 32  # global batch: split evenly over torchrun processes
     seed: int = 0
     lr: dict[str, float] = field(default_factory=dict)  # per-stage overrides of the paper rates
     grad_clip: float = 1.0
@@ -48,6 +49,8 @@ class TrainConfig:
     log_every: int = 10
     amp: str = "auto"
     num_workers: int = 0
+    channels_last: bool = True  # convolutional components on CUDA
+    compile: bool = False  # torch.compile each trained component
     max_nonfinite: int = 20  # consecutive skipped updates of one component before the run stops
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,9 +95,17 @@ class ModularTrainer:
         out_dir: str | Path,
         config: TrainConfig,
         run_info: dict[str, Any] | None = None,
+        dist: DistContext = SINGLE,
     ) -> None:
         if (config.steps is None) == (config.epochs is None):
             raise ModinvError("give exactly one of steps or epochs")
+        if config.batch_size % dist.world_size:
+            raise ModinvError(
+                f"batch {config.batch_size} does not split evenly over {dist.world_size} processes; "
+                "--batch is the global batch size"
+            )
+        self.dist = dist
+        self.rank_batch = config.batch_size // dist.world_size
         self.model, self.chain, self.config = model.freeze(), chain, config
         self.device = model.device
         self.out = Path(out_dir)
@@ -109,7 +120,7 @@ class ModularTrainer:
         self.chain.to(self.device)
         self.amp = amp_dtype(self.device, config.amp)
         self.train_data, self.val_data = train_data, val_data
-        self.sampler = EpochSampler(len(train_data), seed=config.seed)
+        self.sampler = EpochSampler(len(train_data), seed=config.seed, rank=dist.rank, world_size=dist.world_size)
         self.lrs = {s: config.lr.get(s, default_learning_rate(model.name, s, chain.components[s])) for s in self.stages}
         self.optimizers = {s: make_optimizer(chain.components[s], self.lrs[s]) for s in self.stages}
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
@@ -117,11 +128,32 @@ class ModularTrainer:
         self.nonfinite = {s: 0 for s in self.stages}
         self.best_chain = copy.deepcopy(chain).cpu()
         self.run_info = run_info or {}
+        self.train_modules = {s: self._prepare_for_training(chain.components[s]) for s in self.stages}
+
+    def _prepare_for_training(self, component: torch.nn.Module) -> torch.nn.Module:
+        """The module the training step calls: channels-last, compiled and DDP-wrapped as configured.
+
+        Parameters stay those of ``component``, so optimisers, checkpoints and the chain share them.
+        """
+        has_conv = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in component.modules())
+        if self.config.channels_last and self.device.type == "cuda" and has_conv:
+            component.to(memory_format=torch.channels_last)
+        module = component
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+                module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module) if self.device.type == "cuda" else module
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = DistributedDataParallel(module, device_ids=ids)
+        if self.config.compile:
+            module = torch.compile(module)
+        return module
 
     # -- set-up and bookkeeping ------------------------------------------------------------------
     @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(self.sampler.per_rank / self.config.batch_size)
+        return math.ceil(self.sampler.per_rank / self.rank_batch)
 
     @property
     def total_steps(self) -> int:
@@ -130,20 +162,24 @@ class ModularTrainer:
     def _loader(self) -> DataLoader:
         from modinv.data import make_loader
 
-        self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.config.batch_size)
+        self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.rank_batch)
         set_data_epoch(self.train_data, self.epoch)
         return make_loader(
             self.train_data,
-            batch_size=self.config.batch_size,
+            batch_size=self.rank_batch,
             sampler=self.sampler,
             num_workers=self.config.num_workers,
         )
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def _write_config(self) -> None:
+        if not self.dist.is_main:
+            return
         info = {
             "model": self.model.name,
             "weights": self.model.weights,
@@ -151,6 +187,7 @@ class ModularTrainer:
             "learning_rates": self.lrs,
             "amp": str(self.amp) if self.amp else "off",
             "device": str(self.device),
+            "world_size": self.dist.world_size,
             "train": self.config.to_dict(),
             **self.run_info,
         }
@@ -162,11 +199,12 @@ class ModularTrainer:
         with torch.no_grad(), autocast(self.device, self.amp):
             return self.model.trace(images.to(self.device, non_blocking=True)).detach()
 
-    def component_loss(self, stage: str, trace: Trace) -> Tensor:
+    def component_loss(self, stage: str, trace: Trace, training: bool = True) -> Tensor:
         """Eq. 1 for one component: MSE between N⁻¹_j(x_j) and x_{j-1} (image target in [0, 1])."""
         target = trace[self.model.previous(stage)].float()
+        module = self.train_modules[stage] if training else self.chain.components[stage]
         with autocast(self.device, self.amp):
-            prediction = self.chain.components[stage](trace[stage], trace.context)
+            prediction = module(trace[stage], trace.context)
         return F.mse_loss(prediction.float(), target)
 
     def train_step(self, images: Tensor) -> dict[str, float]:
@@ -179,7 +217,8 @@ class ModularTrainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(component.parameters(), self.config.grad_clip)
-            if torch.isfinite(loss) and torch.isfinite(grad_norm):
+            # Gradients are already averaged over processes, so every rank takes the same decision.
+            if torch.isfinite(grad_norm):
                 optimizer.step()
                 self.nonfinite[stage] = 0
             else:
@@ -207,17 +246,20 @@ class ModularTrainer:
             return {}
         from modinv.data import make_loader
 
-        loader = make_loader(self.val_data, batch_size=self.config.batch_size, shuffle=False)
-        sums, count = {s: 0.0 for s in self.stages}, 0
-        for i, images in enumerate(image_batches(loader)):
-            if i >= self.config.val_batches:
-                break
+        # Each process scores its own share of the validation batches; the sums are reduced.
+        n = min(len(self.val_data), self.config.val_batches * self.config.batch_size)
+        mine = Subset(self.val_data, list(range(self.dist.rank, n, self.dist.world_size)))
+        loader = make_loader(mine, batch_size=self.rank_batch, shuffle=False)
+        sums = torch.zeros(len(self.stages) + 1, dtype=torch.float64, device=self.device)
+        for images in image_batches(loader):
             trace = self.frozen_trace(images)
-            for stage in self.stages:
+            for i, stage in enumerate(self.stages):
                 self.chain.components[stage].eval()
-                sums[stage] += float(self.component_loss(stage, trace)) * images.shape[0]
-            count += images.shape[0]
-        return {s: v / max(count, 1) for s, v in sums.items()}
+                sums[i] += float(self.component_loss(stage, trace, training=False)) * images.shape[0]
+            sums[-1] += images.shape[0]
+        sums = self.dist.all_reduce_sum(sums)
+        count = max(float(sums[-1]), 1.0)
+        return {s: float(sums[i]) / count for i, s in enumerate(self.stages)}
 
     def _update_best(self, val: dict[str, float]) -> None:
         improved = [s for s, v in val.items() if math.isfinite(v) and v < self.best.get(s, {}).get("val_loss", math.inf)]
@@ -225,7 +267,7 @@ class ModularTrainer:
             self.best[stage] = {"val_loss": val[stage], "step": self.step}
             state = {k: v.detach().cpu() for k, v in self.chain.components[stage].state_dict().items()}
             self.best_chain.components[stage].load_state_dict(state)
-        if improved:
+        if improved and self.dist.is_main:
             self.best_chain.save(self.out / "best", metrics=self._metrics(), training=self._training_info())
 
     def _metrics(self) -> dict[str, Any]:
@@ -238,6 +280,9 @@ class ModularTrainer:
         return {s: dict(info, lr=self.lrs[s]) for s in self.stages}
 
     def save_checkpoint(self) -> None:
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return
         root = self.out / "checkpoints"
         folder = ckpt.new_checkpoint_dir(root, self.step)
         self.chain.save(folder / "chain", metrics=self._metrics(), training=self._training_info())
@@ -255,6 +300,7 @@ class ModularTrainer:
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         ckpt.save_state(folder, state)
         ckpt.publish(root, folder)
+        self.dist.barrier()
 
     def resume(self) -> bool:
         """Restore the latest checkpoint under ``out_dir``; False when there is none."""
@@ -290,7 +336,7 @@ class ModularTrainer:
             self.resume()
         self._write_config()
         cfg, total = self.config, self.total_steps
-        bar = tqdm(total=total, initial=self.step, disable=not progress, desc="train", unit="step")
+        bar = tqdm(total=total, initial=self.step, disable=not (progress and self.dist.is_main), desc="train", unit="step")
         started = time.perf_counter()
         while self.step < total:
             seen = 0
@@ -301,6 +347,7 @@ class ModularTrainer:
                 self.batch_in_epoch += 1
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == total:
+                    losses = self._mean_over_processes(losses)
                     bar.set_postfix({s: f"{v:.4f}" for s, v in losses.items()})
                     self._log({"step": self.step, "epoch": self.epoch, "loss": losses, "time": time.perf_counter() - started})
                 if self.step % cfg.val_every == 0 or self.step == total:
@@ -318,7 +365,26 @@ class ModularTrainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
         bar.close()
-        if not self.best:  # no validation data: the final weights are the result
+        if not self.best and self.dist.is_main:  # no validation data: the final weights are the result
             self.best_chain.load_state_dict({k: v.cpu() for k, v in self.chain.state_dict().items()})
             self.best_chain.save(self.out / "best", metrics={}, training=self._training_info())
+        if self.dist.enabled:
+            self._check_replicas_agree()
         return self._metrics()
+
+    def _mean_over_processes(self, losses: dict[str, float]) -> dict[str, float]:
+        if not self.dist.enabled:
+            return losses
+        values = self.dist.all_reduce_sum(torch.tensor(list(losses.values()), dtype=torch.float64, device=self.device))
+        return {s: float(v) / self.dist.world_size for s, v in zip(losses, values)}
+
+    def _check_replicas_agree(self) -> None:
+        """Log a checksum of every trained component on every process; DDP keeps them equal."""
+        sums = {}
+        for stage in self.stages:
+            total = sum(float(p.detach().double().sum()) for p in self.chain.components[stage].parameters())
+            sums[stage] = self.dist.all_gather_floats(total, self.device)
+        self._log({"step": self.step, "event": "replica_checksums", "checksums": sums})
+        differing = [s for s, v in sums.items() if max(v) - min(v) > 1e-6 * max(1.0, abs(v[0]))]
+        if differing:
+            raise ModinvError(f"component weights differ between processes for {', '.join(differing)}")
