@@ -11,6 +11,11 @@ from modinv.errors import ModinvError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train inverse components (one frozen forward feeds all of them)")
     add_model_args(p)
+    p.add_argument(
+        "--classic", metavar="STAGE",
+        help="instead of the modular components, train the classic baseline: a fresh chain STAGE -> image "
+             "end-to-end on image MSE (Dosovitskiy & Brox)",
+    )
     p.add_argument("--data", required=True, help="samples | folder:PATH | coco:ROOT[:split] | imagenet:ROOT")
     p.add_argument("--val-data", help="validation source (default: hold out --val-fraction of --data)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share when no --val-data (default 0.1)")
@@ -34,16 +39,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def split_sources(args: argparse.Namespace, size: tuple[int, int]):
-    """Training and validation data sets; a held-out split is deterministic in --seed."""
+def split_sources(args: argparse.Namespace, size: tuple[int, int], **options):
+    """Training and validation data sets; a held-out split is deterministic in --seed.
+    ``options`` go to every ``open_source`` call (e.g. ``masks=False``)."""
     import torch
     from torch.utils.data import Subset
 
     from modinv.data import open_source
 
-    train = open_source(args.data, size=size, augment=args.augment, seed=args.seed)
+    train = open_source(args.data, size=size, augment=args.augment, seed=args.seed, **options)
     if args.val_data:
-        return train, open_source(args.val_data, size=size)
+        return train, open_source(args.val_data, size=size, **options)
     if not 0 <= args.val_fraction < 1:
         raise ModinvError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     n = len(train)
@@ -51,7 +57,7 @@ def split_sources(args: argparse.Namespace, size: tuple[int, int]):
     if n_val == 0:
         return train, None
     order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed)).tolist()
-    plain = open_source(args.data, size=size)
+    plain = open_source(args.data, size=size, **options)
     return Subset(train, order[n_val:]), Subset(plain, order[:n_val])
 
 
@@ -59,13 +65,20 @@ def run(args: argparse.Namespace) -> int:
     from modinv.inverse.chain import InverseChain
     from modinv.training.modular import ModularTrainer, TrainConfig
 
+    if args.classic and args.stages:
+        raise ModinvError("--classic trains the whole chain STAGE -> image together; leave out --stages")
     out = writable_dir(args.out)
     model = model_from_args(args)
-    chain = InverseChain.build(
-        model, arch=args.arch or "default", seed=args.seed, variants=parse_assignments(args.variant, what="variant")
-    )
+    variants = parse_assignments(args.variant, what="variant")
+    if args.classic:
+        from modinv.training.classic import build_classic_chain
+
+        model.stage_index(args.classic)  # a clear error for an unknown stage
+        chain = build_classic_chain(model, args.classic, arch=args.arch or "default", seed=args.seed, variants=variants)
+    else:
+        chain = InverseChain.build(model, arch=args.arch or "default", seed=args.seed, variants=variants)
     train, val = split_sources(args, tuple(model.input_size))
-    config = TrainConfig(
+    settings = dict(
         stages=args.stages,
         steps=args.steps,
         epochs=args.epochs,
@@ -80,9 +93,20 @@ def run(args: argparse.Namespace) -> int:
     )
     run_info = {"data": args.data, "val_data": args.val_data, "val_fraction": args.val_fraction, "augment": args.augment,
                 "arch": chain.arch, "command": "train"}
-    trainer = ModularTrainer(model, chain, train, val, out, config, run_info=run_info)
+    if args.classic:
+        from modinv.training.classic import ClassicConfig, ClassicTrainer
+
+        trainer = ClassicTrainer(model, chain, train, val, out, ClassicConfig(stage=args.classic, **settings),
+                                 run_info=run_info)
+    else:
+        trainer = ModularTrainer(model, chain, train, val, out, TrainConfig(**settings), run_info=run_info)
     best = trainer.fit(resume=args.resume, progress=not args.no_progress)
-    for stage, record in best.items():
-        print(f"{stage}⁻¹: best validation loss {record['val_loss']:.5f} at step {record['step']}")
+    if args.classic:
+        record = best.get(args.classic)
+        if record:
+            print(f"classic {args.classic}->img: best validation image MSE {record['val_loss']:.5f} at step {record['step']}")
+    else:
+        for stage, record in best.items():
+            print(f"{stage}⁻¹: best validation loss {record['val_loss']:.5f} at step {record['step']}")
     print(f"inverse chain written to {out / 'best'}")
     return 0
