@@ -49,7 +49,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +81,6 @@ __all__ = [
 FORWARD_MODES = ("dropout", "eval", "train")
 ZERO_LAMBDA = ("frozen", "task")
 FORWARD_WEIGHTS_FILE = "forward.safetensors"
-_THETA_KEY = "__forward_model__"  # the checkpoint entry of θ (never a stage name: stage names are files)
 
 
 # -- pieces ----------------------------------------------------------------------------------------
@@ -177,41 +176,6 @@ def save_forward_weights(model: StagedModel, path: str | os.PathLike, metadata: 
     return path
 
 
-class _ForwardState:
-    """θ and its optimiser as one entry of the trainer's optimiser dict, so that the modular
-    trainer's checkpoints carry them and its ``resume`` restores them."""
-
-    def __init__(self, model: StagedModel, optimizer: torch.optim.Optimizer) -> None:
-        self.model, self.optimizer = model, optimizer
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-                "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-
-class _Recording:
-    """A loader that remembers the batch it handed out last (the trainer's loop passes only the
-    images on; the targets are read from here)."""
-
-    def __init__(self, loader, trainer: "FinetuneTrainer") -> None:
-        self.loader, self.trainer = loader, trainer
-
-    def __iter__(self) -> Iterator[Any]:
-        for batch in self.loader:
-            self.trainer._batch = batch
-            yield batch
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-
 # -- the trainer -------------------------------------------------------------------------------------
 
 @dataclass
@@ -267,23 +231,23 @@ class FinetuneTrainer(ModularTrainer):
         info = {"training": "finetune", "lambda": lam, "finetune_stage": config.stage,
                 "task": task_kind(model), "theta_trains": self.theta_trains, **(run_info or {})}
         super().__init__(model, chain, train_data, val_data, out_dir, config, run_info=info)
-        self._batch: Any = None
         self.theta_optimizer: torch.optim.Optimizer | None = None
         if self.theta_trains:
             self.model.requires_grad_(True)
             params = [p for p in self.model.parameters() if p.requires_grad]
             self.theta_optimizer = torch.optim.Adam(params, lr=config.theta_lr)
-            self.optimizers[_THETA_KEY] = _ForwardState(self.model, self.theta_optimizer)
 
-    # -- data -------------------------------------------------------------------------------------
-    def _loader(self):
-        return _Recording(super()._loader(), self)
+    # -- checkpoints carry θ and its optimiser --------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        if self.theta_optimizer is None:
+            return {}
+        return {"forward_model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                "forward_optimizer": self.theta_optimizer.state_dict()}
 
-    def _take_batch(self, images: Tensor) -> Mapping[str, Any]:
-        batch = self._batch
-        if not isinstance(batch, Mapping) or batch.get("image") is not images:
-            raise ModinvError("internal: the fine-tuning step did not receive the batch of its images")
-        return batch
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.theta_optimizer is not None and state:
+            self.model.load_state_dict(state["forward_model"])
+            self.theta_optimizer.load_state_dict(state["forward_optimizer"])
 
     # -- the step ---------------------------------------------------------------------------------
     def forward_trace(self, images: Tensor, grad: bool) -> Trace:
@@ -322,8 +286,8 @@ class FinetuneTrainer(ModularTrainer):
                 out["total"] = mse + self.task_weight * out["task"]
         return out
 
-    def train_step(self, images: Tensor) -> dict[str, float]:
-        batch = self._take_batch(images)
+    def train_batch(self, batch: dict[str, Any]) -> dict[str, float]:
+        images = batch["image"]
         if self.theta_trains:
             set_forward_mode(self.model, self.config.forward_mode)
         else:
@@ -340,7 +304,7 @@ class FinetuneTrainer(ModularTrainer):
         norms = {s: torch.nn.utils.clip_grad_norm_(self.chain.components[s].parameters(), self.config.grad_clip)
                  for s in self.stages}
         if self.theta_optimizer is not None:
-            norms[_THETA_KEY] = torch.nn.utils.clip_grad_norm_(
+            norms["forward model"] = torch.nn.utils.clip_grad_norm_(
                 [p for g in self.theta_optimizer.param_groups for p in g["params"]], self.config.grad_clip
             )
         loss = losses["total"]
@@ -351,8 +315,8 @@ class FinetuneTrainer(ModularTrainer):
             if self.theta_optimizer is not None:
                 self.theta_optimizer.step()
         else:
-            for entry in self.optimizers.values():
-                entry.zero_grad(set_to_none=True)
+            for optimizer in [*self.optimizers.values(), *([self.theta_optimizer] if self.theta_optimizer else [])]:
+                optimizer.zero_grad(set_to_none=True)
             self._skip_update(self.stage, float(loss), float(torch.stack([n.float() for n in norms.values()]).norm()))
         return {k: float(v.detach()) for k, v in losses.items()}
 
@@ -397,11 +361,8 @@ class FinetuneTrainer(ModularTrainer):
                    **{k: v for k, v in means.items() if k != "mse"}, "objective": objective})
         return {s: objective for s in self.stages}
 
-    def _update_best(self, val: dict[str, float]) -> None:
-        before = {s: self.best.get(s, {}).get("step") for s in self.stages}
-        super()._update_best(val)
-        if self.dist.is_main and any(self.best.get(s, {}).get("step") != before[s] for s in self.stages):
-            self.save_forward(self.out / "best" / FORWARD_WEIGHTS_FILE)
+    def on_best(self, improved: list[str]) -> None:
+        self.save_forward(self.out / "best" / FORWARD_WEIGHTS_FILE)
 
     def save_forward(self, path: str | os.PathLike) -> Path:
         """The forward weights as a safetensors state dict ``load_model(..., weights=PATH)`` reads."""
@@ -426,9 +387,6 @@ class FinetuneTrainer(ModularTrainer):
     def fit(self, resume: bool = False, progress: bool = True) -> dict[str, Any]:
         """Train; afterwards ``OUT/best`` holds the chain and ``forward.safetensors``, and the model
         (changed in place) is frozen in eval mode again."""
-        # Dropout draws from torch's global generator: seed it so that a run is reproducible from
-        # its seed (a resumed run restores the generator state saved with the checkpoint instead).
-        torch.manual_seed(self.config.seed)
         try:
             result = super().fit(resume=resume, progress=progress)
             if not self.best:  # no validation: the final weights are the result

@@ -57,12 +57,18 @@ class TrainConfig:
         return asdict(self)
 
 
-def image_batches(loader: DataLoader) -> Iterator[Tensor]:
-    """Image tensors of a loader built with :func:`modinv.data.make_loader` (empty batches dropped)."""
+def usable_batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
+    """Batches of a loader built with :func:`modinv.data.make_loader`, without empty ones
+    (a batch whose every file was unreadable)."""
     for batch in loader:
-        images = batch["image"] if isinstance(batch, dict) else batch
-        if images.shape[0]:
-            yield images
+        if batch["image"].shape[0]:
+            yield batch
+
+
+def image_batches(loader: DataLoader) -> Iterator[Tensor]:
+    """Image tensors of :func:`usable_batches`."""
+    for batch in usable_batches(loader):
+        yield batch["image"]
 
 
 def _has_trainable(module: torch.nn.Module) -> bool:
@@ -207,6 +213,10 @@ class ModularTrainer:
             prediction = module(trace[stage], trace.context)
         return F.mse_loss(prediction.float(), target)
 
+    def train_batch(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimisation step on a collated batch; subclasses needing labels override this."""
+        return self.train_step(batch["image"])
+
     def train_step(self, images: Tensor) -> dict[str, float]:
         trace = self.frozen_trace(images)
         losses = {}
@@ -269,6 +279,17 @@ class ModularTrainer:
             self.best_chain.components[stage].load_state_dict(state)
         if improved and self.dist.is_main:
             self.best_chain.save(self.out / "best", metrics=self._metrics(), training=self._training_info())
+            self.on_best(improved)
+
+    def on_best(self, improved: list[str]) -> None:
+        """Called (on the main process) after ``best/`` was rewritten for the ``improved`` stages."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """More state for checkpoints (tensors and plain types only), restored by :meth:`load_extra_state`."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` saved."""
 
     def _metrics(self) -> dict[str, Any]:
         return {s: dict(v) for s, v in self.best.items()}
@@ -295,6 +316,7 @@ class ModularTrainer:
             "best": self.best,
             "nonfinite": self.nonfinite,
             "torch_rng": torch.get_rng_state(),
+            "extra": self.extra_state(),
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -319,6 +341,7 @@ class ModularTrainer:
             o.load_state_dict(state["optimizers"][s])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best, self.nonfinite = state["best"], state["nonfinite"]
+        self.load_extra_state(state.get("extra", {}))
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
@@ -332,6 +355,9 @@ class ModularTrainer:
     def fit(self, resume: bool = False, progress: bool = True) -> dict[str, Any]:
         """Train until ``steps``/``epochs`` are done; returns the best validation losses."""
         self.out.mkdir(parents=True, exist_ok=True)
+        # Anything random in training (dropout, ...) draws from torch's generator: a run is
+        # reproducible from its seed; a resumed run restores the generator saved with the checkpoint.
+        torch.manual_seed(self.config.seed)
         if resume:
             self.resume()
         self._write_config()
@@ -340,9 +366,9 @@ class ModularTrainer:
         started = time.perf_counter()
         while self.step < total:
             seen = 0
-            for images in image_batches(self._loader()):
+            for batch in usable_batches(self._loader()):
                 seen += 1
-                losses = self.train_step(images)
+                losses = self.train_batch(batch)
                 self.step += 1
                 self.batch_in_epoch += 1
                 bar.update(1)
