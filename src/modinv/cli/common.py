@@ -28,9 +28,11 @@ def add_amp_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def model_from_args(args: argparse.Namespace) -> StagedModel:
+def model_from_args(args: argparse.Namespace, device=None) -> StagedModel:
+    """The model the arguments name, on ``device`` (default: the one --device resolves to)."""
     options = {"input_size": tuple(args.input_size)} if getattr(args, "input_size", None) else {}
-    return load_model(args.model, weights=args.weights, seed=args.seed, device=resolve_device(args.device), **options)
+    device = device if device is not None else resolve_device(args.device)
+    return load_model(args.model, weights=args.weights, seed=args.seed, device=device, **options)
 
 
 def writable_dir(path: str | Path) -> Path:
@@ -45,9 +47,19 @@ def writable_dir(path: str | Path) -> Path:
     return path
 
 
-def writable_file(path: str | Path) -> Path:
+def writable_file(path: str | Path, suffixes: tuple[str, ...] | None = None) -> Path:
+    """Check before any work is done that the file ``path`` can be written (its folder is created);
+    ``suffixes``: the accepted file name endings (lower case, with the dot)."""
     path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise ModinvError(
+            f"cannot write {str(path)!r}: the file name must end in {', '.join(suffixes)}"
+        )
     writable_dir(path.parent if str(path.parent) else ".")
+    if path.is_dir():
+        raise ModinvError(f"output file {str(path)!r} is an existing folder; give a file name inside it")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ModinvError(f"output file {str(path)!r} exists and is not writable")
     return path
 
 

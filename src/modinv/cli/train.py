@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-batches", type=int, default=25)
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--log-every", type=int, default=10, help="steps between log records")
+    p.add_argument("--compile", action="store_true", help="torch.compile each trained component")
+    p.add_argument("--no-channels-last", action="store_true", help="keep convolutions in NCHW on CUDA")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_amp_arg(p)
@@ -67,8 +70,21 @@ def run(args: argparse.Namespace) -> int:
 
     if args.classic and args.stages:
         raise ModinvError("--classic trains the whole chain STAGE -> image together; leave out --stages")
+    from modinv.distributed import init_distributed, shutdown
+
     out = writable_dir(args.out)
-    model = model_from_args(args)
+    dist, device = init_distributed(args.device)  # one process per GPU under torchrun
+    try:
+        return _train(args, out, dist, device)
+    finally:
+        shutdown(dist)
+
+
+def _train(args: argparse.Namespace, out, dist, device) -> int:
+    from modinv.inverse.chain import InverseChain
+    from modinv.training.modular import ModularTrainer, TrainConfig
+
+    model = model_from_args(args, device=device)
     variants = parse_assignments(args.variant, what="variant")
     if args.classic:
         from modinv.training.classic import build_classic_chain
@@ -90,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         amp=args.amp,
         num_workers=args.num_workers,
+        log_every=args.log_every,
+        compile=args.compile,
+        channels_last=not args.no_channels_last,
     )
     run_info = {"data": args.data, "val_data": args.val_data, "val_fraction": args.val_fraction, "augment": args.augment,
                 "arch": chain.arch, "command": "train"}
@@ -97,10 +116,12 @@ def run(args: argparse.Namespace) -> int:
         from modinv.training.classic import ClassicConfig, ClassicTrainer
 
         trainer = ClassicTrainer(model, chain, train, val, out, ClassicConfig(stage=args.classic, **settings),
-                                 run_info=run_info)
+                                 run_info=run_info, dist=dist)
     else:
-        trainer = ModularTrainer(model, chain, train, val, out, TrainConfig(**settings), run_info=run_info)
+        trainer = ModularTrainer(model, chain, train, val, out, TrainConfig(**settings), run_info=run_info, dist=dist)
     best = trainer.fit(resume=args.resume, progress=not args.no_progress)
+    if not dist.is_main:
+        return 0
     if args.classic:
         record = best.get(args.classic)
         if record:
