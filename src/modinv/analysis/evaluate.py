@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from modinv.errors import ModinvError
 from modinv.analysis.metrics import RunningMean, per_image_mse, summarize
 from modinv.inverse.chain import InverseChain
 from modinv.models.base import StagedModel
@@ -34,6 +35,8 @@ def mean_image(source, batch_size: int = 16, limit: int | None = None) -> Tensor
     running = RunningMean()
     for images in _batches(source, batch_size, limit):
         running.add(images)
+    if running.count == 0:
+        raise ModinvError("the data yielded no usable images")
     return running.mean
 
 

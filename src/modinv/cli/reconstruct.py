@@ -12,7 +12,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--inverse", required=True, help="inverse chain folder (e.g. RUN/best)")
     p.add_argument("--images", nargs="+", required=True, help="image files")
-    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--out", required=True, help="image file to write (.png, .pdf, .svg, ...)")
     p.set_defaults(handler=run)
 
 
@@ -23,7 +23,10 @@ def run(args: argparse.Namespace) -> int:
     from modinv.data import load_images
     from modinv.inverse.chain import InverseChain
 
-    out = writable_file(args.out)
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = tuple(sorted(f".{ext}" for ext in FigureCanvasBase.get_supported_filetypes()))
+    out = writable_file(args.out, suffixes=formats)
     model = model_from_args(args)
     chain = InverseChain.load(args.inverse, model, map_location=model.device)
     images, names = load_images(args.images, size=tuple(model.input_size))

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from modinv.data.decode import IMAGE_EXTENSIONS, array_to_rgb, is_image_file, read_image
 from modinv.data.transforms import augment_image, resize_image, resize_masks, scale_boxes
-from modinv.errors import ModinvError
+from modinv.errors import ModinvError, brief
 
 # Spec forms, for messages and the CLI's help.
 SOURCE_SPECS: tuple[str, ...] = (
@@ -108,7 +108,7 @@ class ImageSource(Dataset):
             item = {"image": image.contiguous(), "index": index, "name": name}
             item.update(self._extras(index))
         except Exception as exc:  # noqa: BLE001 - a bad file must not stop a run; it is reported
-            reason = f"{type(exc).__name__}: {exc}".strip()
+            reason = brief(exc)
             self.skipped[name] = reason
             warnings.warn(f"skipped unusable image {name} ({reason})", DataWarning, stacklevel=2)
             return None
@@ -392,7 +392,7 @@ def load_images(items: str | Path | list[str | Path], size: tuple[int, int]) -> 
             try:
                 array = source._read(i)
             except Exception as exc:  # noqa: BLE001
-                raise ModinvError(f"cannot read image {source.names[i]} ({type(exc).__name__}: {exc})") from None
+                raise ModinvError(f"cannot read image {source.names[i]} ({brief(exc)})") from None
             images.append(resize_image(torch.from_numpy(array).permute(2, 0, 1), size))
             names.append(source.names[i] if source.kind == "samples" else Path(source.names[i]).stem)
     if not images:

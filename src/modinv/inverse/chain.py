@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from modinv.errors import ModinvError
+from modinv.errors import ModinvError, brief
 from modinv.inverse import auto, detr, vit
 from modinv.inverse.registry import build_component
 from modinv.models.base import IMAGE, StagedModel, Trace
@@ -105,6 +105,10 @@ def layout_mismatch(made_for: Mapping[str, Any], other: Mapping[str, Any]) -> st
     if list(made_for.get("stages", [])) != list(other.get("stages", [])):
         return (f"it was made for the stage layout {', '.join(made_for.get('stages', []))}, "
                 f"not {', '.join(other.get('stages', []))}")
+    size_a, size_b = made_for.get("input_size"), other.get("input_size")
+    if size_a and size_b and list(size_a) != list(size_b):
+        return (f"it was made for input size {_fmt_shape(size_a)}, but the model takes {_fmt_shape(size_b)} "
+                f"(another input size; load the model at {_fmt_shape(size_a)})")
     a, b = made_for.get("shapes", {}), other.get("shapes", {})
     for stage in made_for.get("stages", []):
         if list(a.get(stage, [])) != list(b.get(stage, [])):
@@ -139,8 +143,12 @@ def _atomic_write(path: Path, write) -> None:
             tmp.unlink()
 
 
+def _dump_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
+    _atomic_write(path, lambda tmp: _dump_json(tmp, obj))
 
 
 def _read_json(path: Path) -> Any:
@@ -149,7 +157,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModinvError(f"cannot read {str(path)!r} ({type(exc).__name__}: {exc})") from None
+        raise ModinvError(f"cannot read {str(path)!r} ({brief(exc)})") from None
 
 
 def _sha256(path: Path) -> str:
@@ -176,11 +184,46 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     manifest = _read_json(directory / MANIFEST)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModinvError(f"{str(directory / MANIFEST)!r} is not an inverse-chain manifest")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+    version = manifest.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ModinvError(f"{str(directory / MANIFEST)!r} has no valid format_version")
+    if version > FORMAT_VERSION:
         raise ModinvError(
             f"{str(directory)!r} was written by a newer modinv (format {manifest['format_version']}); upgrade modinv"
         )
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ModinvError(f"{str(directory / MANIFEST)!r} is malformed: {problem}")
     return manifest
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of a manifest that loading relies on (None when nothing):
+    an edited or foreign file must fail with a sentence, not deep inside the loader."""
+    missing = [k for k in ("model", "stages", "shapes") if k not in manifest]
+    if missing:
+        return f"it lacks {', '.join(map(repr, missing))}"
+    if not isinstance(manifest.get("model"), str):
+        return "'model' is not a name"
+    stages = manifest.get("stages")
+    if not isinstance(stages, list) or not stages or not all(isinstance(s, str) and s for s in stages):
+        return "'stages' is not a list of stage names"
+    shapes = manifest.get("shapes")
+    if not isinstance(shapes, dict) or not all(isinstance(k, str) and _is_shape(v) for k, v in shapes.items()):
+        return "'shapes' is not a mapping of stage names to shapes"
+    if "input_size" in manifest and not (_is_shape(manifest["input_size"]) and len(manifest["input_size"]) == 2):
+        return "'input_size' is not [height, width]"
+    components = manifest.get("components", {})
+    if not isinstance(components, dict) or not all(isinstance(k, str) for k in components):
+        return "'components' is not a mapping of stage names"
+    unknown = [s for s in components if s not in stages or s == IMAGE]
+    if unknown:
+        return f"it lists components for {unknown}, which are not among its stages {stages}"
+    return None
 
 
 def load_component(path: str | os.PathLike, stage: str,
@@ -205,9 +248,21 @@ def load_component(path: str | os.PathLike, stage: str,
     try:
         state = load_file(str(weights_file), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModinvError(f"cannot read weights file {str(weights_file)!r} (corrupt or truncated: {exc})") from None
-    with seeded(0):  # random init is overwritten; keep the caller's RNG untouched
-        module = build_component(meta["config"])
+        raise ModinvError(
+            f"cannot read weights file {str(weights_file)!r} (corrupt or truncated, or not a safetensors file: "
+            f"{brief(exc)})"
+        ) from None
+    _check_config_fits(meta["config"], state, weights_file)
+    try:
+        with seeded(0):  # random init is overwritten; keep the caller's RNG untouched
+            module = build_component(meta["config"])
+    except ModinvError:
+        raise
+    except Exception as exc:  # an edited config the builder cannot take
+        raise ModinvError(
+            f"cannot rebuild the component of {str(_stage_file(directory, stage, '.json'))!r} from its config "
+            f"({brief(exc)})"
+        ) from None
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -215,6 +270,29 @@ def load_component(path: str | os.PathLike, stage: str,
         detail = lines[1].strip() if len(lines) > 1 else lines[0]
         raise ModinvError(f"weights in {str(weights_file)!r} do not fit their config: {detail}") from None
     return module.to(map_location), meta
+
+
+def _check_config_fits(config: dict[str, Any], state: Mapping[str, Tensor], weights_file: Path) -> None:
+    """Build the component on the meta device (no memory) and compare its tensors' names and shapes
+    with the file's, so that an edited config asking for a huge module fails before any allocation.
+    Builders that cannot run on the meta device are let through (the strict load checks them)."""
+    try:
+        with torch.device("meta"), seeded(0):
+            expected = {k: tuple(v.shape) for k, v in build_component(config).state_dict().items()}
+    except ModinvError:
+        raise
+    except Exception:  # noqa: BLE001 - not meta-friendly: the real build and strict load decide
+        return
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected == found:
+        return
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+    else:
+        key = next(k for k in expected if expected[k] != found[k])
+        detail = f"{key} is {_fmt_shape(found[key])} in the file, {_fmt_shape(expected[key])} by the config"
+    raise ModinvError(f"weights in {str(weights_file)!r} do not fit their config: {detail}")
 
 
 # -- the chain -----------------------------------------------------------------------------------------
@@ -487,7 +565,7 @@ class InverseChain(nn.Module):
     # -- saving and loading --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, metrics: Mapping[str, Mapping[str, Any]] | None = None,
              training: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
-        """Write the chain to directory ``path`` (created if needed), each file atomically.
+        """Write the chain to directory ``path`` (created if needed), all its files replaced together.
 
         ``metrics`` / ``training``: per stage, e.g. ``{"enc": {"val_mse": 0.012}}`` /
         ``{"enc": {"steps": 20000}}``, or one flat dict (keys not all stage names) for every
@@ -500,44 +578,57 @@ class InverseChain(nn.Module):
                 self.component_meta[stage][name].update(copy.deepcopy(dict(values)))
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
-        entries = {}
-        for stage in self.stages:
-            module = self.components[stage]
-            state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
-            weights_file = _stage_file(directory, stage, ".safetensors")
-            # one metadata key: safetensors writes several in a random order, one keeps files reproducible
-            header = {"modinv": json.dumps({"stage": stage, "kind": module.config["kind"], "model": self.model_name})}
-            digest: dict[str, str] = {}
+        # Every file is first written under a temporary name, and only when all are complete are they
+        # renamed into place (the manifest last): a process killed while saving (training rewrites
+        # best/ at every improvement) leaves the previous chain readable, not new weights next to an
+        # old <stage>.json whose checksum no longer matches; the renames take microseconds.
+        staged: list[tuple[Path, Path]] = []
 
-            def write(tmp: Path, state=state, header=header, digest=digest) -> None:
-                save_file(state, str(tmp), metadata=header)
-                digest["sha256"] = _sha256(tmp)
+        def stage_file(final: Path, write) -> Path:
+            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+            staged.append((tmp, final))
+            write(tmp)
+            return tmp
 
-            _atomic_write(weights_file, write)
-            meta = copy.deepcopy(self.component_meta[stage])
-            meta["config"] = copy.deepcopy(module.config)
-            meta |= {"format": FORMAT, "format_version": FORMAT_VERSION, "modinv_version": _version(),
-                     "model": self.model_name, "weights": self.layout.get("weights"),
-                     "file": weights_file.name, "sha256": digest["sha256"],
-                     "parameters": sum(p.numel() for p in module.parameters())}
-            _write_json(_stage_file(directory, stage, ".json"), meta)
-            entries[stage] = {k: meta[k] for k in ("file", "kind", "seed", "variant", "arch", "parameters", "sha256")}
         try:
-            full_path = self.full_path_parameters()
-        except ModinvError:
-            full_path = None
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "modinv_version": _version(),
-            **{k: copy.deepcopy(v) for k, v in self.layout.items() if k != "arch"},
-            "arch": self.arch,
-            "components": entries,
-            "seeds": self.seeds(),
-            "variants": {s: self.component_meta[s].get("variant") for s in self.stages},
-            "metrics": {s: self.component_meta[s].get("metrics", {}) for s in self.stages},
-            "trainable_parameters": self.trainable_parameters(),
-            "full_path_parameters": full_path,
-        }
-        _write_json(directory / MANIFEST, manifest)
+            entries = {}
+            for stage in self.stages:
+                module = self.components[stage]
+                state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+                weights_file = _stage_file(directory, stage, ".safetensors")
+                # one metadata key: safetensors writes several in a random order, one keeps files reproducible
+                header = {"modinv": json.dumps({"stage": stage, "kind": module.config["kind"], "model": self.model_name})}
+                write = lambda tmp, state=state, header=header: save_file(state, str(tmp), metadata=header)  # noqa: E731
+                digest = {"sha256": _sha256(stage_file(weights_file, write))}
+                meta = copy.deepcopy(self.component_meta[stage])
+                meta["config"] = copy.deepcopy(module.config)
+                meta |= {"format": FORMAT, "format_version": FORMAT_VERSION, "modinv_version": _version(),
+                         "model": self.model_name, "weights": self.layout.get("weights"),
+                         "file": weights_file.name, "sha256": digest["sha256"],
+                         "parameters": sum(p.numel() for p in module.parameters())}
+                stage_file(_stage_file(directory, stage, ".json"), lambda tmp, meta=meta: _dump_json(tmp, meta))
+                entries[stage] = {k: meta[k] for k in ("file", "kind", "seed", "variant", "arch", "parameters", "sha256")}
+            try:
+                full_path = self.full_path_parameters()
+            except ModinvError:
+                full_path = None
+            manifest = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "modinv_version": _version(),
+                **{k: copy.deepcopy(v) for k, v in self.layout.items() if k != "arch"},
+                "arch": self.arch,
+                "components": entries,
+                "seeds": self.seeds(),
+                "variants": {s: self.component_meta[s].get("variant") for s in self.stages},
+                "metrics": {s: self.component_meta[s].get("metrics", {}) for s in self.stages},
+                "trainable_parameters": self.trainable_parameters(),
+                "full_path_parameters": full_path,
+            }
+            stage_file(directory / MANIFEST, lambda tmp: _dump_json(tmp, manifest))
+            for tmp, final in staged:
+                os.replace(tmp, final)
+        finally:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
         return directory
 
     def _per_stage(self, extra: Mapping[str, Any] | None, name: str) -> dict[str, Mapping[str, Any]]:

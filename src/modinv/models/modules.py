@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from modinv.errors import ModinvError
+from modinv.errors import ModinvError, brief
 from modinv.models.base import IMAGE, StagedModel, Trace
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -205,7 +205,7 @@ class ModuleStagedModel(StagedModel):
         except Exception as exc:
             raise ModinvError(
                 f"model {self.name!r} fails on a blank {self.input_size[0]}×{self.input_size[1]} image "
-                f"({type(exc).__name__}: {exc}); check input_size"
+                f"({brief(exc)}); check input_size"
             ) from None
         finally:
             for h in handles:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from modinv.errors import ModinvError
+from modinv.errors import ModinvError, brief
 from modinv.models.base import StagedModel, Trace
 from modinv.models.weights import from_hub, is_path, load_into, load_state_file, seeded
 
@@ -201,7 +201,7 @@ def _create_vit(weights: str | os.PathLike, seed: int, input_size: tuple[int, in
             state = checkpoint_filter_fn(state, vit)
         except Exception as exc:
             raise ModinvError(
-                f"weights in {source!r} do not fit this model ({type(exc).__name__}: {exc})"
+                f"weights in {source!r} do not fit this model ({brief(exc)})"
             ) from None
         load_into(vit, state, source)
     return vit

@@ -10,7 +10,7 @@ from typing import Callable, Iterator, TypeVar
 
 import torch
 
-from modinv.errors import ModinvError, WeightsUnavailableError
+from modinv.errors import ModinvError, WeightsUnavailableError, brief
 
 DOWNLOAD_TIMEOUT_S = 20.0
 HUB_HOST = "huggingface.co"
@@ -41,14 +41,25 @@ def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or truncated file, foreign format
-        raise ModinvError(f"cannot read weights file {str(path)!r} ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # corrupt or truncated file, foreign format, pickled objects
+        raise ModinvError(f"cannot read weights file {str(path)!r} ({describe_load_error(exc)})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModinvError(f"weights file {str(path)!r} holds no state dict of tensors")
     return state
+
+
+def describe_load_error(exc: BaseException) -> str:
+    """Why a weights file could not be read, in a few words on one line (torch's and safetensors'
+    own messages run over several lines, with links and terminal colour codes)."""
+    if type(exc).__name__ == "UnpicklingError":  # from torch.load(weights_only=True)
+        if "Unsupported global" in str(exc):
+            return ("it holds pickled Python objects besides tensors, which modinv refuses to load because "
+                    "unpickling them could run code; save a plain state dict of tensors or a .safetensors file")
+        return "not a PyTorch state dict: the file is corrupt or of another format"
+    return brief(exc)
 
 
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

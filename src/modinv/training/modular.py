@@ -71,6 +71,17 @@ def image_batches(loader: DataLoader) -> Iterator[Tensor]:
         yield batch["image"]
 
 
+def _finite_or_null(value: Any) -> Any:
+    """NaN and infinities as JSON null (strict JSON; readable by jq and friends)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def _has_trainable(module: torch.nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
@@ -181,7 +192,7 @@ class ModularTrainer:
         if not self.dist.is_main:
             return
         with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(_finite_or_null(record), allow_nan=False) + "\n")
 
     def _write_config(self) -> None:
         if not self.dist.is_main:
@@ -223,6 +234,9 @@ class ModularTrainer:
         for stage in self.stages:
             component, optimizer = self.chain.components[stage], self.optimizers[stage]
             component.train()
+            # Running statistics (BatchNorm) change in the forward pass itself; keep a copy so a
+            # skipped update can also undo what a non-finite input did to them.
+            buffers = [b.detach().clone() for b in component.buffers()]
             loss = self.component_loss(stage, trace)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -232,7 +246,10 @@ class ModularTrainer:
                 optimizer.step()
                 self.nonfinite[stage] = 0
             else:
-                self._skip_update(stage, float(loss), float(grad_norm))
+                with torch.no_grad():
+                    for buffer, saved in zip(component.buffers(), buffers):
+                        buffer.copy_(saved)
+                self._skip_update(stage, float(loss.detach()), float(grad_norm))
             losses[stage] = float(loss.detach())
         return losses
 

@@ -1,0 +1,511 @@
+"""Bad input through the `modinv` command: each case exits with status 2 and prints one sentence,
+``modinv <command>: error: ...``, on stderr, never a traceback. Unusable images inside a data set
+are skipped and counted instead. Untrusted files (weights, components, trainer states) are never
+unpickled: a pickle in their place is refused without running it, and a static check keeps
+``pickle``, ``eval``/``exec`` and unguarded ``torch.load`` out of the source.
+
+``MODINV_SHOW_ERRORS=1 pytest -s tests/test_bad_input.py`` prints every message.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import modinv
+import modinv.cli.common as cli_common
+from modinv.cli import main
+from modinv.data.synthetic import make_tiny_coco
+from modinv.errors import ModinvError
+from modinv.inverse.chain import InverseChain
+from modinv.training import checkpoint as ckpt
+
+SRC = Path(modinv.__file__).parent
+VIT = ["--model", "vit-b16", "--weights", "random", "--device", "cpu", "--input-size", "32", "32"]
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+# -- helpers and fixtures ---------------------------------------------------------------------------------
+
+def fails(argv: list[str], capsys) -> str:
+    """Run the CLI, check status 2 and a one-line, traceback-free error; return the message."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    prefix = f"modinv {argv[0]}: error: "
+    assert lines[0].startswith(prefix), err
+    message = lines[0][len(prefix):]
+    assert message and "\x1b" not in message
+    if os.environ.get("MODINV_SHOW_ERRORS"):
+        print(f"\n  {' '.join(argv[:1])}: {lines[0]}", file=sys.__stdout__)
+    return message
+
+
+class Payload:
+    """Unpickling this object creates a file: proof that the pickle ran, if it ever does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def write_malicious_pickle(path: Path, marker: Path) -> None:
+    torch.save({"weight": torch.zeros(2), "payload": Payload(marker)}, path)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def reuse_models():
+    """The commands build their model through ``modinv.cli.common.load_model``; building the same
+    frozen random ViT-B/16 for every case would take most of this file's time, so a model built
+    once is reused (keyed by every argument). Failing builds (unknown name, bad size) are not
+    cached: their errors come from ``load_model`` itself."""
+    cache, real = {}, cli_common.load_model
+
+    def cached(name, **kwargs):
+        key = (name, repr(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = real(name, **kwargs)
+        return cache[key]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli_common, "load_model", cached)
+        yield
+
+
+@pytest.fixture(scope="module")
+def vit(reuse_models):
+    from modinv.cli import build_parser
+
+    return cli_common.model_from_args(build_parser().parse_args(["info", *VIT]))
+
+
+@pytest.fixture(scope="module")
+def chain_dir(vit, tmp_path_factory) -> Path:
+    """A saved inverse chain for ViT-B/16 at 32×32 (``arch="auto"``: small and quick to load)."""
+    return InverseChain.build(vit, arch="auto", seed=0).save(tmp_path_factory.mktemp("chain") / "vit32")
+
+
+@pytest.fixture
+def chain_copy(chain_dir, tmp_path) -> Path:
+    return Path(shutil.copytree(chain_dir, tmp_path / "chain"))
+
+
+@pytest.fixture(scope="module")
+def odd_folder(tmp_path_factory) -> Path:
+    """Three photos, five odd but usable files, three unusable ones."""
+    root = tmp_path_factory.mktemp("odd")
+    photo = (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)
+    for i in range(3):
+        Image.fromarray(np.roll(photo, 7 * i, axis=1)).save(root / f"photo{i}.png")
+    Image.new("L", (20, 10), 100).save(root / "gray.png")
+    Image.new("RGBA", (20, 10), (255, 0, 0, 128)).save(root / "rgba.png")
+    Image.fromarray(np.full((10, 20), 32768, dtype=np.uint16)).save(root / "sixteen.png")
+    (root / "nested").mkdir()
+    Image.new("CMYK", (20, 10), (0, 255, 255, 0)).save(root / "nested" / "cmyk.jpg")
+    Image.new("RGB", (1, 1), (0, 0, 255)).save(root / "one-pixel.bmp")
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(root / "full.jpg", quality=95)
+    data = (root / "full.jpg").read_bytes()
+    (root / "full.jpg").unlink()
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "text.jpg").write_text("this is not an image\n")
+    (root / "empty.png").write_bytes(b"")
+    return root
+
+
+UNUSABLE_IN_ODD_FOLDER = 3
+USABLE_IN_ODD_FOLDER = 8
+
+
+# -- names ------------------------------------------------------------------------------------------------
+
+def test_unknown_model_lists_the_valid_ones(capsys):
+    message = fails(["info", "--model", "resnet-9000", "--weights", "random"], capsys)
+    assert message.startswith("unknown model 'resnet-9000'; valid models: ")
+    for name in modinv.models.registry.available_models():
+        assert name in message
+
+
+@pytest.mark.parametrize("flag", ["--stages", "--classic"])
+def test_unknown_stage_in_train_lists_the_valid_ones(flag, tmp_path, capsys, vit):
+    argv = ["train", *VIT, "--arch", "auto", "--data", "samples", "--steps", "1", "--out", str(tmp_path / "run")]
+    message = fails([*argv, flag, "nope"] if flag == "--classic" else [*argv, flag, "bb", "nope"], capsys)
+    assert "nope" in message and "bb, enc" in message
+
+
+# -- data -------------------------------------------------------------------------------------------------
+
+def evaluate(chain_dir: Path, data: str, tmp_path: Path, *extra: str) -> list[str]:
+    return ["evaluate", *VIT, "--inverse", str(chain_dir), "--data", data, "--out", str(tmp_path / "e.json"), *extra]
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("folder:{missing}", "image folder {missing} does not exist"),
+        ("coco:{missing}", "COCO folder {missing} does not exist"),
+        ("imagenet:{missing}", "ImageNet folder {missing} does not exist"),
+        ("{missing}", "unknown image source '{missing}'; valid sources: samples"),
+    ],
+)
+def test_data_path_that_does_not_exist(spec, expected, chain_dir, tmp_path, capsys):
+    missing = str(tmp_path / "no" / "such")
+    message = fails(evaluate(chain_dir, spec.format(missing=missing), tmp_path), capsys)
+    assert expected.format(missing=missing) in message
+
+
+def test_folder_without_images(chain_dir, tmp_path, capsys):
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("no pictures here")
+    (folder / ".hidden.png").write_bytes(b"")
+    message = fails(evaluate(chain_dir, f"folder:{folder}", tmp_path), capsys)
+    assert message.startswith(f"no images found under {folder} (searched recursively for .jpg")
+
+
+def test_coco_root_without_annotation_file(chain_dir, tmp_path, capsys):
+    root = make_tiny_coco(tmp_path / "coco", n_images=1)
+    (root / "annotations" / "instances_val2017.json").unlink()
+    message = fails(evaluate(chain_dir, f"coco:{root}", tmp_path), capsys)
+    assert message == (f"COCO annotation file {root}/annotations/instances_val2017.json not found "
+                       "(expected ROOT/annotations/instances_val2017.json)")
+    message = fails(evaluate(chain_dir, f"coco:{root}:train2017", tmp_path), capsys)
+    assert "instances_train2017.json not found" in message
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        ('{"images": [', "is not valid JSON (Expecting value at line 1)"),
+        ("[1, 2, 3]", "is malformed: its top level is not an object"),
+        ('{"images": [], "categories": []}', "is malformed: it has no 'annotations' list"),
+        ('{"images": [{"id": 1}], "annotations": [], "categories": []}',
+         "is malformed: an entry of 'images' lacks id, file_name, height or width"),
+        ('{"images": [], "annotations": [{"image_id": 1}], "categories": []}',
+         "is malformed: an entry of 'annotations' lacks image_id, bbox or category_id"),
+        (b"\xff\xfe\x00garbage", "cannot read COCO annotation file"),
+    ],
+)
+def test_malformed_coco_annotation_file(content, expected, chain_dir, tmp_path, capsys):
+    root = make_tiny_coco(tmp_path / "coco", n_images=1)
+    annotations = root / "annotations" / "instances_val2017.json"
+    annotations.write_bytes(content if isinstance(content, bytes) else content.encode())
+    message = fails(evaluate(chain_dir, f"coco:{root}", tmp_path), capsys)
+    assert str(annotations) in message and expected in message
+
+
+def test_unusable_images_are_skipped_and_counted_by_evaluate(chain_dir, odd_folder, tmp_path, capsys):
+    out = tmp_path / "e.json"
+    capsys.readouterr()
+    assert main(evaluate(chain_dir, f"folder:{odd_folder}", tmp_path, "--batch", "4")) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert f"skipped {UNUSABLE_IN_ODD_FOLDER} unusable image file(s)" in captured.out
+    result = json.loads(out.read_text())
+    assert result["n_images"] == USABLE_IN_ODD_FOLDER
+    assert result["skipped"]["count"] == UNUSABLE_IN_ODD_FOLDER
+    assert sorted(Path(p).name for p in result["skipped"]["files"]) == ["empty.png", "text.jpg", "truncated.jpg"]
+    assert all("\n" not in reason for reason in result["skipped"]["files"].values())
+    for r in result["stages"].values():
+        assert r["n"] == USABLE_IN_ODD_FOLDER and np.isfinite(r["mse"])
+
+
+def test_unusable_images_never_stop_training(odd_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    # one batch holds every training file (one of the 11 is held out for validation, also read)
+    argv = ["train", *VIT, "--arch", "auto", "--data", f"folder:{odd_folder}", "--steps", "1", "--batch", "11",
+            "--stages", "bb", "--out", str(run), "--no-progress", "--amp", "off"]
+    with pytest.warns(UserWarning, match="skipped unusable image"):
+        assert main(argv) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert (run / "best" / "manifest.json").is_file()
+
+
+def test_only_unusable_images(chain_dir, tmp_path, capsys):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "a.jpg").write_text("not an image")
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    message = fails(evaluate(chain_dir, f"folder:{folder}", tmp_path), capsys)
+    assert message.startswith(f"none of the 2 images of folder:{folder} could be read (e.g. {folder}/a.jpg: ")
+
+
+def test_unreadable_image_named_on_the_command_line(chain_dir, odd_folder, tmp_path, capsys):
+    argv = ["reconstruct", *VIT, "--inverse", str(chain_dir), "--images", str(odd_folder / "photo0.png"),
+            str(odd_folder / "truncated.jpg"), "--out", str(tmp_path / "grid.png")]
+    message = fails(argv, capsys)
+    assert message.startswith(f"cannot read image {odd_folder / 'truncated.jpg'} (OSError: ")
+    assert not (tmp_path / "grid.png").exists()
+
+
+@pytest.mark.parametrize("extra,expected", [(["--limit", "0"], "--limit must be a positive number of images, got 0"),
+                                            (["--batch", "0"], "--batch must be at least 1, got 0")])
+def test_evaluate_counts_must_be_positive(extra, expected, chain_dir, tmp_path, capsys):
+    assert fails(evaluate(chain_dir, "samples", tmp_path, *extra), capsys) == expected
+
+
+# -- inverse chains (checkpoints) -------------------------------------------------------------------------
+
+def test_chain_of_another_model(tmp_path, capsys):
+    mobilenet = modinv.load_model("mobilenet-v2", weights="random", input_size=(64, 64))
+    other = InverseChain.build(mobilenet, arch="auto", seed=0).save(tmp_path / "mobilenet")
+    message = fails(evaluate(other, "samples", tmp_path), capsys)
+    assert message == (f"the inverse chain in '{other}' does not fit model 'vit-b16': "
+                       "it was made for model 'mobilenet-v2', not 'vit-b16'")
+
+
+def test_chain_of_another_input_size(chain_dir, tmp_path, capsys):
+    """A chain trained at 32×32 has other stage shapes than the model at 64×64 (5 vs 17 tokens)."""
+    argv = evaluate(chain_dir, "samples", tmp_path)
+    argv[argv.index("--input-size") + 1: argv.index("--input-size") + 3] = ["64", "64"]
+    message = fails(argv, capsys)
+    assert message == (f"the inverse chain in '{chain_dir}' does not fit model 'vit-b16': it was made for input size "
+                       "32×32, but the model takes 64×64 (another input size; load the model at 32×32)")
+
+
+def test_chain_with_an_edited_manifest(chain_copy, tmp_path, capsys):
+    manifest = json.loads((chain_copy / "manifest.json").read_text())
+    manifest["components"] = {"../../etc/passwd": {}}
+    (chain_copy / "manifest.json").write_text(json.dumps(manifest))
+    message = fails(evaluate(chain_copy, "samples", tmp_path), capsys)
+    assert "is malformed: it lists components for ['../../etc/passwd'], which are not among its stages" in message
+    (chain_copy / "manifest.json").write_text("{not json")
+    assert "cannot read" in fails(evaluate(chain_copy, "samples", tmp_path), capsys)
+
+
+def test_component_config_asking_for_a_huge_module_is_refused_before_building(chain_copy, tmp_path, capsys):
+    meta = json.loads((chain_copy / "enc.json").read_text())
+    meta["config"]["width"] = 2**20  # 2-block transformer of width 2²⁰: terabytes, if it were built
+    (chain_copy / "enc.json").write_text(json.dumps(meta))
+    message = fails(evaluate(chain_copy, "samples", tmp_path), capsys)
+    assert message.startswith(f"weights in '{chain_copy / 'enc.safetensors'}' do not fit their config: missing [")
+
+
+def test_truncated_component_file(chain_copy, tmp_path, capsys):
+    weights = chain_copy / "bb.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    message = fails(evaluate(chain_copy, "samples", tmp_path), capsys)
+    assert message == (f"weights file '{weights}' does not match the checksum in bb.json: "
+                       "it is truncated, corrupt or was replaced; save the chain again")
+    # without the recorded checksum, the safetensors reader notices by itself
+    meta = json.loads((chain_copy / "bb.json").read_text())
+    del meta["sha256"]
+    (chain_copy / "bb.json").write_text(json.dumps(meta))
+    message = fails(evaluate(chain_copy, "samples", tmp_path), capsys)
+    assert message.startswith(f"cannot read weights file '{weights}' (corrupt or truncated, or not a safetensors "
+                              "file: SafetensorError: ")
+
+
+def test_corrupt_component_file(chain_copy, tmp_path, capsys):
+    weights = chain_copy / "enc.safetensors"
+    weights.write_bytes(np.random.default_rng(0).bytes(weights.stat().st_size))
+    assert "does not match the checksum" in fails(evaluate(chain_copy, "samples", tmp_path), capsys)
+    # random bytes with a matching checksum (as an attacker would write): the reader refuses them
+    meta = json.loads((chain_copy / "enc.json").read_text())
+    meta["sha256"] = sha256(weights)
+    (chain_copy / "enc.json").write_text(json.dumps(meta))
+    message = fails(evaluate(chain_copy, "samples", tmp_path), capsys)
+    assert message.startswith(f"cannot read weights file '{weights}' (corrupt or truncated")
+
+
+# -- image sizes ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "model,size,expected",
+    [
+        ("detr-r50", ("100", "100"), "DETR-R50 needs an input size (H, W) divisible by 32, got 100×100"),
+        ("vit-b16", ("30", "30"), "ViT-B/16 needs an input size made of whole 16-pixel patches, got 30×30"),
+        ("vit-b16", ("0", "0"), "ViT-B/16 needs an input size made of whole 16-pixel patches, got 0×0"),
+    ],
+)
+def test_image_size_the_model_cannot_take(model, size, expected, capsys):
+    assert fails(["info", "--model", model, "--weights", "random", "--input-size", *size], capsys) == expected
+
+
+# -- output locations -------------------------------------------------------------------------------------
+
+def _outputs(tmp_path: Path, chain_dir: Path, out: str) -> dict[str, list[str]]:
+    return {
+        "train": ["train", *VIT, "--data", "samples", "--steps", "1", "--out", out],
+        "evaluate": evaluate(chain_dir, "samples", tmp_path)[:-1] + [os.path.join(out, "e.json")],
+        "reconstruct": ["reconstruct", *VIT, "--inverse", str(chain_dir), "--images", "chelsea",
+                        "--out", os.path.join(out, "grid.png")],
+    }
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "reconstruct"])
+def test_output_below_a_file(command, chain_dir, tmp_path, capsys):
+    """A folder cannot be made inside a regular file: this fails for root too (root ignores
+    permission bits, so a chmod-ed folder would not test anything when the suite runs as root)."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    out = str(blocker / "sub")
+    message = fails(_outputs(tmp_path, chain_dir, out)[command], capsys)
+    assert message == f"cannot create output folder '{out}' (Not a directory)"
+    assert blocker.read_text() == "a file, not a folder"
+
+
+@pytest.mark.skipif(IS_ROOT, reason="root may write into a folder without write permission")
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_output_in_a_read_only_folder(command, chain_dir, tmp_path, capsys):
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    try:
+        argv = _outputs(tmp_path, chain_dir, str(read_only / ("run" if command == "train" else "")))[command]
+        message = fails(argv, capsys)
+    finally:
+        read_only.chmod(0o700)
+    assert message in (f"cannot create output folder '{read_only / 'run'}' (Permission denied)",
+                       f"output folder '{read_only}' is not writable")
+
+
+def test_output_file_that_is_a_folder_or_of_an_unknown_format(chain_dir, tmp_path, capsys):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    argv = evaluate(chain_dir, "samples", tmp_path)[:-1] + [str(folder)]
+    assert fails(argv, capsys) == f"output file '{folder}' is an existing folder; give a file name inside it"
+    argv = ["reconstruct", *VIT, "--inverse", str(chain_dir), "--images", "chelsea", "--out", str(tmp_path / "g.xyz")]
+    assert fails(argv, capsys).startswith(f"cannot write '{tmp_path / 'g.xyz'}': the file name must end in ")
+
+
+@pytest.mark.parametrize("argv", [["info", "--model", "resnet-9000", "--weights", "random"],
+                                  ["train", *VIT, "--data", "samples", "--steps", "1", "--out", "{blocker}/sub"]])
+def test_errors_from_a_real_process(argv, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    argv = [a.format(blocker=blocker) for a in argv]
+    done = subprocess.run([sys.executable, "-m", "modinv", *argv], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith(f"modinv {argv[0]}: error: ")
+
+
+# -- untrusted files --------------------------------------------------------------------------------------
+
+def test_weights_file_that_is_a_pickle_is_refused_without_running_it(tmp_path, capsys):
+    marker = tmp_path / "pickle-ran"
+    evil = tmp_path / "weights.pt"
+    write_malicious_pickle(evil, marker)
+    message = fails(["info", "--model", "vit-b16", "--weights", str(evil), "--input-size", "32", "32"], capsys)
+    assert message.startswith(f"cannot read weights file '{evil}' (it holds pickled Python objects besides tensors, "
+                              "which modinv refuses to load because unpickling them could run code")
+    assert not marker.exists()
+    junk = tmp_path / "weights.safetensors"
+    junk.write_bytes(np.random.default_rng(1).bytes(4096))
+    message = fails(["info", "--model", "vit-b16", "--weights", str(junk), "--input-size", "32", "32"], capsys)
+    assert message.startswith(f"cannot read weights file '{junk}' (SafetensorError: ")
+
+
+def test_component_replaced_by_a_pickle_is_refused_without_running_it(chain_copy, tmp_path, capsys, vit):
+    marker = tmp_path / "pickle-ran"
+    weights = chain_copy / "bb.safetensors"
+    write_malicious_pickle(weights, marker)
+    assert "does not match the checksum" in fails(evaluate(chain_copy, "samples", tmp_path), capsys)
+    meta = json.loads((chain_copy / "bb.json").read_text())
+    meta["sha256"] = sha256(weights)  # a consistent forgery: the checksum cannot catch it, the reader does
+    (chain_copy / "bb.json").write_text(json.dumps(meta))
+    message = fails(evaluate(chain_copy, "samples", tmp_path), capsys)
+    assert message.startswith(f"cannot read weights file '{weights}' (corrupt or truncated, or not a safetensors file")
+    with pytest.raises(ModinvError, match="not a safetensors file"):
+        InverseChain.load(chain_copy, vit)
+    assert not marker.exists()
+
+
+def test_trainer_state_replaced_by_a_pickle_is_refused_without_running_it(tmp_path, capsys):
+    marker = tmp_path / "pickle-ran"
+    run = tmp_path / "run"
+    folder = ckpt.new_checkpoint_dir(run / "checkpoints", 1)
+    write_malicious_pickle(folder / ckpt.STATE_FILE, marker)
+    ckpt.publish(run / "checkpoints", folder)
+    argv = ["train", *VIT, "--arch", "auto", "--data", "samples", "--steps", "2", "--out", str(run), "--resume"]
+    assert fails(argv, capsys) == f"cannot read trainer state in '{folder}' (UnpicklingError)"
+    assert not marker.exists()
+
+
+# -- a static check of the source -------------------------------------------------------------------------
+
+UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "marshal", "shelve"}
+UNSAFE_BUILTINS = {"eval", "exec", "compile", "__import__"}
+
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return "?"
+
+
+def _keyword(call: ast.Call, name: str):
+    for kw in call.keywords:
+        if kw.arg == name:
+            return kw.value.value if isinstance(kw.value, ast.Constant) else "not a constant"
+    return None
+
+
+def unsafe_calls(source: str, where: str = "<source>") -> list[str]:
+    """Places in Python ``source`` that could unpickle or evaluate untrusted data."""
+    problems = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            problems += [f"{where}:{node.lineno} imports {a.name}" for a in node.names
+                         if a.name.split(".")[0] in UNSAFE_MODULES]
+        elif isinstance(node, ast.ImportFrom):
+            if (node.module or "").split(".")[0] in UNSAFE_MODULES:
+                problems.append(f"{where}:{node.lineno} imports from {node.module}")
+            if node.module == "torch" and any(a.name == "load" for a in node.names):
+                problems.append(f"{where}:{node.lineno} imports torch.load by name (its calls cannot be checked)")
+        elif isinstance(node, ast.Call):
+            name = _dotted(node.func)
+            if isinstance(node.func, ast.Name) and name in UNSAFE_BUILTINS:
+                problems.append(f"{where}:{node.lineno} calls {name}()")
+            elif name in ("torch.load", "torch.serialization.load") and _keyword(node, "weights_only") is not True:
+                problems.append(f"{where}:{node.lineno} calls {name} without weights_only=True")
+            elif name in ("torch.jit.load", "torch.hub.load", "yaml.load", "yaml.unsafe_load"):
+                problems.append(f"{where}:{node.lineno} calls {name}")
+            elif name.split(".")[0] in ("np", "numpy") and name.endswith(".load") and \
+                    _keyword(node, "allow_pickle") not in (None, False):
+                problems.append(f"{where}:{node.lineno} calls {name} with allow_pickle")
+            elif _keyword(node, "trust_remote_code") not in (None, False):
+                problems.append(f"{where}:{node.lineno} passes trust_remote_code to {name}")
+    return problems
+
+
+def test_the_source_check_catches_what_it_should():
+    bad = ("import pickle\nfrom dill import loads\nfrom torch import load\neval('1')\nexec('x = 1')\n"
+           "torch.load(f)\ntorch.load(f, weights_only=False)\nnp.load(f, allow_pickle=True)\n"
+           "AutoModel.from_pretrained(p, trust_remote_code=True)\n")
+    assert len(unsafe_calls(bad)) == 9
+    good = "model.eval()\ntorch.load(f, map_location='cpu', weights_only=True)\nnp.load(f)\ntorch.compile(m)\n"
+    assert unsafe_calls(good) == []
+
+
+def test_source_never_unpickles_or_evaluates_code():
+    files = sorted(SRC.rglob("*.py"))
+    assert len(files) > 20
+    problems = [p for path in files for p in unsafe_calls(path.read_text(), str(path.relative_to(SRC.parent)))]
+    assert not problems, "\n".join(problems)
+    torch_loads = [path for path in files if "torch.load(" in path.read_text()]
+    assert torch_loads  # the check above did see the calls it guards (checkpoints, weights files)
