@@ -19,6 +19,7 @@ from modinv.data import make_loader, open_source
 from modinv.data.synthetic import make_image_folder, make_tiny_coco
 from modinv.models.base import Trace
 from modinv.training import finetune as ft
+from modinv.analysis.evaluate import evaluate_chain
 from modinv.training.classic import build_classic_chain, classic_path
 from modinv.training.finetune import FinetuneConfig, FinetuneTrainer, scale_gradient
 from modinv.training.set_loss import detr_targets, hungarian_match, set_loss
@@ -124,6 +125,9 @@ def test_classic_training_lowers_image_mse_and_its_chain_loads(tmp_path):
     chain = modinv.InverseChain.load(out / "best", model)
     assert list(chain.stages) == ["s4", "s8", "s16"] == classic_path(model, "s16")[::-1]
     assert chain.component_meta["s16"]["training"]["method"] == "classic"
+    assert chain.end_to_end_stage == "s16"  # evaluate/reconstruct then report s16 only
+    result = evaluate_chain(model, chain, open_source("samples", size=SMALL), progress=False)
+    assert list(result["stages"]) == ["s16"]
     samples = open_source("samples", size=SMALL)
     images = torch.stack([samples[i]["image"] for i in range(len(samples))])
     fresh = build_classic_chain(model, "s16", seed=0).eval()  # the run's initial chain (same seed)

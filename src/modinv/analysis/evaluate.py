@@ -57,7 +57,8 @@ def evaluate_chain(
     "pixel_space": "[0, 1]", "n_images": n}``; the baseline is the MSE between each image and the
     data set's mean image.
     """
-    stages = list(stages or [s for s in model.stages if s in chain.components])
+    only = chain.end_to_end_stage  # a classic chain reconstructs from its one stage only
+    stages = list(stages or ([only] if only else [s for s in model.stages if s in chain.components]))
     device = model.device
     dtype = amp_dtype(device, amp)
     reference = mean_image(source, batch_size, limit).to(device)

@@ -18,7 +18,9 @@ def reconstruct_stages(model: StagedModel, chain: InverseChain, images: Tensor) 
     """``{stage: B×3×H×W reconstruction}`` for every stage the chain can invert (one forward pass)."""
     trace = model.trace(images.to(model.device))
     chain.eval()
-    return {s: chain.reconstruct(trace, s).float().cpu() for s in model.stages if s in chain.components}
+    only = chain.end_to_end_stage  # a classic chain reconstructs from its one stage only
+    stages = [only] if only else [s for s in model.stages if s in chain.components]
+    return {s: chain.reconstruct(trace, s).float().cpu() for s in stages}
 
 
 def reconstruction_figure(

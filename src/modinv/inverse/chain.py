@@ -515,6 +515,12 @@ class InverseChain(nn.Module):
             x = self.components[s](x, trace.context)
         return x.float()
 
+    @property
+    def end_to_end_stage(self) -> str | None:
+        """For a classic or fine-tuned chain, the one stage it was trained to reconstruct from
+        (its lower components are parts of that path, not inverses of their own stage)."""
+        return self.layout.get("classic_stage") or self.layout.get("finetune_stage")
+
     def reconstruct_all(self, trace: Trace, stages: Sequence[str] | None = None) -> dict[str, Tensor]:
         """``{stage: images}`` for ``stages`` (default: every stage of the trace the chain can reconstruct)."""
         if stages is None:
@@ -652,7 +658,9 @@ class InverseChain(nn.Module):
         """
         directory = Path(path)
         manifest = read_manifest(directory)
-        layout = {k: manifest[k] for k in ("model", "weights", "stages", "shapes", "input_size", "arch") if k in manifest}
+        keys = ("model", "weights", "stages", "shapes", "input_size", "arch",
+                "training", "classic_stage", "finetune_stage", "lambda", "start_weights", "forward_weights")
+        layout = {k: manifest[k] for k in keys if k in manifest}
         for key in ("model", "stages", "shapes"):
             if key not in layout:
                 raise ModinvError(f"{str(directory / MANIFEST)!r} lacks {key!r}")
