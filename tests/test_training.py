@@ -52,7 +52,7 @@ def test_every_paper_component_learns(tmp_path, name, size, lr):
 
 def test_one_frozen_forward_per_batch(tmp_path, monkeypatch):
     model = modinv.load_model("vit-b16", weights="random", input_size=SMALL_VIT)
-    chain = modinv.InverseChain.build(model, arch="paper", seed=0)
+    chain = modinv.InverseChain.build(model, arch="auto", seed=0)  # small components: the loop is under test
     calls = []
     original = model.trace
     monkeypatch.setattr(model, "trace", lambda images, end=None: calls.append(1) or original(images, end))
@@ -64,7 +64,7 @@ def test_one_frozen_forward_per_batch(tmp_path, monkeypatch):
 def test_frozen_model_unchanged_by_training(tmp_path):
     model = modinv.load_model("vit-b16", weights="random", input_size=SMALL_VIT)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    chain = modinv.InverseChain.build(model, arch="paper", seed=0)
+    chain = modinv.InverseChain.build(model, arch="auto", seed=0)
     config = TrainConfig(steps=2, batch_size=2, val_every=100, checkpoint_every=100, amp="off")
     ModularTrainer(model, chain, open_source("samples", size=SMALL_VIT), None, tmp_path, config).fit(progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -77,7 +77,7 @@ def test_resume_continues_where_it_stopped(tmp_path):
     data = open_source("samples", size=SMALL_VIT)
 
     def train(out, steps, resume=False):
-        chain = modinv.InverseChain.build(model, arch="paper", seed=0)
+        chain = modinv.InverseChain.build(model, arch="auto", seed=0)
         config = TrainConfig(steps=steps, batch_size=3, val_every=100, checkpoint_every=1, amp="off")
         trainer = ModularTrainer(model, chain, data, None, out, config)
         trainer.fit(resume=resume, progress=False)
@@ -106,7 +106,7 @@ def test_epoch_sampler_resumes_and_shards():
 
 def test_evaluate_reports_every_stage_and_baseline():
     model = modinv.load_model("vit-b16", weights="random", input_size=SMALL_VIT)
-    chain = modinv.InverseChain.build(model, arch="paper", seed=0)
+    chain = modinv.InverseChain.build(model, arch="auto", seed=0)
     source = open_source("samples", size=SMALL_VIT)
     result = evaluate_chain(model, chain, source, batch_size=3, progress=False)
     assert set(result["stages"]) == {"bb", "enc"}
@@ -119,7 +119,7 @@ def test_evaluate_reports_every_stage_and_baseline():
 def test_cli_train_evaluate_reconstruct_info(tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--model", "vit-b16", "--weights", "random", "--device", "cpu", "--input-size", "32", "32"]
-    assert main(["train", *common, "--data", "samples", "--out", str(run), "--steps", "2", "--batch", "2",
+    assert main(["train", *common, "--arch", "auto", "--data", "samples", "--out", str(run), "--steps", "2", "--batch", "2",
                  "--val-every", "2", "--no-progress", "--amp", "off"]) == 0
     assert (run / "best" / "manifest.json").is_file() and (run / "config.json").is_file()
     out_json = tmp_path / "eval.json"

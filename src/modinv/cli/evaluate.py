@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", DataWarning)
         try:
             result = evaluate_chain(model, chain, source, batch_size=args.batch, limit=args.limit, amp=args.amp)
-        except ValueError:
+        except ModinvError:  # no usable image: say which files failed and why
             wanted = min(len(source), args.limit or len(source))
             if len(source.skipped) >= wanted:  # every image was unusable: nothing to average
                 name, reason = next(iter(source.skipped.items()))
