@@ -51,8 +51,13 @@ def image_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save ``fig`` to ``path`` (parent folders made), close it and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

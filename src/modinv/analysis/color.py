@@ -523,13 +523,10 @@ def _bar_color(name: str) -> str:
 
 
 def _save(fig, path: str | Path) -> Path:
-    plt = _plt()
+    from modinv.figures import save_figure
+
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # -- CLI ----------------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ from scipy import stats
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from modinv.analysis.common import json_safe, limited_batches
 from modinv.analysis.metrics import summarize
 from modinv.errors import ModinvError
 from modinv.inverse.chain import InverseChain
@@ -191,20 +192,10 @@ def box_discrepancy(image: Tensor, reconstruction: Tensor, boxes: Tensor) -> tup
 # -- the analysis ----------------------------------------------------------------------------------------
 
 def _batches(source, batch_size: int, limit: int | None) -> Iterable[dict[str, Any]]:
-    from modinv.data import make_loader
-
-    seen = 0
-    for batch in make_loader(source, batch_size=batch_size, shuffle=False):
-        n = batch["image"].shape[0]
-        if limit is not None:
-            n = min(n, max(limit - seen, 0))
-        if n and "boxes" not in batch:
+    for batch in limited_batches(source, batch_size, limit):
+        if "boxes" not in batch:
             raise ModinvError("the detection-error analysis needs ground-truth boxes: use a COCO source (coco:ROOT)")
-        if n:
-            seen += n
-            yield {k: (v[:n] if isinstance(v, (Tensor, list)) else v) for k, v in batch.items()}
-        if limit is not None and seen >= limit:
-            return
+        yield batch
 
 
 def _category_names(model: StagedModel, source) -> dict[int, str]:
@@ -358,7 +349,7 @@ def detection_error_figure(figure: Mapping[str, Any], path: str | Path, title: s
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from modinv.figures import to_numpy_image
+    from modinv.figures import save_figure, to_numpy_image
 
     rows = figure["rows"]
     if not rows:
@@ -388,22 +379,7 @@ def detection_error_figure(figure: Mapping[str, Any], path: str | Path, title: s
         axes[i][0].set_ylabel(Path(row["name"]).stem[:18], fontsize=8)
     fig.suptitle(title or "Detection errors (ground truth: green = found by DETR, red = missed)", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _json_safe(obj: Any) -> Any:
-    """``obj`` with NaN and infinities replaced by None (strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
+    return save_figure(fig, path)
 
 
 def _box(ax, box, color, linewidth, label, Rectangle) -> None:
@@ -438,7 +414,7 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
                                       batch_size=args.batch, limit=args.limit, amp=args.amp,
                                       figure_images=args.figure_images)
     figure = detection_error_figure(result.pop("figure_data"), out / "errors.png")
-    payload = _json_safe(result | {"data": args.data, "inverse": [str(p) for p in args.inverse],
+    payload = json_safe(result | {"data": args.data, "inverse": [str(p) for p in args.inverse],
                                    "figure": figure.name})
     (out / "errors.json").write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
     print(f"{payload['n_objects']} objects: {payload['n_found']} found, {payload['n_missed']} missed "

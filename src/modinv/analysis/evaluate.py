@@ -9,6 +9,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from modinv.errors import ModinvError
+from modinv.analysis.common import limited_batches
 from modinv.analysis.metrics import RunningMean, per_image_mse, summarize
 from modinv.inverse.chain import InverseChain
 from modinv.models.base import StagedModel
@@ -16,18 +17,8 @@ from modinv.runtime import amp_dtype, autocast
 
 
 def _batches(source, batch_size: int, limit: int | None) -> Iterable[Tensor]:
-    from modinv.data import make_loader
-
-    seen = 0
-    for batch in make_loader(source, batch_size=batch_size, shuffle=False):
-        images = batch["image"]
-        if limit is not None:
-            images = images[: max(limit - seen, 0)]
-        if images.shape[0]:
-            seen += images.shape[0]
-            yield images
-        if limit is not None and seen >= limit:
-            return
+    for batch in limited_batches(source, batch_size, limit):
+        yield batch["image"]
 
 
 def mean_image(source, batch_size: int = 16, limit: int | None = None) -> Tensor:

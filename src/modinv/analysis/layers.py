@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from modinv.analysis.common import json_safe, limited_batches
 from modinv.analysis.metrics import per_image_mse, summarize
 from modinv.errors import ModinvError
 from modinv.inverse.chain import InverseChain
@@ -71,21 +71,6 @@ def layer_entries(model: StagedModel, chain: InverseChain, layers: Mapping[str, 
     return rows
 
 
-def _batches(source, batch_size: int, limit: int | None) -> Iterable[dict[str, Any]]:
-    from modinv.data import make_loader
-
-    seen = 0
-    for batch in make_loader(source, batch_size=batch_size, shuffle=False):
-        n = batch["image"].shape[0]
-        if limit is not None:
-            n = min(n, max(limit - seen, 0))
-        if n:
-            seen += n
-            yield {"image": batch["image"][:n], "name": list(batch["name"][:n])}
-        if limit is not None and seen >= limit:
-            return
-
-
 @torch.no_grad()
 def layer_analysis(
     model: StagedModel,
@@ -109,7 +94,7 @@ def layer_analysis(
     figure: dict[str, Any] = {"images": [], "names": [], "recons": []}
     counts: dict[str, int] = {}
     n_images = 0
-    for batch in tqdm(_batches(source, batch_size, limit), desc="layers", disable=not progress):
+    for batch in tqdm(limited_batches(source, batch_size, limit), desc="layers", disable=not progress):
         images = batch["image"].to(device)
         with autocast(device, dtype):
             layers = model.layers(images)
@@ -199,17 +184,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figure-images", type=int, default=1, help="images shown in the figure (default: 1)")
 
 
-def _json_safe(obj: Any) -> Any:
-    """``obj`` with NaN and infinities replaced by None (strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     from modinv.cli.common import model_from_args, writable_dir
     from modinv.data import open_source
@@ -224,7 +198,7 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
                             figure_images=args.figure_images)
     figure = layer_figure(result.pop("figure_data"), out / "layers.png",
                           title=f"{model.name}: reconstructions from intermediate layers")
-    payload = _json_safe(result | {"data": args.data, "inverse": [str(p) for p in args.inverse],
+    payload = json_safe(result | {"data": args.data, "inverse": [str(p) for p in args.inverse],
                                    "figure": figure.name})
     (out / "layers.json").write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
     for row in payload["rows"]:

@@ -88,6 +88,8 @@ def plot_stage_errors(results: Mapping[str, Mapping[str, Any]], path: str | Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from modinv.figures import save_figure
+
     if not results:
         raise ModinvError("no results to plot")
     for label, entry in results.items():
@@ -122,11 +124,7 @@ def plot_stage_errors(results: Mapping[str, Mapping[str, Any]], path: str | Path
     ax.legend(fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _value(summary: Mapping[str, Any]) -> tuple[float, tuple[float, float]]:

@@ -233,18 +233,10 @@ def structure_analysis(
 
 def _named_batches(source, batch_size: int, limit: int | None):
     """(images B×3×H×W, names) of ``source`` in order, unreadable items dropped, at most ``limit`` images."""
-    from modinv.data import make_loader
+    from modinv.analysis.common import limited_batches
 
-    seen = 0
-    for batch in make_loader(source, batch_size=batch_size, shuffle=False):
-        images, names = batch["image"], [str(n) for n in batch["name"]]
-        if limit is not None:
-            images, names = images[: max(limit - seen, 0)], names[: max(limit - seen, 0)]
-        if images.shape[0]:
-            seen += images.shape[0]
-            yield images, names
-        if limit is not None and seen >= limit:
-            return
+    for batch in limited_batches(source, batch_size, limit):
+        yield batch["image"], [str(n) for n in batch["name"]]
 
 
 COLUMN_TITLES = {"pred_fd": "from pred (FD)", "pred_oh": "from pred (OH)"}

@@ -61,7 +61,7 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from modinv.analysis.common import json_safe, limited_batches
 from modinv.analysis.metrics import summarize
 from modinv.errors import ModinvError
 from modinv.inverse.chain import InverseChain
@@ -256,21 +257,6 @@ def outline(image: Tensor, mask: Tensor, color: Sequence[float] = OUTLINE_COLOR,
 
 # -- the analysis ----------------------------------------------------------------------------------------
 
-def _batches(source, batch_size: int, limit: int | None) -> Iterable[dict[str, Any]]:
-    from modinv.data import make_loader
-
-    seen = 0
-    for batch in make_loader(source, batch_size=batch_size, shuffle=False):
-        n = batch["image"].shape[0]
-        if limit is not None:
-            n = min(n, max(limit - seen, 0))
-        if n:
-            seen += n
-            yield {"image": batch["image"][:n], "index": batch["index"][:n], "name": list(batch["name"][:n])}
-        if limit is not None and seen >= limit:
-            return
-
-
 def _label_chains(chains: Mapping[str, InverseChain] | Sequence[InverseChain]) -> dict[str, InverseChain]:
     if isinstance(chains, Mapping):
         return dict(chains)
@@ -338,7 +324,7 @@ def token_noise_analysis(
     figure: dict[str, Any] = {"images": [], "names": [], "masks": [], "rows": {c: [] for c in chains}}
     info: dict[str, Any] = {}
     n_images = 0
-    for batch in tqdm(_batches(source, batch_size, limit), desc="tokens", disable=not progress):
+    for batch in tqdm(limited_batches(source, batch_size, limit), desc="tokens", disable=not progress):
         images = batch["image"].to(device)
         b = images.shape[0]
         with autocast(device, dtype):
@@ -461,17 +447,6 @@ def _mean_summary(values: Tensor) -> dict[str, Any]:
     return {"mean": summary.pop("mse"), **summary}
 
 
-def _json_safe(obj: Any) -> Any:
-    """``obj`` with NaN and infinities replaced by None (strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def _json_ready(result: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "figure_data"}
 
@@ -491,7 +466,7 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     figure = token_noise_figure(result["figure_data"], out / "tokens.png",
                                 title=f"{model.name}: {result['n_replaced']} of {result['n_tokens']} tokens replaced "
                                       f"by one noise token ({args.noise})")
-    payload = _json_safe(_json_ready(result) | {"data": args.data, "inverse": [str(p) for p in args.inverse],
+    payload = json_safe(_json_ready(result) | {"data": args.data, "inverse": [str(p) for p in args.inverse],
                                                 "figure": figure.name})
     (out / "tokens.json").write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
     for label, conds in payload["results"].items():
