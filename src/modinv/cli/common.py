@@ -75,3 +75,25 @@ def parse_assignments(items: list[str] | None, kind: type = str, what: str = "va
         except ValueError:
             raise ModinvError(f"bad {what} in {item!r}") from None
     return out
+
+
+def loop_settings(args: argparse.Namespace) -> dict:
+    """The :class:`~modinv.training.modular.TrainConfig` settings shared by ``train`` and ``finetune``."""
+    settings = dict(
+        steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch,
+        seed=args.seed,
+        lr=parse_assignments(args.lr, kind=float, what="learning rate"),
+        val_every=args.val_every,
+        val_batches=args.val_batches,
+        checkpoint_every=args.checkpoint_every,
+        amp=args.amp,
+        num_workers=args.num_workers,
+    )
+    for name in ("log_every", "compile"):  # flags only some commands have
+        if hasattr(args, name):
+            settings[name] = getattr(args, name)
+    if hasattr(args, "no_channels_last"):
+        settings["channels_last"] = not args.no_channels_last
+    return settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from modinv.cli.common import add_amp_arg, add_model_args, model_from_args, parse_assignments, writable_dir
+from modinv.cli.common import add_amp_arg, add_model_args, loop_settings, model_from_args, parse_assignments, writable_dir
 from modinv.cli.eval_task import add_label_map_arg, task_source_options
 from modinv.errors import ModinvError
 
@@ -87,16 +87,7 @@ def run(args: argparse.Namespace) -> int:
         theta_lr=args.theta_lr,
         forward_mode=args.forward_mode,
         zero_lambda=args.zero_lambda,
-        steps=args.steps,
-        epochs=args.epochs,
-        batch_size=args.batch,
-        seed=args.seed,
-        lr=parse_assignments(args.lr, kind=float, what="learning rate"),
-        val_every=args.val_every,
-        val_batches=args.val_batches,
-        checkpoint_every=args.checkpoint_every,
-        amp=args.amp,
-        num_workers=args.num_workers,
+        **loop_settings(args),
     )
     run_info = {"data": args.data, "val_data": args.val_data, "val_fraction": args.val_fraction,
                 "arch": chain.arch, "command": "finetune", "source_options": options}

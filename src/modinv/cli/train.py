@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from modinv.cli.common import add_amp_arg, add_model_args, model_from_args, parse_assignments, writable_dir
+from modinv.cli.common import add_amp_arg, add_model_args, loop_settings, model_from_args, parse_assignments, writable_dir
 from modinv.errors import ModinvError
 
 
@@ -94,22 +94,7 @@ def _train(args: argparse.Namespace, out, dist, device) -> int:
     else:
         chain = InverseChain.build(model, arch=args.arch or "default", seed=args.seed, variants=variants)
     train, val = split_sources(args, tuple(model.input_size))
-    settings = dict(
-        stages=args.stages,
-        steps=args.steps,
-        epochs=args.epochs,
-        batch_size=args.batch,
-        seed=args.seed,
-        lr=parse_assignments(args.lr, kind=float, what="learning rate"),
-        val_every=args.val_every,
-        val_batches=args.val_batches,
-        checkpoint_every=args.checkpoint_every,
-        amp=args.amp,
-        num_workers=args.num_workers,
-        log_every=args.log_every,
-        compile=args.compile,
-        channels_last=not args.no_channels_last,
-    )
+    settings = dict(stages=args.stages, **loop_settings(args))
     run_info = {"data": args.data, "val_data": args.val_data, "val_fraction": args.val_fraction, "augment": args.augment,
                 "arch": chain.arch, "command": "train"}
     if args.classic:
