@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from modinv.analysis.common import read_compare_file
 from modinv.errors import ModinvError
 
 FILTERS: tuple[str, ...] = ("red", "green", "blue", "shift120", "shift240", "grayscale")
@@ -553,12 +554,7 @@ def _load_compare(files: Sequence[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for file in files:
         path = Path(file)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ModinvError(f"--compare file {str(path)!r} does not exist") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModinvError(f"cannot read --compare file {str(path)!r} ({type(exc).__name__}: {exc})") from None
+        data = read_compare_file(path)
         if not isinstance(data, Mapping) or not isinstance(data.get("pairwise_mse"), Mapping):
             raise ModinvError(f"{str(path)!r} is not a color.json of `modinv analyze color` (no 'pairwise_mse')")
         label = str(data.get("label") or data.get("model") or path.stem)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from torch import Tensor
+
+from modinv.errors import ModinvError
 
 
 def limited_batches(source, batch_size: int, limit: int | None) -> Iterator[dict[str, Any]]:
@@ -34,3 +38,28 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def read_compare_file(path: str | Path) -> Any:
+    """The JSON of a ``--compare`` file, or one clear sentence saying why it cannot be read."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModinvError(f"--compare file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModinvError(f"cannot read --compare file {str(path)!r} ({type(exc).__name__}: {exc})") from None
+
+
+def single_chain_inputs(args, analysis: str):
+    """``(out_dir, model, chain, source)`` for an analysis that takes exactly one inverse chain."""
+    from modinv.cli.common import model_from_args, writable_dir
+    from modinv.data import open_source
+    from modinv.inverse.chain import InverseChain
+
+    out = writable_dir(args.out)
+    if len(args.inverse) != 1:
+        raise ModinvError(f"the {analysis} analysis takes one inverse chain, got {len(args.inverse)}")
+    model = model_from_args(args)
+    chain = InverseChain.load(args.inverse[0], model, map_location=model.device)
+    return out, model, chain, open_source(args.data, size=tuple(model.input_size))

@@ -59,7 +59,7 @@ from scipy import stats
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from modinv.analysis.common import json_safe, limited_batches
+from modinv.analysis.common import single_chain_inputs, json_safe, limited_batches
 from modinv.analysis.metrics import summarize
 from modinv.errors import ModinvError
 from modinv.inverse.chain import InverseChain
@@ -401,15 +401,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:
-    from modinv.cli.common import model_from_args, writable_dir
-    from modinv.data import open_source
-
-    out = writable_dir(args.out)
-    if len(args.inverse) != 1:
-        raise ModinvError(f"the detection-error analysis takes one inverse chain, got {len(args.inverse)}")
-    model = model_from_args(args)
-    chain = InverseChain.load(args.inverse[0], model, map_location=model.device)
-    source = open_source(args.data, size=tuple(model.input_size))
+    out, model, chain, source = single_chain_inputs(args, "detection-error")
     result = detection_error_analysis(model, chain, source, threshold=args.threshold, iou_threshold=args.iou,
                                       batch_size=args.batch, limit=args.limit, amp=args.amp,
                                       figure_images=args.figure_images)

@@ -27,6 +27,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from modinv.analysis.common import read_compare_file
 from modinv.errors import ModinvError
 
 CI_METHOD = "95% Student-t confidence interval of the mean over images"
@@ -140,12 +141,7 @@ def load_results(path: str | Path) -> dict[str, dict[str, Any]]:
     """``{label: evaluate-json}`` from a file of ``modinv evaluate`` (one entry, labelled by its
     ``"label"``, else its model name, else the file name) or of this analysis (all its entries)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModinvError(f"--compare file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModinvError(f"cannot read --compare file {str(path)!r} ({type(exc).__name__}: {exc})") from None
+    data = read_compare_file(path)
     if isinstance(data, Mapping) and isinstance(data.get("results"), Mapping):
         out = {str(k): dict(v) for k, v in data["results"].items()}
     else:
