@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 
 import modinv
+import modinv.cli.common
 from modinv.data.synthetic import make_tiny_coco
 
 
@@ -50,3 +52,49 @@ def odd_folder(tmp_path_factory) -> Path:
     (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (root / "text.jpg").write_text("this is not an image\n")
     return root
+
+
+class ModelCache:
+    """Stands in for the CLI's model loading (``modinv.cli.common.load_model``): a model is built
+    once per set of arguments and reused afterwards; :meth:`add` hands in a model a test already
+    built, for the arguments that would build it. Builds that fail are not kept (their errors come
+    from the real ``load_model``)."""
+
+    def __init__(self, load: Callable[..., modinv.StagedModel]) -> None:
+        self._load = load
+        self._models: dict[tuple, modinv.StagedModel] = {}
+
+    @staticmethod
+    def _key(name: str, weights: Any, seed: int, device: Any, options: dict[str, Any]) -> tuple:
+        options = dict(options)
+        size = options.pop("input_size", None)
+        where = str(torch.device(device)) if device is not None else "cpu"
+        return (name, str(weights), int(seed), where, tuple(size) if size is not None else None,
+                repr(sorted(options.items())))
+
+    def add(self, model: modinv.StagedModel, seed: int = 0, **options: Any) -> modinv.StagedModel:
+        """Answer ``load_model(model.name, weights=model.weights, seed=seed, device=model.device,
+        input_size=model.input_size, **options)`` with ``model``; returns it."""
+        key = self._key(model.name, model.weights, seed, model.device,
+                        {"input_size": tuple(model.input_size), **options})
+        self._models[key] = model
+        return model
+
+    def __call__(self, name: str, weights: Any = "pretrained", seed: int = 0, device: Any = None,
+                 **options: Any) -> modinv.StagedModel:
+        key = self._key(name, weights, seed, device, options)
+        if key not in self._models:
+            self._models[key] = self._load(name, weights=weights, seed=seed, device=device, **options)
+        return self._models[key]
+
+
+@pytest.fixture(scope="module")
+def model_cache():
+    """The CLI reuses models instead of rebuilding them, for the rest of the test module:
+    ``modinv.cli.common.load_model`` becomes a :class:`ModelCache` (yielded, so that a test can
+    ``model_cache.add(model)`` a model it built itself). Rebuilding a frozen random ViT-B/16 or
+    DETR-R50 for every command of a test module would take most of its time."""
+    cache = ModelCache(modinv.cli.common.load_model)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(modinv.cli.common, "load_model", cache)
+        yield cache

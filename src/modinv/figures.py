@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from modinv.fileio import atomic_write  # noqa: E402
+
 
 def to_numpy_image(image: Tensor) -> np.ndarray:
     """3×H×W float tensor in [0, 1] -> H×W×3 array for imshow (clipped)."""
@@ -55,9 +57,11 @@ def image_grid(
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Save ``fig`` to ``path`` (parent folders made), close it and return the path."""
+    """Save ``fig`` to ``path`` atomically (parent folders made; the format follows the suffix),
+    close it and return the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png"))
+    finally:
+        plt.close(fig)
     return path

@@ -13,20 +13,11 @@ from skimage.color import rgb2gray, rgb2hsv
 
 import modinv
 import modinv.analysis
-import modinv.cli
-from modinv.analysis.color import (
-    FILTERS,
-    HUE_SET,
-    HUE_SHIFT,
-    apply_filter,
-    color_robustness,
-    pairwise_mse,
-    perturbations,
-)
-from modinv.analysis.metrics import per_image_mse
+from modinv.analysis.color import color_robustness
+from modinv.analysis.color_filters import FILTERS, HUE_SET, HUE_SHIFT, apply_filter, pairwise_mse, perturbations
 from modinv.errors import ModinvError
-
-DETR_SIZE = (32, 64)
+from modinv.metrics import per_image_mse
+from modinv.models.base import ModelMeta
 
 
 def colorful(h: int = 12, w: int = 16, b: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -138,91 +129,61 @@ def test_robustness_runs_each_full_image_filter_and_none(monkeypatch):
     calls = []
     image = colorful(b=1)
 
-    def detection_ap(model, source, batch_size, transform=None, limit=None):
+    def detection_ap(model, source, batch_size, transform=None, limit=None, amp="off"):
         out = image if transform is None else transform(image)
         calls.append((transform, out))
+        assert amp == "off"  # float32 unless asked otherwise
         return {"AP": float(out.mean()), "AP50": 0.0}
 
-    def classification_top1(model, source, batch_size, transform=None, limit=None):
+    def classification_top1(model, source, batch_size, transform=None, limit=None, amp="off"):
         return {"top1": 0.5}
 
     fake = types.SimpleNamespace(detection_ap=detection_ap, classification_top1=classification_top1)
     monkeypatch.setitem(sys.modules, "modinv.analysis.task", fake)
     monkeypatch.setattr(modinv.analysis, "task", fake, raising=False)
-    detr = types.SimpleNamespace(name="detr-r50")
+    cpu = torch.device("cpu")
+    detr = types.SimpleNamespace(name="detr-r50", meta=ModelMeta(task="detection"), device=cpu)
     result = color_robustness(detr, source=None, batch_size=2, limit=3)
-    assert result["task"] == "detection" and result["metric"] == "AP"
-    assert list(result["scores"]) == ["none", *FILTERS]
+    assert result.task == "detection" and result.metric == "AP" and result.precision == "float32"
+    assert list(result.scores) == ["none", *FILTERS]
     assert calls[0][0] is None
     for (_, out), name in zip(calls[1:], FILTERS):
         torch.testing.assert_close(out, apply_filter(image, name))  # whole image, no mask
-    vit = types.SimpleNamespace(name="vit-b16")
-    assert color_robustness(vit, source=None)["scores"]["grayscale"] == 0.5
+    vit = types.SimpleNamespace(name="vit-b16", meta=ModelMeta(task="classification"), device=cpu)
+    assert color_robustness(vit, source=None).scores["grayscale"] == 0.5
     with pytest.raises(ModinvError, match="class-labelled"):
         color_robustness(vit, source=types.SimpleNamespace(kind="coco"))
+    # the task is the model's declared one, never guessed from its name
+    with pytest.raises(ModinvError, match="declares no task"):
+        color_robustness(types.SimpleNamespace(name="detr-r50", meta=ModelMeta(), device=cpu), source=None)
 
 
 # -- the CLI -------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def detr():
-    return modinv.load_model("detr-r50", weights="random", input_size=DETR_SIZE)
+def strict_json(name: str):
+    raise AssertionError(f"color.json holds {name}: not strict JSON")
 
 
-@pytest.fixture(scope="module")
-def setup(detr, tmp_path_factory):
-    from modinv.data.synthetic import make_tiny_coco
-
-    root = tmp_path_factory.mktemp("color")
-    coco = make_tiny_coco(root / "coco", n_images=3, size=(48, 64))
-    chain = modinv.InverseChain.build(detr, variants={"bb": "local"}, seed=0)
-    chain.save(root / "chain")
-    return root, coco
+def color_argv(detr, chain, coco, out, *extra: str) -> list[str]:
+    return ["--model", "detr-r50", "--weights", "random", "--device", "cpu",
+            "--input-size", *map(str, detr.input_size), "--inverse", str(chain), "--data", f"coco:{coco}",
+            "--out", str(out), *extra]
 
 
-def register_analyze(monkeypatch, name):
-    """Register ``modinv analyze`` with just the analysis under test (the others may not exist yet)."""
-    import modinv.cli.analyze as analyze
-
-    monkeypatch.setitem(modinv.cli.COMMANDS, "analyze", "analyze")
-    monkeypatch.setattr(analyze, "ANALYSES", {name: analyze.ANALYSES.get(name, name)})
-
-
-def cached_models(monkeypatch, model):
-    """The CLI's model loading, answered from the already loaded test model when it matches."""
-    import modinv.cli.common as common
-
-    real = common.load_model
-
-    def load(name, weights="pretrained", seed=0, device=None, **options):
-        if name == model.name and weights == "random" and tuple(options.get("input_size", ())) == model.input_size:
-            return model
-        return real(name, weights=weights, seed=seed, device=device, **options)
-
-    monkeypatch.setattr(common, "load_model", load)
-
-
-def test_color_cli_writes_figures_and_json(setup, detr, monkeypatch, capsys):
-    root, coco = setup
-    register_analyze(monkeypatch, "color")
-    cached_models(monkeypatch, detr)
-
-    def detection_ap(model, source, batch_size, transform=None, limit=None):
+def test_color_cli_writes_figures_and_json(main, detr, chains, tiny_coco, tmp_path, monkeypatch, capsys):
+    def detection_ap(model, source, batch_size, transform=None, limit=None, amp="off"):
         return {"AP": 0.1 if transform is None else 0.05}
 
     fake = types.SimpleNamespace(detection_ap=detection_ap, classification_top1=None)
     monkeypatch.setitem(sys.modules, "modinv.analysis.task", fake)
     monkeypatch.setattr(modinv.analysis, "task", fake, raising=False)
-    out = root / "out"
-    rc = modinv.cli.main([
-        "analyze", "color", "--model", "detr-r50", "--weights", "random", "--device", "cpu",
-        "--input-size", *map(str, DETR_SIZE), "--inverse", str(root / "chain"), "--data", f"coco:{coco}",
-        "--out", str(out), "--batch", "12", "--categories", "cat", "47", "--limit", "2", "--amp", "off", "--robustness",
-    ])
+    out = tmp_path / "out"
+    rc = main("color", *color_argv(detr, chains["detr"], tiny_coco, out, "--batch", "12", "--categories", "cat", "47",
+                                   "--limit", "2", "--amp", "off", "--robustness"))
     assert rc == 0, capsys.readouterr().err
     for name in ("color.png", "color_pairwise.png", "color_robustness.png"):
         assert (out / name).stat().st_size > 1000
-    result = json.loads((out / "color.json").read_text())
+    result = json.loads((out / "color.json").read_text(), parse_constant=strict_json)
     for key in ("filters", "stages", "pairwise_mse", "per_category", "units", "n_units", "n_images", "ci",
                 "grayscale", "robustness", "figures", "examples"):
         assert key in result
@@ -235,31 +196,80 @@ def test_color_cli_writes_figures_and_json(setup, detr, monkeypatch, capsys):
         assert set(summary) >= {"mse", "ci95", "n", "std"} and summary["n"] == 1
     assert result["pairwise_mse"]["input"]["mse"] > 1e-3  # the filters do change the input
     assert result["robustness"]["scores"] == {"none": 0.1, **{f: 0.05 for f in FILTERS}}
+    assert result["figure"] == "color.png" and result["figures"]["robustness"] == "color_robustness.png"
+    assert result["precision"] == result["robustness"]["precision"] == "float32"
     # a second model's color.json plotted beside it
-    rc = modinv.cli.main([
-        "analyze", "color", "--model", "detr-r50", "--weights", "random", "--device", "cpu",
-        "--input-size", *map(str, DETR_SIZE), "--inverse", str(root / "chain"), "--data", f"coco:{coco}",
-        "--out", str(root / "out2"), "--limit", "1", "--examples", "0", "--filters", "red", "grayscale",
-        "--label", "other", "--compare", str(out / "color.json"), "--amp", "off",
-    ])
+    rc = main("color", *color_argv(detr, chains["detr"], tiny_coco, tmp_path / "out2", "--limit", "1",
+                                   "--examples", "0", "--filters", "red", "grayscale", "--label", "other",
+                                   "--compare", str(out / "color.json"), "--amp", "off"))
     assert rc == 0, capsys.readouterr().err
-    second = json.loads((root / "out2" / "color.json").read_text())
+    second = json.loads((tmp_path / "out2" / "color.json").read_text())
     assert list(second["compare"]) == ["detr-r50"] and second["n_units"] == 1
-    assert (root / "out2" / "color.png").stat().st_size > 1000
-    rc = modinv.cli.main([
-        "analyze", "color", "--model", "detr-r50", "--weights", "random", "--device", "cpu",
-        "--input-size", *map(str, DETR_SIZE), "--inverse", str(root / "chain"), "--data", f"coco:{coco}",
-        "--out", str(root / "out3"), "--categories", "giraffe",
-    ])
+    assert (tmp_path / "out2" / "color.png").stat().st_size > 1000
+    rc = main("color", *color_argv(detr, chains["detr"], tiny_coco, tmp_path / "out3", "--categories", "giraffe"))
     assert rc == 2 and "unknown COCO category 'giraffe'" in capsys.readouterr().err
 
 
-def test_robustness_with_the_real_detection_ap(setup, detr):
+def test_robustness_with_the_real_detection_ap(detr, tiny_coco):
     from modinv.data import open_source
 
-    _, coco = setup
-    source = open_source(f"coco:{coco}", size=detr.input_size)
+    source = open_source(f"coco:{tiny_coco}", size=detr.input_size)
     result = color_robustness(detr, source, filters=("grayscale",), batch_size=2, limit=1)
-    assert result["metric"] == "AP" and list(result["scores"]) == ["none", "grayscale"]
-    assert result["details"]["grayscale"]["n_images"] == 1
-    assert all(v is None or 0.0 <= v <= 1.0 for v in result["scores"].values())
+    assert result.metric == "AP" and list(result.scores) == ["none", "grayscale"]
+    assert result.details["grayscale"]["n_images"] == 1
+    assert all(v is None or 0.0 <= v <= 1.0 for v in result.scores.values())
+
+
+TENCH, TABBY = "n01440764", "n02123045"  # ImageNet-1k classes 0 and 281; sorted folder positions 0 and 1
+
+
+def _colour_classifier(size=(32, 32)):
+    """A classifier that calls red images tench (0) and blue ones tabby (281): a stride-2 average
+    conv (the stage ``conv``), global average, logit 0 = red, logit 281 = blue, every other 0."""
+    from torch import nn
+
+    from modinv.models import from_module
+
+    net = nn.Sequential(nn.Conv2d(3, 3, 2, stride=2, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(3, 1000))
+    with torch.no_grad():
+        net[0].weight.zero_()
+        for c in range(3):
+            net[0].weight[c, c] = 0.25
+        net[3].weight.zero_()
+        net[3].bias.zero_()
+        net[3].weight[0, 0] = net[3].weight[281, 2] = 1.0
+    return from_module(net, {"conv": "0"}, input_size=size, name="colour-classifier", task="classification")
+
+
+def test_robustness_top1_uses_the_imagenet_indices_of_synset_folders(main, coco, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from modinv.analysis.color_filters import image_filter
+    from modinv.data import open_source
+
+    model = _colour_classifier()
+    monkeypatch.setattr(modinv.cli.common, "load_model", lambda name, **kw: model)
+    chain = modinv.InverseChain.build(model, arch="auto", seed=0).save(tmp_path / "chain")
+    folder = tmp_path / "imagenet"
+    for synset, rgb in ((TENCH, (230, 20, 20)), (TABBY, (20, 20, 230))):
+        (folder / synset).mkdir(parents=True)
+        Image.new("RGB", (40, 30), rgb).save(folder / synset / f"{synset}_0.png")
+    out = tmp_path / "out"
+    rc = main("color", "--model", "colour-classifier", "--weights", "random", "--device", "cpu", "--input-size", "32",
+              "32", "--inverse", str(chain), "--data", f"coco:{coco}", "--out", str(out), "--limit", "2",
+              "--examples", "0", "--filters", "red", "blue", "grayscale", "--robustness", "--robustness-data",
+              f"imagenet:{folder}")
+    assert rc == 0, capsys.readouterr().err
+    robustness = json.loads((out / "color.json").read_text())["robustness"]
+    assert robustness["label_map"] == "imagenet"
+    # by hand: labels 0 (tench, red) and 281 (tabby, blue); the model's arg-max on each filtered image
+    images = torch.stack([item["image"] for item in open_source(f"imagenet:{folder}", size=(32, 32))])
+    labels = torch.tensor([0, 281])
+    with torch.no_grad():
+        for name in ("none", "red", "blue", "grayscale"):
+            seen = images if name == "none" else image_filter(name)(images)
+            top1 = float((model.output(model.trace(seen)).argmax(-1) == labels).float().mean())
+            assert robustness["scores"][name] == top1, name
+    assert robustness["scores"]["none"] == 1.0  # sorted-folder labels (0, 1) would give 0.5
+    assert robustness["details"]["none"]["n"] == 2

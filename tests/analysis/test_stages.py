@@ -7,11 +7,8 @@ import json
 import pytest
 
 import modinv
-import modinv.cli
-from modinv.analysis.stages import load_results, plot_stage_errors, stage_errors, stage_order
+from modinv.analysis.stages import StageErrors, load_results, stage_errors, stage_errors_figure, stage_order
 from modinv.errors import ModinvError
-
-DETR_SIZE = (32, 64)
 
 
 def summary(mse: float) -> dict:
@@ -33,8 +30,11 @@ def test_stage_order_merges_the_models_stages_in_processing_order():
 def test_plot_and_load_results(tmp_path):
     results = {"detr": fake_result("detr-r50", ["bb", "enc", "dec", "pred"]),
                "vit": fake_result("vit-b16", ["bb", "enc"])}
-    path = plot_stage_errors(results, tmp_path / "f.png")
-    assert path.stat().st_size > 1000
+    path = stage_errors_figure(StageErrors.from_entries(results), tmp_path / "sub" / "f.png")
+    assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in path.parent.iterdir()] == ["f.png"]  # written atomically: no temporary file left
+    with pytest.raises(ModinvError, match="no results"):
+        StageErrors.from_entries({})
     (tmp_path / "eval.json").write_text(json.dumps(results["vit"] | {"label": "ViT-B/16"}))
     assert list(load_results(tmp_path / "eval.json")) == ["ViT-B/16"]
     (tmp_path / "stages.json").write_text(json.dumps({"results": results}))
@@ -46,36 +46,30 @@ def test_plot_and_load_results(tmp_path):
         load_results(tmp_path / "missing.json")
 
 
-@pytest.fixture(scope="module")
-def detr():
-    return modinv.load_model("detr-r50", weights="random", input_size=DETR_SIZE)
-
-
-def test_stages_function_and_cli(detr, tmp_path, monkeypatch, capsys):
-    import modinv.cli.analyze as analyze
-    import modinv.cli.common as common
+def test_stages_function_and_cli(detr, main, tmp_path, capsys):
     from modinv.data import open_source
     from modinv.data.synthetic import make_image_folder
 
     folder = make_image_folder(tmp_path / "images", per_class=1, size=(24, 40))
-    chain = modinv.InverseChain.build(detr, variants={"bb": "local"}, stages=["bb", "enc"], seed=0).eval()
+    chain = modinv.InverseChain.build(detr, arch="paper", variants={"bb": "local"}, stages=["bb", "enc"], seed=0).eval()
     source = open_source(f"folder:{folder}", size=detr.input_size)
-    result = stage_errors(detr, chain, source, stages=["bb"], batch_size=2, limit=1, progress=False, label="mine")
+    both = stage_errors(detr, chain, source, stages=["bb"], batch_size=2, limit=1, progress=False, label="mine")
+    assert both.order == ["mine"] and both.stage_order == ["bb"] and set(both.to_json()) >= {"results", "analysis"}
+    result = both.results["mine"]
     assert list(result["stages"]) == ["bb"] and result["n_images"] == 1 and result["label"] == "mine"
     assert result["mean_image_baseline"]["n"] == 1
     chain.save(tmp_path / "chain")
     (tmp_path / "vit.json").write_text(json.dumps(fake_result("vit-b16", ["bb", "enc"])))
 
-    monkeypatch.setitem(modinv.cli.COMMANDS, "analyze", "analyze")
-    monkeypatch.setattr(analyze, "ANALYSES", {"stages": "stages"})  # the other analyses may not exist yet
-    monkeypatch.setattr(common, "load_model", lambda *a, **k: detr)  # already loaded: same model, same size
     out = tmp_path / "out"
-    rc = modinv.cli.main([
-        "analyze", "stages", "--model", "detr-r50", "--weights", "random", "--device", "cpu",
-        "--input-size", *map(str, DETR_SIZE), "--inverse", str(tmp_path / "chain"), "--data", f"folder:{folder}",
+    rc = main(
+        "stages", "--model", "detr-r50", "--weights", "random", "--device", "cpu",
+        "--input-size", *map(str, detr.input_size), "--inverse", str(tmp_path / "chain"), "--data", f"folder:{folder}",
         "--out", str(out), "--batch", "2", "--limit", "2", "--amp", "off", "--compare", str(tmp_path / "vit.json"),
-    ])
-    assert rc == 0, capsys.readouterr().err
+    )
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "  bb       MSE " in printed.out and "(95% CI [" in printed.out and "(mean image)" in printed.out
     assert (out / "stages.png").stat().st_size > 1000
     saved = json.loads((out / "stages.json").read_text())
     assert saved["order"] == ["detr-r50", "vit-b16"] and saved["stage_order"] == ["bb", "enc"]
@@ -83,9 +77,48 @@ def test_stages_function_and_cli(detr, tmp_path, monkeypatch, capsys):
     mine = saved["results"]["detr-r50"]
     assert mine["n_images"] == 2 and set(mine["stages"]["enc"]) >= {"mse", "ci95", "n", "std"}
     assert mine["inverse"] == str(tmp_path / "chain")
-    rc = modinv.cli.main([
-        "analyze", "stages", "--model", "detr-r50", "--weights", "random", "--device", "cpu",
-        "--input-size", *map(str, DETR_SIZE), "--inverse", str(tmp_path / "chain"), "--data", f"folder:{folder}",
+    rc = main(
+        "stages", "--model", "detr-r50", "--weights", "random", "--device", "cpu",
+        "--input-size", *map(str, detr.input_size), "--inverse", str(tmp_path / "chain"), "--data", f"folder:{folder}",
         "--out", str(out), "--compare", str(tmp_path / "nothing.json"),
-    ])
+    )
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_and_analyze_stages_give_the_same_float32_numbers(vit, chains, main, tmp_path, monkeypatch, capsys):
+    import modinv.cli
+    import modinv.runtime
+
+    # a bf16-capable machine: a reporting command that defaulted to "auto" would compute in bf16 here
+    monkeypatch.setattr(modinv.runtime, "cpu_supports_bf16", lambda: True)
+    common = ["--model", "vit-b16", "--weights", "random", "--device", "cpu", "--input-size",
+              *map(str, vit.input_size), "--inverse", str(chains["vit"]), "--data", "samples", "--batch", "2",
+              "--limit", "3"]
+    assert modinv.cli.main(["evaluate", *common, "--out", str(tmp_path / "evaluate.json")]) == 0, capsys.readouterr().err
+    assert main("stages", *common, "--out", str(tmp_path / "stages")) == 0, capsys.readouterr().err
+    evaluated = json.loads((tmp_path / "evaluate.json").read_text())
+    staged = json.loads((tmp_path / "stages" / "stages.json").read_text())
+    entry = staged["results"]["vit-b16"]
+    assert evaluated["precision"] == entry["precision"] == staged["precision"] == "float32"
+    assert list(evaluated["stages"]) == ["bb", "enc"] and evaluated["n_images"] == entry["n_images"] == 3
+    assert entry["stages"] == evaluated["stages"]  # identical numbers, bit for bit
+    assert entry["mean_image_baseline"] == evaluated["mean_image_baseline"]
+    # bf16 only when asked for, and then recorded (and different)
+    assert main("stages", *common, "--amp", "bf16", "--out", str(tmp_path / "bf16")) == 0, capsys.readouterr().err
+    bf16 = json.loads((tmp_path / "bf16" / "stages.json").read_text())["results"]["vit-b16"]
+    assert bf16["precision"] == "bfloat16 autocast"
+    assert bf16["stages"]["enc"]["mse"] != evaluated["stages"]["enc"]["mse"]
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["reconstruct"], ["eval-task"]]
+                         + [["analyze", name] for name in ("stages", "color", "structure", "tokens", "errors", "layers")])
+def test_every_reporting_command_computes_in_float32_unless_asked(command):
+    import modinv.cli
+
+    parser = modinv.cli.build_parser()
+    required = {"evaluate": ["--inverse", "C", "--data", "D", "--out", "O"],
+                "reconstruct": ["--inverse", "C", "--images", "I", "--out", "O.png"],
+                "eval-task": ["--data", "D", "--out", "O"], "analyze": ["--inverse", "C", "--data", "D", "--out", "O"]}
+    argv = [*command, "--model", "M", *required[command[0]]]
+    assert parser.parse_args(argv).amp == "off"
+    assert parser.parse_args([*argv, "--amp", "bf16"]).amp == "bf16"

@@ -8,31 +8,68 @@ import pytest
 import torch
 
 import modinv
-import modinv.cli
-from modinv.analysis.structure import draw_boxes, pred_variant, split_fd_oh
+from modinv.analysis.structure import draw_boxes, pred_variant, split_fd_oh, structure_analysis
+from modinv.data import open_source
 from modinv.errors import ModinvError
-
-DETR_SIZE = (32, 64)
-
-
-@pytest.fixture(scope="module")
-def detr():
-    return modinv.load_model("detr-r50", weights="random", input_size=DETR_SIZE)
+from modinv.metrics import per_image_mse
 
 
 @pytest.fixture(scope="module")
-def chains(detr, tmp_path_factory):
-    """(FD chain: every stage, local bb⁻¹; OH chain: pred⁻¹ only), saved under a folder."""
-    root = tmp_path_factory.mktemp("structure")
-    fd = modinv.InverseChain.build(detr, variants={"bb": "local"}, seed=0).eval()
-    oh = modinv.InverseChain.build(detr, variants={"pred": "oh"}, stages=["pred"], seed=1).eval()
-    fd.save(root / "fd")
-    oh.save(root / "oh")
-    return fd, oh, root
+def fd_oh(detr, chains, tmp_path_factory):
+    """(FD chain: the slim chain of every stage; OH chain: pred⁻¹ only, saved; the OH folder)."""
+    fd = modinv.InverseChain.load(chains["detr"], detr)
+    oh = modinv.InverseChain.build(detr, arch="paper", variants={"pred": "oh"}, stages=["pred"], seed=1).eval()
+    return fd, oh, oh.save(tmp_path_factory.mktemp("structure") / "oh")
 
 
-def test_variants_are_told_apart_from_the_components(chains):
-    fd, oh, _ = chains
+def _by_hand(model, fd, oh, images) -> dict[str, torch.Tensor]:
+    """The reconstructions from pred through FD's and OH's pred⁻¹, both continued through FD's own
+    dec⁻¹, enc⁻¹, bb⁻¹ (applied one by one; the chains are in eval mode)."""
+    with torch.no_grad():
+        trace = model.trace(images)
+        out = {}
+        for column, chain in (("pred_fd", fd), ("pred_oh", oh)):
+            x = chain.components["pred"](trace["pred"], trace.context)
+            for stage in ("dec", "enc", "bb"):
+                x = fd.components[stage](x, trace.context)
+            out[column] = x.float()
+    return out
+
+
+def test_fd_and_oh_share_the_lower_components_and_differ_only_in_the_input_of_pred_inverse(detr, chains, coco):
+    fd = modinv.InverseChain.load(chains["detr"], detr)
+    # OH: FD's pred⁻¹ weights, fed the one-hot arg-max instead of the softmax
+    oh = modinv.InverseChain.build(detr, arch="paper", variants={"pred": "oh"}, stages=["pred"], seed=1).eval()
+    oh.components["pred"].load_state_dict(fd.components["pred"].state_dict())
+    source = open_source(f"coco:{coco}", size=detr.input_size)
+    images = torch.stack([source[i]["image"] for i in range(2)])
+    result = structure_analysis(detr, [oh, fd], source, batch_size=1, progress=False)
+    assert result.components == {"bb": "fd", "enc": "fd", "dec": "fd", "pred": "fd and oh"}
+    hand = _by_hand(detr, fd, oh, images)
+    with torch.no_grad():  # OH's pred⁻¹ is FD's MLP on [one-hot(arg-max), box]
+        x_pred = detr.trace(images)["pred"]
+        logits, box = x_pred[..., :-4], x_pred[..., -4:]
+        one_hot = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+        torch.testing.assert_close(oh.components["pred"](x_pred, {}),
+                                   fd.components["pred"].net(torch.cat([one_hot, box], -1)))
+    mse = {c: per_image_mse(hand[c], images) for c in hand}
+    between = per_image_mse(hand["pred_fd"], hand["pred_oh"])
+    assert (between > 0).all()  # the softmax and the one-hot input do give different images
+    for i, row in enumerate(result.per_image):
+        assert row["mse"]["pred_fd"] == pytest.approx(float(mse["pred_fd"][i]), rel=1e-5)
+        assert row["mse"]["pred_oh"] == pytest.approx(float(mse["pred_oh"][i]), rel=1e-5)
+        assert row["fd_vs_oh_mse"] == pytest.approx(float(between[i]), rel=1e-5)
+    assert result.fd_vs_oh["mse"] == pytest.approx(float(between.mean()), rel=1e-5)
+    # the other columns are FD's chain from its own stage
+    with torch.no_grad():
+        trace = detr.trace(images)
+        for stage in ("bb", "enc", "dec"):
+            expected = per_image_mse(fd.reconstruct(trace, stage), images)
+            assert [r["mse"][stage] for r in result.per_image] == pytest.approx(expected.tolist(), rel=1e-5)
+
+
+def test_variants_are_told_apart_from_the_components(fd_oh):
+    fd, oh, _ = fd_oh
     assert pred_variant(fd) == "fd" and pred_variant(oh) == "oh"
     assert split_fd_oh([oh, fd]) == (fd, oh)
     with pytest.raises(ModinvError, match="one FD and one OH"):
@@ -53,37 +90,34 @@ def test_draw_boxes_outlines_only():
     assert image.eq(0).all()  # a copy
 
 
-def test_structure_cli(detr, chains, tmp_path, monkeypatch, capsys):
-    import modinv.cli.analyze as analyze
-    import modinv.cli.common as common
-    from modinv.data.synthetic import make_tiny_coco
-
-    coco = make_tiny_coco(tmp_path / "coco", n_images=2, size=(24, 40))
-    saved = chains[2]
-    monkeypatch.setitem(modinv.cli.COMMANDS, "analyze", "analyze")
-    monkeypatch.setattr(analyze, "ANALYSES", {"structure": "structure"})  # the other analyses may not exist yet
-    real = common.load_model
-    monkeypatch.setattr(common, "load_model", lambda name, **k: detr if name == "detr-r50" else real(name, **k))
+def test_structure_cli(detr, chains, fd_oh, coco, main, tmp_path, capsys):
+    fd, oh = chains["detr"], fd_oh[2]
+    size = [str(v) for v in detr.input_size]
     out = tmp_path / "out"
     args = ["--weights", "random", "--device", "cpu", "--data", f"coco:{coco}", "--out", str(out), "--amp", "off"]
-    rc = modinv.cli.main(["analyze", "structure", "--model", "detr-r50", "--input-size", *map(str, DETR_SIZE),
-                          "--inverse", str(saved / "oh"), str(saved / "fd"), "--box-threshold", "0", *args])
+    rc = main("structure", "--model", "detr-r50", "--input-size", *size,
+              "--inverse", str(oh), str(fd), "--box-threshold", "0", *args)
     assert rc == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "pred_oh  MSE " in printed and "(95% CI [" in printed
     assert (out / "structure.png").stat().st_size > 1000
     result = json.loads((out / "structure.json").read_text())
     for key in ("columns", "mse", "fd_vs_oh", "oh_minus_fd", "per_image", "components", "inverse", "n_images"):
         assert key in result
+    assert next(iter(result)) == "analysis" and result["figure"] == "structure.png" and "figure_data" not in result
     assert result["columns"] == ["bb", "enc", "dec", "pred_fd", "pred_oh"] and result["n_images"] == 2
-    assert result["inverse"] == {"oh": str(saved / "oh"), "fd": str(saved / "fd")}
+    assert result["inverse"] == {"oh": str(oh), "fd": str(fd)}
     assert result["components"]["dec"] == "fd"
     first = result["per_image"][0]
-    assert set(first["mse"]) == set(result["columns"]) and first["fd_vs_oh_mse"] >= 0
+    assert set(first["mse"]) == set(result["columns"]) and result["precision"] == "float32"
+    hand = _by_hand(detr, fd_oh[0], fd_oh[1], open_source(f"coco:{coco}", size=detr.input_size)[0]["image"][None])
+    assert first["fd_vs_oh_mse"] == pytest.approx(float(per_image_mse(hand["pred_fd"], hand["pred_oh"])[0]), rel=1e-5)
+    assert first["fd_vs_oh_mse"] > 0
     assert first["oh_minus_fd_mse"] == pytest.approx(first["mse"]["pred_oh"] - first["mse"]["pred_fd"])
     assert len(first["detections"]) == 100  # threshold 0: every query
     # two FD chains, and a model without pred
-    rc = modinv.cli.main(["analyze", "structure", "--model", "detr-r50", "--input-size", *map(str, DETR_SIZE),
-                          "--inverse", str(saved / "fd"), str(saved / "fd"), *args])
+    rc = main("structure", "--model", "detr-r50", "--input-size", *size, "--inverse", str(fd), str(fd), *args)
     assert rc == 2 and "one FD and one OH" in capsys.readouterr().err
-    rc = modinv.cli.main(["analyze", "structure", "--model", "mobilenet-v2", "--input-size", "32", "32",
-                          "--inverse", str(saved / "fd"), str(saved / "oh"), *args])
+    rc = main("structure", "--model", "mobilenet-v2", "--input-size", "32", "32",
+              "--inverse", str(fd), str(oh), *args)
     assert rc == 2 and "has no 'pred' stage" in capsys.readouterr().err

@@ -4,12 +4,13 @@ are skipped and counted instead. Untrusted files (weights, components, trainer s
 unpickled: a pickle in their place is refused without running it, and a static check keeps
 ``pickle``, ``eval``/``exec`` and unguarded ``torch.load`` out of the source.
 
-``MODINV_SHOW_ERRORS=1 pytest -s tests/test_bad_input.py`` prints every message.
+``MODINV_SHOW_ERRORS=1 pytest -s tests/cli/test_bad_input.py`` prints every message.
 """
 
 from __future__ import annotations
 
 import ast
+import errno
 import hashlib
 import json
 import os
@@ -75,26 +76,14 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def reuse_models():
-    """The commands build their model through ``modinv.cli.common.load_model``; building the same
-    frozen random ViT-B/16 for every case would take most of this file's time, so a model built
-    once is reused (keyed by every argument). Failing builds (unknown name, bad size) are not
-    cached: their errors come from ``load_model`` itself."""
-    cache, real = {}, cli_common.load_model
-
-    def cached(name, **kwargs):
-        key = (name, repr(sorted(kwargs.items())))
-        if key not in cache:
-            cache[key] = real(name, **kwargs)
-        return cache[key]
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli_common, "load_model", cached)
-        yield
+def _reuse_models(model_cache):
+    """Every command of this module builds its model through the root conftest's ``model_cache``:
+    one frozen random ViT-B/16 serves all the cases instead of one per command."""
+    yield model_cache
 
 
 @pytest.fixture(scope="module")
-def vit(reuse_models):
+def vit(_reuse_models):
     from modinv.cli import build_parser
 
     return cli_common.model_from_args(build_parser().parse_args(["info", *VIT]))
@@ -112,29 +101,22 @@ def chain_copy(chain_dir, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def odd_folder(tmp_path_factory) -> Path:
-    """Three photos, five odd but usable files, three unusable ones."""
-    root = tmp_path_factory.mktemp("odd")
+def messy_folder(odd_folder, tmp_path_factory) -> Path:
+    """The root conftest's ``odd_folder`` (5 odd but usable files, 2 unusable) plus three photos, a
+    nested copy of an odd file, a one-pixel image (usable) and an empty file (unusable)."""
+    root = Path(shutil.copytree(odd_folder, tmp_path_factory.mktemp("messy") / "images"))
     photo = (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)
     for i in range(3):
         Image.fromarray(np.roll(photo, 7 * i, axis=1)).save(root / f"photo{i}.png")
-    Image.new("L", (20, 10), 100).save(root / "gray.png")
-    Image.new("RGBA", (20, 10), (255, 0, 0, 128)).save(root / "rgba.png")
-    Image.fromarray(np.full((10, 20), 32768, dtype=np.uint16)).save(root / "sixteen.png")
     (root / "nested").mkdir()
-    Image.new("CMYK", (20, 10), (0, 255, 255, 0)).save(root / "nested" / "cmyk.jpg")
+    shutil.copy(root / "cmyk.jpg", root / "nested" / "cmyk.jpg")
     Image.new("RGB", (1, 1), (0, 0, 255)).save(root / "one-pixel.bmp")
-    Image.new("RGB", (64, 64), (10, 200, 30)).save(root / "full.jpg", quality=95)
-    data = (root / "full.jpg").read_bytes()
-    (root / "full.jpg").unlink()
-    (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    (root / "text.jpg").write_text("this is not an image\n")
     (root / "empty.png").write_bytes(b"")
     return root
 
 
-UNUSABLE_IN_ODD_FOLDER = 3
-USABLE_IN_ODD_FOLDER = 8
+UNUSABLE_IN_MESSY_FOLDER = 3
+USABLE_IN_MESSY_FOLDER = 10
 
 
 # -- names ------------------------------------------------------------------------------------------------
@@ -214,26 +196,26 @@ def test_malformed_coco_annotation_file(content, expected, chain_dir, tmp_path, 
     assert str(annotations) in message and expected in message
 
 
-def test_unusable_images_are_skipped_and_counted_by_evaluate(chain_dir, odd_folder, tmp_path, capsys):
+def test_unusable_images_are_skipped_and_counted_by_evaluate(chain_dir, messy_folder, tmp_path, capsys):
     out = tmp_path / "e.json"
     capsys.readouterr()
-    assert main(evaluate(chain_dir, f"folder:{odd_folder}", tmp_path, "--batch", "4")) == 0
+    assert main(evaluate(chain_dir, f"folder:{messy_folder}", tmp_path, "--batch", "4")) == 0
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
-    assert f"skipped {UNUSABLE_IN_ODD_FOLDER} unusable image file(s)" in captured.out
+    assert f"skipped {UNUSABLE_IN_MESSY_FOLDER} unusable image file(s)" in captured.out
     result = json.loads(out.read_text())
-    assert result["n_images"] == USABLE_IN_ODD_FOLDER
-    assert result["skipped"]["count"] == UNUSABLE_IN_ODD_FOLDER
+    assert result["n_images"] == USABLE_IN_MESSY_FOLDER
+    assert result["skipped"]["count"] == UNUSABLE_IN_MESSY_FOLDER
     assert sorted(Path(p).name for p in result["skipped"]["files"]) == ["empty.png", "text.jpg", "truncated.jpg"]
     assert all("\n" not in reason for reason in result["skipped"]["files"].values())
     for r in result["stages"].values():
-        assert r["n"] == USABLE_IN_ODD_FOLDER and np.isfinite(r["mse"])
+        assert r["n"] == USABLE_IN_MESSY_FOLDER and np.isfinite(r["mse"])
 
 
-def test_unusable_images_never_stop_training(odd_folder, tmp_path, capsys):
+def test_unusable_images_never_stop_training(messy_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    # one batch holds every training file (one of the 11 is held out for validation, also read)
-    argv = ["train", *VIT, "--arch", "auto", "--data", f"folder:{odd_folder}", "--steps", "1", "--batch", "11",
+    # one batch holds every training file (one of the 13 is held out for validation, also read)
+    argv = ["train", *VIT, "--arch", "auto", "--data", f"folder:{messy_folder}", "--steps", "1", "--batch", "13",
             "--stages", "bb", "--out", str(run), "--no-progress", "--amp", "off"]
     with pytest.warns(UserWarning, match="skipped unusable image"):
         assert main(argv) == 0
@@ -250,18 +232,14 @@ def test_only_unusable_images(chain_dir, tmp_path, capsys):
     assert message.startswith(f"none of the 2 images of folder:{folder} could be read (e.g. {folder}/a.jpg: ")
 
 
-def test_unreadable_image_named_on_the_command_line(chain_dir, odd_folder, tmp_path, capsys):
-    argv = ["reconstruct", *VIT, "--inverse", str(chain_dir), "--images", str(odd_folder / "photo0.png"),
-            str(odd_folder / "truncated.jpg"), "--out", str(tmp_path / "grid.png")]
+def test_unreadable_image_named_on_the_command_line(chain_dir, messy_folder, tmp_path, capsys):
+    argv = ["reconstruct", *VIT, "--inverse", str(chain_dir), "--images", str(messy_folder / "photo0.png"),
+            str(messy_folder / "truncated.jpg"), "--out", str(tmp_path / "grid.png")]
     message = fails(argv, capsys)
-    assert message.startswith(f"cannot read image {odd_folder / 'truncated.jpg'} (OSError: ")
+    assert message.startswith(f"cannot read image {messy_folder / 'truncated.jpg'} (OSError: ")
     assert not (tmp_path / "grid.png").exists()
 
-
-@pytest.mark.parametrize("extra,expected", [(["--limit", "0"], "--limit must be a positive number of images, got 0"),
-                                            (["--batch", "0"], "--batch must be at least 1, got 0")])
-def test_evaluate_counts_must_be_positive(extra, expected, chain_dir, tmp_path, capsys):
-    assert fails(evaluate(chain_dir, "samples", tmp_path, *extra), capsys) == expected
+# (``--batch``/``--limit`` and every other option value: tests/cli/test_option_checks.py)
 
 
 # -- inverse chains (checkpoints) -------------------------------------------------------------------------
@@ -335,7 +313,7 @@ def test_corrupt_component_file(chain_copy, tmp_path, capsys):
     [
         ("detr-r50", ("100", "100"), "DETR-R50 needs an input size (H, W) divisible by 32, got 100×100"),
         ("vit-b16", ("30", "30"), "ViT-B/16 needs an input size made of whole 16-pixel patches, got 30×30"),
-        ("vit-b16", ("0", "0"), "ViT-B/16 needs an input size made of whole 16-pixel patches, got 0×0"),
+        ("vit-b16", ("8", "8"), "ViT-B/16 needs an input size made of whole 16-pixel patches, got 8×8"),
     ],
 )
 def test_image_size_the_model_cannot_take(model, size, expected, capsys):
@@ -376,8 +354,9 @@ def test_output_in_a_read_only_folder(command, chain_dir, tmp_path, capsys):
         message = fails(argv, capsys)
     finally:
         read_only.chmod(0o700)
-    assert message in (f"cannot create output folder '{read_only / 'run'}' (Permission denied)",
+    assert message in (f"cannot create output folder '{read_only / 'run'}': permission denied",
                        f"output folder '{read_only}' is not writable")
+
 
 
 def test_output_file_that_is_a_folder_or_of_an_unknown_format(chain_dir, tmp_path, capsys):
@@ -400,6 +379,108 @@ def test_errors_from_a_real_process(argv, tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith(f"modinv {argv[0]}: error: ")
+
+
+# -- full disks, read-only mounts, no permission (simulated: the suite may run as root) ----------------------
+
+DISK_ERRORS = {errno.ENOSPC: "the disk is full (free some space or choose another folder)",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
+
+
+@pytest.mark.parametrize("code", sorted(DISK_ERRORS), ids=errno.errorcode.get)
+def test_output_folder_that_cannot_be_created(code, chain_dir, tmp_path, capsys, monkeypatch):
+    def mkdir(self, *args, **kwargs):
+        raise OSError(code, os.strerror(code), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    message = fails(evaluate(chain_dir, "samples", tmp_path)[:-1] + [str(tmp_path / "new" / "e.json")], capsys)
+    assert message == f"cannot create output folder '{tmp_path / 'new'}': {DISK_ERRORS[code]}"
+
+
+def test_output_folder_on_a_full_disk_is_refused_before_any_work(chain_dir, tmp_path, capsys, monkeypatch):
+    """Before, a full disk was only found when the results were written, after all the work."""
+    usage = shutil.disk_usage
+    monkeypatch.setattr(cli_common.shutil, "disk_usage", lambda path: usage(path)._replace(free=0))
+    monkeypatch.setattr(InverseChain, "load", lambda *a, **k: pytest.fail("work started on a full disk"))
+    for argv, folder in [(evaluate(chain_dir, "samples", tmp_path), tmp_path),
+                         (["analyze", "stages", *VIT, "--inverse", str(chain_dir), "--data", "samples",
+                           "--out", str(tmp_path / "an")], tmp_path / "an")]:
+        assert fails(argv, capsys) == f"cannot write into output folder '{folder}': {DISK_ERRORS[errno.ENOSPC]}"
+
+
+def test_output_folder_on_a_read_only_mount(chain_dir, tmp_path, capsys, monkeypatch):
+    """Permission bits say nothing about a read-only mount: a file is created there to find out."""
+    def mkstemp(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(cli_common.tempfile, "mkstemp", mkstemp)
+    message = fails(evaluate(chain_dir, "samples", tmp_path), capsys)
+    assert message == f"cannot write into output folder '{tmp_path}': {DISK_ERRORS[errno.EROFS]}"
+
+
+def fails_at_the_end(argv: list[str], capsys) -> str:
+    """:func:`fails` for a command that worked before failing: progress lines may precede its one
+    error line, which must be the last."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"modinv {argv[0]}: error: "), err
+    return last[len(f"modinv {argv[0]}: error: "):]
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _half_then_no_space(self, data, *args, **kwargs):
+    with open(self, "w") as f:
+        f.write(data[: len(data) // 2])
+    _no_space()
+
+
+@pytest.mark.parametrize("where", ["rename", "write"])
+def test_a_full_disk_while_writing_keeps_the_previous_results(where, chain_dir, tmp_path, capsys, monkeypatch):
+    """The JSON is written to a temporary file and renamed over the old one: a failure at either
+    step leaves the previous ev.json whole and no temporary file behind."""
+    out = tmp_path / "results" / "ev.json"
+    out.parent.mkdir()
+    out.write_text('{"previous": "result"}\n')
+    if where == "rename":
+        monkeypatch.setattr(os, "replace", _no_space)
+    else:
+        monkeypatch.setattr(Path, "write_text", _half_then_no_space)
+    message = fails_at_the_end(evaluate(chain_dir, "samples", tmp_path)[:-1] + [str(out)], capsys)
+    assert message == f"cannot write '{out}': {DISK_ERRORS[errno.ENOSPC]}"
+    assert json.loads(out.read_text()) == {"previous": "result"}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ev.json"]
+
+
+def test_a_full_disk_while_saving_a_figure_keeps_the_previous_one(chain_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "grid.png"
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(out)
+    before = out.read_bytes()
+    monkeypatch.setattr(os, "replace", _no_space)
+    argv = ["reconstruct", *VIT, "--inverse", str(chain_dir), "--images", "chelsea", "--out", str(out)]
+    assert fails_at_the_end(argv, capsys) == f"cannot write '{out}': {DISK_ERRORS[errno.ENOSPC]}"
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
+def test_a_data_folder_that_cannot_be_listed(chain_dir, messy_folder, tmp_path, capsys, monkeypatch):
+    """A subfolder without read permission used to be skipped silently (fewer images, exit 0)."""
+    blocked = messy_folder / "nested"
+    scandir = os.scandir
+
+    def guarded(path="."):
+        if Path(path) == blocked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", guarded)
+    message = fails(evaluate(chain_dir, f"folder:{messy_folder}", tmp_path), capsys)
+    assert message == f"cannot read folder '{blocked}': permission denied"
 
 
 # -- untrusted files --------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from modinv.data import DataWarning, collate, load_images, make_loader, open_source
+from modinv.data.coco import coco_category_names
 from modinv.data.synthetic import TINY_COCO_CATEGORIES, make_image_folder, make_tiny_coco
 from modinv.errors import ModinvError
 
@@ -22,28 +23,6 @@ def _check_image(image: torch.Tensor, size=SIZE) -> None:
     assert image.dtype == torch.float32
     assert tuple(image.shape) == (3, *size)
     assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
-
-
-@pytest.fixture(scope="module")
-def tiny_coco(tmp_path_factory) -> Path:
-    return make_tiny_coco(tmp_path_factory.mktemp("coco"), n_images=4)
-
-
-@pytest.fixture(scope="module")
-def odd_folder(tmp_path_factory) -> Path:
-    """One file of each awkward kind; 5 usable, 2 not."""
-    root = tmp_path_factory.mktemp("odd")
-    Image.new("L", (20, 10), 100).save(root / "gray.png")
-    Image.new("RGBA", (20, 10), (255, 0, 0, 128)).save(root / "rgba.png")
-    Image.fromarray(np.full((10, 20), 32768, dtype=np.uint16)).save(root / "sixteen.png")
-    Image.new("CMYK", (20, 10), (0, 255, 255, 0)).save(root / "cmyk.jpg")
-    Image.new("RGB", (20, 10), (0, 0, 255)).convert("P", palette=Image.Palette.ADAPTIVE).save(root / "palette.gif")
-    Image.new("RGB", (64, 64), (10, 200, 30)).save(root / "full.jpg", quality=95)
-    data = (root / "full.jpg").read_bytes()
-    (root / "full.jpg").unlink()
-    (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    (root / "text.jpg").write_text("this is not an image\n")
-    return root
 
 
 # -- samples --------------------------------------------------------------------------------------
@@ -134,8 +113,15 @@ def _coco_json(root: Path) -> dict:
     return json.loads((root / "annotations" / "instances_val2017.json").read_text())
 
 
+def test_coco_category_names_are_indexed_by_category_id():
+    names = coco_category_names()
+    assert len(names) == 91 and names[0] == "N/A" and names[1] == "person" and names[90] == "toothbrush"
+    assert [i for i, n in enumerate(names) if n == "N/A"] == [0, 12, 26, 29, 30, 45, 66, 68, 69, 71, 83]
+    assert all(names[c["id"]] == c["name"] for c in TINY_COCO_CATEGORIES)
+
+
 def test_tiny_coco_is_deterministic(tiny_coco, tmp_path):
-    again = make_tiny_coco(tmp_path / "again", n_images=4)
+    again = make_tiny_coco(tmp_path / "again")  # the root conftest's set: the default 3 images
     assert _coco_json(again) == _coco_json(tiny_coco)
     for path in sorted((tiny_coco / "val2017").iterdir()):
         assert (again / "val2017" / path.name).read_bytes() == path.read_bytes()
@@ -145,7 +131,7 @@ def test_coco_boxes_and_masks_match_the_annotations(tiny_coco):
     data = _coco_json(tiny_coco)
     size = (120, 160)
     source = open_source(f"coco:{tiny_coco}", size)
-    assert len(source) == 4 and source.categories[17] == "cat"
+    assert len(source) == 3 and source.categories[17] == "cat"
     assert {c["id"] for c in TINY_COCO_CATEGORIES} == set(source.categories)
     for index in range(len(source)):
         item = source[index]
@@ -173,7 +159,6 @@ def test_coco_boxes_and_masks_match_the_annotations(tiny_coco):
             assert abs(xs.min().item() - x0) <= 1.5 and abs(xs.max().item() + 1 - x1) <= 1.5
             assert abs(ys.min().item() - y0) <= 1.5 and abs(ys.max().item() + 1 - y1) <= 1.5
             assert mask.sum().item() == pytest.approx(ann["area"] * sx * sy, rel=0.1)
-    assert source[3]["boxes"].shape == (0, 4) and source[3]["masks"].shape == (0, *size)
 
 
 def test_coco_triangle_mask_is_empty_outside_the_polygon(tiny_coco):
@@ -201,8 +186,13 @@ def test_coco_crowd_is_optional_and_read_from_rle(tiny_coco):
     assert "masks" not in no_masks
 
 
-def test_coco_loader_keeps_variable_length_targets(tiny_coco):
-    source = open_source(f"coco:{tiny_coco}", SIZE)
+def test_coco_loader_keeps_variable_length_targets(tmp_path):
+    """Four images, the last (the rocket) without objects: empty box and mask tensors, kept."""
+    root = make_tiny_coco(tmp_path / "coco", n_images=4)
+    size = (120, 160)
+    source = open_source(f"coco:{root}", size)
+    assert source[3]["boxes"].shape == (0, 4) and source[3]["masks"].shape == (0, *size)
+    source = open_source(f"coco:{root}", SIZE)
     batch = next(iter(make_loader(source, batch_size=4, seed=0)))
     assert batch["image"].shape == (4, 3, *SIZE) and batch["skipped"] == 0
     assert [len(b) for b in batch["boxes"]] == [1, 1, 2, 0]

@@ -1,8 +1,8 @@
 """DETR-R50 adapter: stages compose to the Hugging Face forward pass; run, layers, weights, errors.
 
-The random-weight model is built once per module. The full 480×640 input is used once (the
-equivalence with DETR's own forward and the stage shapes); the other tests use an adapter at
-128×160 that shares the same DetrForObjectDetection.
+The random-weight model is the root conftest's ``detr`` (built once per session). The full 480×640
+input is used once (the equivalence with DETR's own forward and the stage shapes); the other tests
+use an adapter at 128×160 that shares the same DetrForObjectDetection.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 import modinv
 from modinv.errors import ModinvError, WeightsUnavailableError
-from modinv.models.detr import NUM_CLASSES_WITH_NO_OBJECT, DetrStagedModel, build, split_pred
+from modinv.models.detr import NUM_CLASSES_WITH_NO_OBJECT, DetrStagedModel, build, logit_names, split_pred
 
 SMALL = (128, 160)  # 4×5 token grid
 
@@ -24,13 +24,9 @@ def _images(batch: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def model() -> DetrStagedModel:
-    return modinv.load_model("detr-r50", weights="random", seed=0)
-
-
-@pytest.fixture(scope="module")
-def small(model: DetrStagedModel) -> DetrStagedModel:
-    return DetrStagedModel(model.detr, input_size=SMALL).freeze()
+def small(detr: DetrStagedModel) -> DetrStagedModel:
+    """An adapter at 128×160 sharing the root fixture's DetrForObjectDetection."""
+    return DetrStagedModel(detr.detr, input_size=SMALL).freeze()
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +40,18 @@ def _hf_forward(model: DetrStagedModel, images: torch.Tensor):
     return model.detr(pixel_values=model.normalize(images), pixel_mask=mask)
 
 
-def test_full_size_trace_reproduces_detr_forward_and_shapes(model: DetrStagedModel) -> None:
-    assert model.name == "detr-r50" and model.stages == ("bb", "enc", "dec", "pred")
-    assert model.input_size == (480, 640)
+def test_full_size_trace_reproduces_detr_forward_and_shapes(detr: DetrStagedModel) -> None:
+    assert detr.name == "detr-r50" and detr.stages == ("bb", "enc", "dec", "pred")
+    assert detr.input_size == (480, 640)
     images = _images(1, (480, 640))
     with torch.no_grad():
-        trace = model.trace(images)
-        ref = _hf_forward(model, images)
+        trace = detr.trace(images)
+        ref = _hf_forward(detr, images)
     shapes = {k: tuple(v.shape[1:]) for k, v in trace.stages.items()}
     assert shapes == {"img": (3, 480, 640), "bb": (300, 256), "enc": (300, 256), "dec": (100, 256), "pred": (100, 96)}
     logits, boxes = split_pred(trace["pred"])
     assert logits.shape[-1] == NUM_CLASSES_WITH_NO_OBJECT == 92 and boxes.shape[-1] == 4
-    out = model.output(trace)
+    out = detr.output(trace)
     torch.testing.assert_close(out["logits"], ref.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["pred_boxes"], ref.pred_boxes, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(trace["enc"], ref.encoder_last_hidden_state, atol=1e-5, rtol=1e-5)
@@ -114,14 +110,31 @@ def test_layers(small: DetrStagedModel, small_trace) -> None:
     assert not torch.allclose(layers["enc"][3], layers["enc"][-1])
 
 
-def test_stage_modules_cover_every_parameter(model: DetrStagedModel) -> None:
-    counts = model.parameter_counts()
-    assert set(counts) == set(model.stages) and all(n > 0 for n in counts.values())
-    assert sum(counts.values()) == sum(p.numel() for p in model.detr.parameters())
+def test_metadata_declares_a_detector(detr: DetrStagedModel, small: DetrStagedModel) -> None:
+    for model in (detr, small):
+        meta = model.meta
+        assert meta.task == "detection" and meta.inverse_family == "detr" and meta.num_prefix_tokens == 0
+        assert len(meta.class_names) == NUM_CLASSES_WITH_NO_OBJECT and meta.class_names[-1] == "no object"
+        assert dict(meta.learning_rates) == {"bb": 1e-3, "enc": 1e-3, "dec": 1e-4, "pred": 1e-3}
+    # the names are the wrapped model's config's, which the random build fills with COCO's
+    assert detr.meta.class_names[:-1] == tuple(detr.detr.config.id2label[i] for i in range(91))
 
 
-def test_seed_determines_random_weights(model: DetrStagedModel) -> None:
-    reference = model.detr.state_dict()
+def test_logit_names_fill_the_gaps_of_a_config() -> None:
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(num_labels=3, id2label={"0": "a", "2": "c"})  # keys as read from JSON
+    assert logit_names(config) == ("a", "N/A", "c", "no object")
+
+
+def test_stage_modules_cover_every_parameter(detr: DetrStagedModel) -> None:
+    counts = detr.parameter_counts()
+    assert set(counts) == set(detr.stages) and all(n > 0 for n in counts.values())
+    assert sum(counts.values()) == sum(p.numel() for p in detr.detr.parameters())
+
+
+def test_seed_determines_random_weights(detr: DetrStagedModel) -> None:
+    reference = detr.detr.state_dict()
     same = build("random", seed=0).detr.state_dict()
     other = build("random", seed=1).detr.state_dict()
     assert all(torch.equal(reference[k], same[k]) for k in reference)
@@ -130,21 +143,21 @@ def test_seed_determines_random_weights(model: DetrStagedModel) -> None:
     assert any(k.startswith("model.encoder.") for k in differs)
 
 
-def test_state_dict_file_round_trip(model: DetrStagedModel, small_trace, tmp_path) -> None:
+def test_state_dict_file_round_trip(detr: DetrStagedModel, small_trace, tmp_path) -> None:
     from safetensors.torch import save_file
 
     path = tmp_path / "detr.safetensors"
-    save_file({k: v.contiguous() for k, v in model.detr.state_dict().items()}, str(path))
+    save_file({k: v.contiguous() for k, v in detr.detr.state_dict().items()}, str(path))
     loaded = modinv.load_model("detr-r50", weights=str(path), seed=3, input_size=SMALL)
     with torch.no_grad():
         pred = loaded.trace(small_trace["img"])["pred"]
     assert torch.equal(pred, small_trace["pred"])
 
 
-def test_save_pretrained_directory_and_hub_layout_file(model: DetrStagedModel, small_trace, tmp_path) -> None:
+def test_save_pretrained_directory_and_hub_layout_file(detr: DetrStagedModel, small_trace, tmp_path) -> None:
     from safetensors import safe_open
 
-    model.detr.save_pretrained(tmp_path / "detr")
+    detr.detr.save_pretrained(tmp_path / "detr")
     weights_file = tmp_path / "detr" / "model.safetensors"
     with safe_open(str(weights_file), "pt") as f:  # save_pretrained writes the hub checkpoint's key layout
         assert any("conv_encoder" in k for k in f.keys())

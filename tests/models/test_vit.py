@@ -9,7 +9,8 @@ import torch
 
 from modinv.errors import ModinvError, WeightsUnavailableError
 from modinv.models.registry import load_model
-from modinv.models.vit import build, no_self_attention_mask
+from modinv.data.imagenet import imagenet_class_names
+from modinv.models.vit import build, no_self_attention_mask, token_position_embedding
 
 SMALL = (64, 64)  # 4×4 patches + class token = 17 tokens: fast on CPU
 
@@ -58,7 +59,10 @@ def test_stage_shapes_and_context(vit224):
     assert not vit224.training
     assert not any(p.requires_grad for p in vit224.parameters())
     assert vit224.stage_shapes() == {"img": (3, 224, 224), "bb": (197, 768), "enc": (197, 768)}
-    assert vit224.prepare(_images(1, (224, 224))) == {"grid": (14, 14), "num_prefix_tokens": 1}
+    context = vit224.prepare(_images(1, (224, 224)))
+    assert set(context) == {"grid", "num_prefix_tokens", "pos_embed"}
+    assert context["grid"] == (14, 14) and context["num_prefix_tokens"] == 1
+    assert context["pos_embed"].shape == (1, 197, 768) and not context["pos_embed"].requires_grad
 
 
 def test_layers(vit_small):
@@ -66,7 +70,8 @@ def test_layers(vit_small):
     with torch.no_grad():
         trace = vit_small.trace(x)
         layers = vit_small.layers(x)
-    assert trace.context == {"grid": (4, 4), "num_prefix_tokens": 1}
+    assert trace.context["grid"] == (4, 4) and trace.context["num_prefix_tokens"] == 1
+    assert trace.context["pos_embed"].shape == (1, 17, 768)
     assert list(layers) == ["enc"]
     assert len(layers["enc"]) == 13
     assert all(t.shape == (1, 17, 768) for t in layers["enc"])
@@ -83,6 +88,46 @@ def test_normalisation_from_timm_config(vit224):
     torch.testing.assert_close(vit224.std.flatten(), torch.tensor(cfg["std"]))
     x = _images(1, (224, 224))
     torch.testing.assert_close(vit224.normalize(x), x * 2 - 1)
+
+
+def test_metadata(vit224, noattn_small):
+    for model in (vit224, noattn_small):
+        meta = model.meta
+        assert meta.task == "classification" and meta.inverse_family == "vit"
+        assert meta.class_names == imagenet_class_names() and meta.class_names[0] == "tench"
+        assert meta.mean == (0.5, 0.5, 0.5) and meta.std == (0.5, 0.5, 0.5)  # timm's config, not ImageNet's
+        assert dict(meta.learning_rates) == {"bb": 1e-3, "enc": 1e-4}
+        assert meta.num_prefix_tokens == 1
+
+
+def test_pos_embed_is_what_each_bb_token_received(vit_small):
+    """bb − pos_embed is timm's token sequence before its position embedding: class token, then
+    the patch embeddings row by row."""
+    x = _images(2, SMALL, seed=2)
+    vit = vit_small.vit
+    with torch.no_grad():
+        trace = vit_small.trace(x)
+        patches = vit.patch_embed(vit_small.normalize(x))
+    pos = trace.context["pos_embed"]
+    assert pos.shape == (1, 17, 768) and pos.abs().sum() > 0
+    unembedded = torch.cat([vit.cls_token.expand(2, -1, -1), patches], dim=1)
+    torch.testing.assert_close(trace["bb"] - pos, unembedded, rtol=0, atol=1e-6)
+    torch.testing.assert_close(pos, vit.pos_embed, rtol=0, atol=0)  # this model embeds its class token too
+
+
+def test_pos_embed_of_a_model_that_embeds_patch_tokens_only():
+    """DeiT III adds the position embedding before the class token is prepended: zeros for it."""
+    import timm
+
+    deit = timm.create_model("deit3_small_patch16_224", pretrained=False, img_size=SMALL).eval()
+    assert deit.no_embed_class
+    x = torch.randn(1, 3, *SMALL, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        patches = deit.patch_embed(x)
+        embedded = deit._pos_embed(patches)
+    pos = token_position_embedding(deit)
+    assert pos.shape == (1, 17, 384) and not pos[0, 0].any()
+    torch.testing.assert_close(embedded - pos, torch.cat([deit.cls_token, patches], dim=1), rtol=0, atol=1e-6)
 
 
 def test_parameter_counts_cover_the_model(vit224):
@@ -132,14 +177,7 @@ def test_seeds(vit_small):
     assert not _same_weights(other, vit_small)
 
 
-def test_pretrained_offline_raises_quickly(monkeypatch, tmp_path):
-    import huggingface_hub.constants as hf_constants
-
-    # huggingface_hub reads these at import time: patch the constants as well as the environment,
-    # and point the cache at an empty folder so that locally cached weights cannot satisfy the call.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+def test_pretrained_offline_raises_quickly(offline_hub):
     t0 = time.monotonic()
     with pytest.raises(WeightsUnavailableError) as info:
         build("pretrained", input_size=SMALL)

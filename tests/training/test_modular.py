@@ -50,31 +50,30 @@ def test_every_paper_component_learns(tmp_path, name, size, lr):
     assert any(r.get("event") == "validation" for r in log)
 
 
-def test_one_frozen_forward_per_batch(tmp_path, monkeypatch):
-    model = modinv.load_model("vit-b16", weights="random", input_size=SMALL_VIT)
+def test_one_frozen_forward_per_batch(tmp_path, monkeypatch, vit_small, samples_small):
+    model = vit_small
     chain = modinv.InverseChain.build(model, arch="auto", seed=0)  # small components: the loop is under test
     calls = []
     original = model.trace
     monkeypatch.setattr(model, "trace", lambda images, end=None: calls.append(1) or original(images, end))
     config = TrainConfig(steps=3, batch_size=2, val_every=100, checkpoint_every=100, amp="off")
-    ModularTrainer(model, chain, open_source("samples", size=SMALL_VIT), None, tmp_path, config).fit(progress=False)
+    ModularTrainer(model, chain, samples_small, None, tmp_path, config).fit(progress=False)
     assert len(calls) == 3  # not one per component
 
 
-def test_frozen_model_unchanged_by_training(tmp_path):
-    model = modinv.load_model("vit-b16", weights="random", input_size=SMALL_VIT)
+def test_frozen_model_unchanged_by_training(tmp_path, vit_small, samples_small):
+    model = vit_small
     before = {k: v.clone() for k, v in model.state_dict().items()}
     chain = modinv.InverseChain.build(model, arch="auto", seed=0)
     config = TrainConfig(steps=2, batch_size=2, val_every=100, checkpoint_every=100, amp="off")
-    ModularTrainer(model, chain, open_source("samples", size=SMALL_VIT), None, tmp_path, config).fit(progress=False)
+    ModularTrainer(model, chain, samples_small, None, tmp_path, config).fit(progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not model.training
 
 
-def test_resume_continues_where_it_stopped(tmp_path):
+def test_resume_continues_where_it_stopped(tmp_path, vit_small, samples_small):
     """A run of 4 steps equals a run of 2 steps resumed for 2 more (same data order, same weights)."""
-    model = modinv.load_model("vit-b16", weights="random", input_size=SMALL_VIT)
-    data = open_source("samples", size=SMALL_VIT)
+    model, data = vit_small, samples_small
 
     def train(out, steps, resume=False):
         chain = modinv.InverseChain.build(model, arch="auto", seed=0)
@@ -104,10 +103,10 @@ def test_epoch_sampler_resumes_and_shards():
     assert len(merged) == 12 and set(merged) == set(range(10))
 
 
-def test_evaluate_reports_every_stage_and_baseline():
-    model = modinv.load_model("vit-b16", weights="random", input_size=SMALL_VIT)
+def test_evaluate_reports_every_stage_and_baseline(vit_small, samples_small):
+    model = vit_small
     chain = modinv.InverseChain.build(model, arch="auto", seed=0)
-    source = open_source("samples", size=SMALL_VIT)
+    source = samples_small
     result = evaluate_chain(model, chain, source, batch_size=3, progress=False)
     assert set(result["stages"]) == {"bb", "enc"}
     for r in list(result["stages"].values()) + [result["mean_image_baseline"]]:

@@ -15,23 +15,11 @@ import pytest
 import torch
 
 import modinv
-from modinv.data import open_source
 from modinv.errors import ModinvError
 from modinv.training import checkpoint as ckpt
 from modinv.training.modular import ModularTrainer, TrainConfig
 
-SIZE = (32, 32)
 NAN = float("nan")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return modinv.load_model("vit-b16", weights="random", input_size=SIZE)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return open_source("samples", size=SIZE)
 
 
 def _inject(component: torch.nn.Module, calls: set[int] | None, where: str = "output") -> None:
@@ -96,7 +84,8 @@ def _check_checkpoint(out, model) -> None:
     assert _all_finite(best.state_dict().values())
 
 
-def test_nan_steps_of_one_component_are_skipped(model, data, tmp_path):
+def test_nan_steps_of_one_component_are_skipped(vit_small, samples_small, tmp_path):
+    model, data = vit_small, samples_small
     nan_steps = {1, 2}
     trainer, chain, history = _train(model, data, tmp_path, "enc", nan_steps, steps=4)
     with pytest.warns(RuntimeWarning, match="non-finite loss/gradient for enc⁻¹.*update skipped") as caught:
@@ -114,9 +103,10 @@ def test_nan_steps_of_one_component_are_skipped(model, data, tmp_path):
     _check_checkpoint(tmp_path, model)
 
 
-def test_nan_input_does_not_poison_batchnorm_statistics(model, data, tmp_path):
+def test_nan_input_does_not_poison_batchnorm_statistics(vit_small, samples_small, tmp_path):
     """NaN *entering* a component with BatchNorm (bb⁻¹) updates its running mean/var with NaN during
     the forward pass, before the update is skipped: the saved component would then give NaN in eval mode."""
+    model, data = vit_small, samples_small
     trainer, chain, history = _train(model, data, tmp_path, "bb", {1}, where="input", steps=3)
     with pytest.warns(RuntimeWarning, match="non-finite loss/gradient for bb⁻¹"):
         trainer.fit(progress=False)
@@ -126,7 +116,8 @@ def test_nan_input_does_not_poison_batchnorm_statistics(model, data, tmp_path):
     _check_checkpoint(tmp_path, model)
 
 
-def test_nan_on_every_step_stops_after_max_nonfinite(model, data, tmp_path):
+def test_nan_on_every_step_stops_after_max_nonfinite(vit_small, samples_small, tmp_path):
+    model, data = vit_small, samples_small
     trainer, chain, history = _train(model, data, tmp_path, "enc", None, steps=20, max_nonfinite=3)
     with pytest.warns(RuntimeWarning, match="non-finite"):
         with pytest.raises(ModinvError, match=r"enc⁻¹ produced non-finite losses or gradients 3 steps in a row") as err:

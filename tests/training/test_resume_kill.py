@@ -189,7 +189,7 @@ def test_interrupted_chain_save_leaves_the_previous_chain_readable(tmp_path, mon
     previous chain loadable (not new weights beside an old <stage>.json whose checksum no longer
     matches). Every file is written under a temporary name first and renamed at the end."""
     import modinv
-    import modinv.inverse.chain as chain_module
+    import modinv.inverse.storage as storage
 
     model = modinv.load_model("mobilenet-v2", weights="random", input_size=(32, 32))
     chain = InverseChain.build(model, arch="auto", seed=0)
@@ -204,7 +204,7 @@ def test_interrupted_chain_save_leaves_the_previous_chain_readable(tmp_path, mon
         calls.append(path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(chain_module, "_dump_json", interrupted)
+    monkeypatch.setattr(storage, "write_json", interrupted)
     with pytest.raises(KeyboardInterrupt):
         chain.save(tmp_path / "best")
     monkeypatch.undo()

@@ -1,15 +1,79 @@
-"""Helpers shared by the analyses: limited data batches and strict-JSON values."""
+"""Helpers shared by the analyses: limited data batches and the base of their result objects.
+
+Every analysis returns a dataclass derived from :class:`AnalysisResult`: its numbers as fields,
+and what its figure needs in the field ``figure_data`` (declared with :func:`figure_field`), which
+``to_json()`` leaves out. The figure function of the analysis takes the result and a path.
+"""
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
-from typing import Any, Iterator, Mapping
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Iterator
 
+import torch
 from torch import Tensor
 
 from modinv.errors import ModinvError
+from modinv.fileio import finite_or_null
+from modinv.metrics import CI_METHODS
+from modinv.runtime import amp_dtype
+
+
+def figure_field(default: Any = None) -> Any:
+    """A dataclass field that carries figure data: kept out of ``to_json()`` and of the repr."""
+    return dataclasses.field(default=default, repr=False, compare=False, metadata={"json": False})
+
+
+@dataclasses.dataclass
+class AnalysisResult:
+    """Base of the analyses' results; ``to_json()`` gives the numbers as strict-JSON values."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field but the figure data (``analysis`` first), non-finite numbers as None (tuples
+        become lists)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("json", True)}
+        if "analysis" in data:
+            data = {"analysis": data.pop("analysis"), **data}
+        return finite_or_null(data)
+
+
+def model_record(model) -> dict[str, str]:
+    """``{"model": name, "weights": weights}``: what every result records about the model it studied."""
+    return {"model": model.name, "weights": str(model.weights)}
+
+
+def precision(device: torch.device, amp: str = "off") -> tuple[torch.dtype | None, str]:
+    """``(autocast dtype, name)`` of the ``amp`` setting on ``device``: None and ``"float32"`` for
+    "off" (every reported number is float32 unless the user asks otherwise, DESIGN.md "Training"),
+    else e.g. ``"bfloat16 autocast"``. Each result records the name under ``"precision"``."""
+    dtype = amp_dtype(device, amp)
+    return dtype, "float32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
+
+
+def interval_record(*summaries: Any, over: str = "images") -> dict[str, Any]:
+    """What a result's ``"ci"`` field says: ``{"confidence": 0.95, "over": over, "methods": {method:
+    sentence}}`` for every interval method used by the summaries found in ``summaries`` (mappings
+    with ``"ci95"``, nested in mappings and lists), in :data:`~modinv.metrics.CI_METHODS` order.
+    A summary without ``"ci_method"`` (:func:`~modinv.metrics.summarize` without bounds, or an older
+    JSON) used the Student-t interval, or none (no spread) where its interval is one point."""
+    found: set[str] = set()
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, Mapping) and "ci95" in obj:
+            ci, n = obj.get("ci95") or [None, None], obj.get("n", 0)
+            plain = "undefined" if not n else "degenerate" if n == 1 or ci[0] == ci[1] else "student_t"
+            found.add(obj.get("ci_method") or plain)
+        elif isinstance(obj, Mapping):
+            for value in obj.values():
+                walk(value)
+        elif isinstance(obj, (list, tuple)):
+            for value in obj:
+                walk(value)
+
+    for summary in summaries:
+        walk(summary)
+    return {"confidence": 0.95, "over": over, "methods": {m: text for m, text in CI_METHODS.items() if m in found}}
 
 
 def limited_batches(source, batch_size: int, limit: int | None) -> Iterator[dict[str, Any]]:
@@ -29,37 +93,17 @@ def limited_batches(source, batch_size: int, limit: int | None) -> Iterator[dict
             return
 
 
-def json_safe(obj: Any) -> Any:
-    """``obj`` with NaN and infinities replaced by None (strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
-def read_compare_file(path: str | Path) -> Any:
-    """The JSON of a ``--compare`` file, or one clear sentence saying why it cannot be read."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModinvError(f"--compare file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModinvError(f"cannot read --compare file {str(path)!r} ({type(exc).__name__}: {exc})") from None
-
-
-def single_chain_inputs(args, analysis: str):
-    """``(out_dir, model, chain, source)`` for an analysis that takes exactly one inverse chain."""
-    from modinv.cli.common import model_from_args, writable_dir
-    from modinv.data import open_source
-    from modinv.inverse.chain import InverseChain
-
-    out = writable_dir(args.out)
-    if len(args.inverse) != 1:
-        raise ModinvError(f"the {analysis} analysis takes one inverse chain, got {len(args.inverse)}")
-    model = model_from_args(args)
-    chain = InverseChain.load(args.inverse[0], model, map_location=model.device)
-    return out, model, chain, open_source(args.data, size=tuple(model.input_size))
+def chain_stages(model, chain) -> list[str]:
+    """The model's stages (in processing order) from which ``chain`` reconstructs an image: every
+    stage whose components down to the image it holds, or for a classic or fine-tuned chain its one
+    stage (its lower components are parts of that path, not inverses of their own stages)."""
+    if chain.end_to_end_stage:
+        return [chain.end_to_end_stage]
+    out = []
+    for stage in model.stages:
+        try:
+            chain.path(stage)
+        except ModinvError:
+            continue
+        out.append(stage)
+    return out

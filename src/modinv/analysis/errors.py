@@ -1,7 +1,11 @@
 """Detection errors of DETR seen through reconstructions (paper Sec. 4.6, Fig. 10), with an error-detection score.
 
-    result = detection_error_analysis(model, chain, coco_source)
-    detection_error_figure(result["figure_data"], "errors.png")      # or `modinv analyze errors`
+    result = detection_error_analysis(model, chain, coco_source)    # a DetectionErrorResult
+    detection_error_figure(result, "errors.png")                     # or `modinv analyze errors`
+
+The model must declare itself a detector (``model.meta.task == "detection"``) with DETR's output
+(``model.output(trace)``: logits and pred_boxes); class names come from ``model.meta.class_names``
+and the source's categories.
 
 Figure: one row per image: the input with its ground-truth boxes (green: found by DETR, red: missed),
 DETR's predictions (score > threshold, default 0.7, with class names), then the reconstruction from
@@ -27,44 +31,43 @@ as in DETR's post-processing, boxes cx, cy, w, h normalised -> xyxy pixels of th
 
 AUROC (missed = positive class): the probability that a missed object scores higher than a found
 one, ties counting one half — the Mann-Whitney U divided by n_missed·n_found, from mid-ranks
-(:func:`auroc`); 0.5 = no information; null when either class is empty. Its 95% CI is Hanley &
+(:func:`modinv.metrics.auroc`); 0.5 = no information; null when either class is empty. Its 95% CI is Hanley &
 McNeil's (1982) normal approximation, clipped to [0, 1]. Baseline ``small_box``: the AUROC of
 minus the box area (small objects are missed more often), so a reader can see whether the
 discrepancy says more than the object's size.
 
-CLI: ``modinv analyze errors --model detr-r50 --inverse CHAIN --data coco:ROOT[:split] --out DIR
-[--threshold 0.7] [--iou 0.5] [--figure-images 4]`` writes ``DIR/errors.png`` and ``DIR/errors.json``.
-
-``errors.json``: ``analysis, model, weights, data, inverse, n_images, pixel_space, threshold,
+``errors.json`` (``DetectionErrorResult.to_json()``, plus from the CLI ``data``, ``inverse``,
+``figure``): ``analysis, model, weights, n_images, pixel_space, precision, threshold,
 iou_threshold, matching, discrepancy, auroc_definition, stages {stage: {auroc, auroc_ci95,
 auroc_raw, n_missed, n_found, relative_missed, relative_found}}, baselines {small_box: {auroc,
 auroc_ci95, n_missed, n_found}}, n_objects, n_missed, n_found, objects [{image, image_id, index,
 category_id, category, box, area, found, matched_score, matched_iou, discrepancy {stage},
-relative {stage}}], figure``; ``relative_missed``/``relative_found`` are ``{"mean", "ci95", "n",
+relative {stage}}]``; ``relative_missed``/``relative_found`` are ``{"mean", "ci95", "n",
 "std"}`` of the relative discrepancy over the objects of each class (null when there are none).
 Undefined numbers (an empty class, an image reconstructed perfectly) are written as null.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from modinv.analysis.common import single_chain_inputs, json_safe, limited_batches
-from modinv.analysis.metrics import summarize
+from modinv.analysis.common import (
+    AnalysisResult, chain_stages, figure_field, limited_batches, model_record, precision,
+)
 from modinv.errors import ModinvError
+from modinv.figures import plt, save_figure, to_numpy_image
 from modinv.inverse.chain import InverseChain
+from modinv.metrics import as_float_array, auroc, auroc_ci, mean_summary
 from modinv.models.base import StagedModel
-from modinv.runtime import amp_dtype, autocast
+from modinv.runtime import autocast
 
 DEFAULT_THRESHOLD = 0.7
 IOU_THRESHOLD = 0.5
@@ -75,50 +78,6 @@ DISCREPANCY = ("relative_s = MSE(input, reconstruction from s) inside the object
 AUROC_DEFINITION = ("P(score of a missed object > score of a found one) + 0.5 P(tie) = Mann-Whitney U / "
                     "(n_missed n_found) from mid-ranks; 95% CI: Hanley & McNeil (1982)")
 FOUND_COLOR, MISSED_COLOR, PRED_COLOR = "#39d353", "#ff3b30", "#ffd60a"
-
-__all__ = [
-    "add_arguments",
-    "auroc",
-    "auroc_ci",
-    "box_discrepancy",
-    "detection_error_analysis",
-    "detection_error_figure",
-    "detections",
-    "filter_detections",
-    "match_objects",
-    "run_cli",
-]
-
-
-# -- AUROC -----------------------------------------------------------------------------------------------
-
-def auroc(positive: Sequence[float] | np.ndarray | Tensor, negative: Sequence[float] | np.ndarray | Tensor) -> float | None:
-    """P(a positive scores higher than a negative) + 0.5·P(tie): the Mann-Whitney U / (n_pos·n_neg)
-    from the mid-ranks of all scores. None when either group is empty (NaN scores are dropped)."""
-    pos, neg = _finite(positive), _finite(negative)
-    if pos.size == 0 or neg.size == 0:
-        return None
-    ranks = stats.rankdata(np.concatenate([pos, neg]))  # mid-ranks: ties share their average rank
-    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0
-    return float(u / (pos.size * neg.size))
-
-
-def auroc_ci(a: float | None, n_pos: int, n_neg: int, confidence: float = 0.95) -> list[float] | None:
-    """Hanley & McNeil's (1982) normal-approximation interval of an AUROC ``a``, clipped to [0, 1]."""
-    if a is None or n_pos == 0 or n_neg == 0:
-        return None
-    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
-    half = float(stats.norm.ppf(0.5 + confidence / 2) * math.sqrt(max(var, 0.0)))
-    return [max(0.0, a - half), min(1.0, a + half)]
-
-
-def _finite(values) -> np.ndarray:
-    if isinstance(values, Tensor):
-        values = values.detach().cpu().double().numpy()
-    x = np.asarray(values, dtype=np.float64).ravel()
-    return x[np.isfinite(x)]
-
 
 # -- predictions and matching ---------------------------------------------------------------------------
 
@@ -199,13 +158,40 @@ def _batches(source, batch_size: int, limit: int | None) -> Iterable[dict[str, A
 
 
 def _category_names(model: StagedModel, source) -> dict[int, str]:
+    """Class index -> name: the model's declared class names (placeholders such as ``LABEL_12``,
+    ``N/A`` and the no-object class left out), then the source's categories on top."""
     names: dict[int, str] = {}
-    model_names = getattr(model, "class_names", None) or []
-    for i, name in enumerate(model_names[:-1]):
-        if not str(name).startswith("LABEL_") and str(name) != "N/A":
+    for i, name in enumerate(model.meta.class_names or ()):
+        if not str(name).startswith("LABEL_") and str(name) not in ("N/A", "no object"):
             names[i] = str(name)
     names.update(getattr(source, "categories", {}) or {})
     return names
+
+
+@dataclasses.dataclass(kw_only=True)
+class DetectionErrorResult(AnalysisResult):
+    """The numbers of ``errors.json``; ``figure_data``: ``{"rows": [{"name", "image", "recons" {stage},
+    "gt" [(box, name, found)], "pred" [(box, name, score)]}], "stages", "threshold"}``."""
+
+    analysis: str = "errors"
+    model: str
+    weights: str
+    n_images: int
+    pixel_space: str = "[0, 1]"
+    threshold: float
+    iou_threshold: float
+    matching: str = MATCHING
+    discrepancy: str = DISCREPANCY
+    auroc_definition: str = AUROC_DEFINITION
+    positive_class: str = "missed"
+    precision: str = "float32"
+    stages: dict[str, dict[str, Any]]
+    baselines: dict[str, dict[str, Any]]
+    n_objects: int
+    n_missed: int
+    n_found: int
+    objects: list[dict[str, Any]]
+    figure_data: dict[str, Any] = figure_field()
 
 
 @torch.no_grad()
@@ -220,19 +206,21 @@ def detection_error_analysis(
     amp: str = "off",
     figure_images: int = 4,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> DetectionErrorResult:
     """Found/missed ground-truth objects, their per-stage box discrepancy and its AUROC; the numbers of
-    ``errors.json`` plus ``"figure_data"`` for :func:`detection_error_figure`."""
-    stages = [s for s in model.stages if _reconstructs(chain, s)]
+    ``errors.json``, and in ``figure_data`` the first ``figure_images`` images for :func:`detection_error_figure`."""
+    if model.meta.task != "detection":
+        raise ModinvError(f"the detection-error analysis needs a detector; {model.name!r} declares task "
+                          f"{model.meta.task!r}")
+    stages = chain_stages(model, chain)
     if not stages:
         raise ModinvError(f"the inverse chain reconstructs from no stage of {model.name}")
     names = _category_names(model, source)
     device = model.device
-    dtype = amp_dtype(device, amp)
+    dtype, used = precision(device, amp)
     objects: list[dict[str, Any]] = []
     figure: dict[str, Any] = {"rows": [], "stages": stages, "threshold": threshold}
     n_images = 0
-    chain.eval()
     for batch in tqdm(_batches(source, batch_size, limit), desc="errors", disable=not progress):
         images = batch["image"].to(device)
         with autocast(device, dtype):
@@ -278,49 +266,46 @@ def detection_error_analysis(
     found = [o for o in objects if o["found"]]
     per_stage_result = {}
     for s in stages:
-        rel_m = [_nan(o["relative"][s]) for o in missed]
-        rel_f = [_nan(o["relative"][s]) for o in found]
-        a = auroc(rel_m, rel_f)
+        rel_m, rel_f = _finite([o["relative"][s] for o in missed]), _finite([o["relative"][s] for o in found])
+        a = missed_auroc(rel_m, rel_f)
         per_stage_result[s] = {
             "auroc": a,
-            "auroc_ci95": auroc_ci(a, len(_finite(rel_m)), len(_finite(rel_f))),
-            "auroc_raw": auroc([o["discrepancy"][s] for o in missed], [o["discrepancy"][s] for o in found]),
+            "auroc_ci95": auroc_ci(a, len(rel_m), len(rel_f)),
+            "auroc_raw": missed_auroc([o["discrepancy"][s] for o in missed], [o["discrepancy"][s] for o in found]),
             "n_missed": len(missed),
             "n_found": len(found),
-            "relative_missed": _mean_summary(_finite(rel_m)),
-            "relative_found": _mean_summary(_finite(rel_f)),
+            "relative_missed": _mean_summary(rel_m),
+            "relative_found": _mean_summary(rel_f),
         }
-    small = auroc([-o["area"] for o in missed], [-o["area"] for o in found])
-    return {
-        "analysis": "errors",
-        "model": model.name,
-        "weights": str(getattr(model, "weights", "unknown")),
-        "n_images": n_images,
-        "pixel_space": "[0, 1]",
-        "threshold": threshold,
-        "iou_threshold": iou_threshold,
-        "matching": MATCHING,
-        "discrepancy": DISCREPANCY,
-        "auroc_definition": AUROC_DEFINITION,
-        "positive_class": "missed",
-        "stages": per_stage_result,
-        "baselines": {"small_box": {"auroc": small, "auroc_ci95": auroc_ci(small, len(missed), len(found)),
-                                    "n_missed": len(missed), "n_found": len(found),
-                                    "score": "minus the box area (small objects are missed more often)"}},
-        "n_objects": len(objects),
-        "n_missed": len(missed),
-        "n_found": len(found),
-        "objects": objects,
-        "figure_data": figure,
-    }
+    small = missed_auroc([-o["area"] for o in missed], [-o["area"] for o in found])
+    return DetectionErrorResult(
+        **model_record(model),
+        n_images=n_images,
+        threshold=threshold,
+        iou_threshold=iou_threshold,
+        stages=per_stage_result,
+        baselines={"small_box": {"auroc": small, "auroc_ci95": auroc_ci(small, len(missed), len(found)),
+                                 "n_missed": len(missed), "n_found": len(found),
+                                 "score": "minus the box area (small objects are missed more often)"}},
+        n_objects=len(objects),
+        n_missed=len(missed),
+        n_found=len(found),
+        objects=objects,
+        precision=used,
+        figure_data=figure,
+    )
 
 
-def _reconstructs(chain: InverseChain, stage: str) -> bool:
-    try:
-        chain.path(stage)
-    except ModinvError:
-        return False
-    return True
+def missed_auroc(missed: Sequence[float], found: Sequence[float]) -> float:
+    """AUROC of a score with the missed objects as the positive class (NaN when a class is empty)."""
+    return auroc(np.r_[np.asarray(missed, dtype=np.float64), np.asarray(found, dtype=np.float64)],
+                 np.r_[np.ones(len(missed)), np.zeros(len(found))])
+
+
+def _finite(values: Sequence[float | None]) -> np.ndarray:
+    """The finite numbers among ``values`` (None and NaN dropped)."""
+    x = as_float_array([math.nan if v is None else v for v in values])
+    return x[np.isfinite(x)]
 
 
 def _number(x: Tensor | float) -> float | None:
@@ -328,29 +313,17 @@ def _number(x: Tensor | float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _nan(x: float | None) -> float:
-    return math.nan if x is None else x
-
-
 def _mean_summary(values: np.ndarray) -> dict[str, Any] | None:
     """Mean, 95% CI, n, std of ``values`` (None when there are none)."""
-    if len(values) == 0:
-        return None
-    summary = summarize(values)
-    return {"mean": summary.pop("mse"), **summary}
+    return mean_summary(values) if len(values) else None
 
 
-def detection_error_figure(figure: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
+def detection_error_figure(result: DetectionErrorResult, path: str | Path, title: str | None = None) -> Path:
     """Fig. 10: per image the input with ground-truth boxes (green found, red missed), DETR's
     predictions (yellow, class and score) and the reconstruction from each stage (GT boxes thin)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from modinv.figures import save_figure, to_numpy_image
-
+    figure = result.figure_data
     rows = figure["rows"]
     if not rows:
         raise ModinvError("no images to draw")
@@ -388,31 +361,3 @@ def _box(ax, box, color, linewidth, label, Rectangle) -> None:
     if label:
         ax.text(x0, y0, label, fontsize=6, color="black", va="top", ha="left",
                 bbox={"facecolor": color, "edgecolor": "none", "pad": 1, "alpha": 0.8}, clip_on=True)
-
-
-# -- CLI ------------------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help="score above which a DETR query counts as a detection (default: 0.7)")
-    parser.add_argument("--iou", type=float, default=IOU_THRESHOLD,
-                        help="IoU at which a detection matches a ground-truth object (default: 0.5)")
-    parser.add_argument("--figure-images", type=int, default=4, help="images shown in the figure (default: 4)")
-
-
-def run_cli(args: argparse.Namespace) -> dict[str, Any]:
-    out, model, chain, source = single_chain_inputs(args, "detection-error")
-    result = detection_error_analysis(model, chain, source, threshold=args.threshold, iou_threshold=args.iou,
-                                      batch_size=args.batch, limit=args.limit, amp=args.amp,
-                                      figure_images=args.figure_images)
-    figure = detection_error_figure(result.pop("figure_data"), out / "errors.png")
-    payload = json_safe(result | {"data": args.data, "inverse": [str(p) for p in args.inverse],
-                                   "figure": figure.name})
-    (out / "errors.json").write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    print(f"{payload['n_objects']} objects: {payload['n_found']} found, {payload['n_missed']} missed "
-          f"(score > {args.threshold:g}, IoU >= {args.iou:g})")
-    for stage, r in payload["stages"].items():
-        a = "n/a" if r["auroc"] is None else f"{r['auroc']:.3f}"
-        print(f"  {stage:<6} AUROC(missed | relative box discrepancy) {a}")
-    print(f"wrote {out / 'errors.png'} and {out / 'errors.json'}")
-    return payload

@@ -1,19 +1,31 @@
-"""Per-stage image reconstruction error over a data set, against the mean-image baseline."""
+"""Per-stage image reconstruction quality over a data set (MSE, PSNR, SSIM, LPIPS), against the
+mean-image baseline, with 95% confidence intervals that stay inside each metric's range."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any, Iterable
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from modinv.analysis.common import chain_stages, interval_record, limited_batches, precision
 from modinv.errors import ModinvError
-from modinv.analysis.common import limited_batches
-from modinv.analysis.metrics import RunningMean, per_image_mse, summarize
 from modinv.inverse.chain import InverseChain
+from modinv.metrics import (
+    DEFAULT_METRICS, METRICS, Lpips, RunningMean, format_ci, image_metrics, not_computed, parse_metrics,
+    summarize_metric,
+)
+from modinv.metrics.image import SSIM_SETTINGS
 from modinv.models.base import StagedModel
-from modinv.runtime import amp_dtype, autocast
+from modinv.runtime import autocast
+
+# digits printed per metric
+DIGITS = {"mse": 5, "psnr": 2, "ssim": 4, "lpips": 4}
+
+__all__ = ["DIGITS", "evaluate_chain", "evaluation_lines", "mean_image", "metric_text"]
 
 
 def _batches(source, batch_size: int, limit: int | None) -> Iterable[Tensor]:
@@ -31,6 +43,14 @@ def mean_image(source, batch_size: int = 16, limit: int | None = None) -> Tensor
     return running.mean
 
 
+def _too_small_for_ssim(images: Tensor) -> str | None:
+    side = SSIM_SETTINGS["kernel_size"]
+    h, w = images.shape[-2:]
+    if min(h, w) < side:
+        return f"the images ({h}×{w} pixels) are smaller than SSIM's {side}×{side} window"
+    return None
+
+
 @torch.no_grad()
 def evaluate_chain(
     model: StagedModel,
@@ -41,35 +61,88 @@ def evaluate_chain(
     limit: int | None = None,
     amp: str = "off",
     progress: bool = True,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    lpips: Lpips | None = None,
 ) -> dict[str, Any]:
-    """Image MSE in [0, 1] pixel space of the reconstruction from every stage.
+    """Image quality of the reconstruction from every stage: MSE, PSNR, SSIM and LPIPS (``metrics``;
+    LPIPS only with an available ``lpips`` network, :func:`modinv.metrics.load_lpips`).
 
-    Returns ``{"stages": {stage: {"mse", "ci95", "n", "std"}}, "mean_image_baseline": {...},
-    "pixel_space": "[0, 1]", "n_images": n}``; the baseline is the MSE between each image and the
-    data set's mean image.
+    Returns ``{"stages": {stage: MSE summary}, "mean_image_baseline": MSE summary, "metrics":
+    {metric: {"stages": {stage: summary}, "mean_image_baseline": summary}}, "metric_info",
+    "not_computed": {metric: why}, "ci", "pixel_space": "[0, 1]", "n_images", "precision", "model",
+    "weights"}``. A summary is :func:`~modinv.metrics.summarize_metric`'s (``"mean"``, ``"ci95"``
+    inside the metric's range, ``"n"``, ``"std"``, ``"ci_method"``, ``"range"``, ``"n_infinite"``);
+    the MSE ones also carry ``"mse"`` (the mean). ``"stages"``/``"mean_image_baseline"`` are always
+    the MSE, whatever ``metrics`` selects, so that readers of per-stage MSE keep working. The
+    baseline scores each image against the data set's mean image. ``amp="off"`` (default):
+    float32; "bf16"/"auto" opt in to bf16 autocast (:func:`modinv.analysis.common.precision`).
     """
-    only = chain.end_to_end_stage  # a classic chain reconstructs from its one stage only
-    stages = list(stages or ([only] if only else [s for s in model.stages if s in chain.components]))
+    wanted = parse_metrics(metrics)
+    names = tuple(m for m in METRICS if m in wanted or m == "mse")  # MSE always: "stages" is the MSE
+    skipped = not_computed(names, lpips)
+    stages = list(stages or chain_stages(model, chain))
     device = model.device
-    dtype = amp_dtype(device, amp)
+    dtype, used = precision(device, amp)
     reference = mean_image(source, batch_size, limit).to(device)
-    errors: dict[str, list[Tensor]] = {s: [] for s in stages}
-    baseline: list[Tensor] = []
-    chain.eval()
+    values: dict[str | None, dict[str, list[Tensor]]] = {s: {m: [] for m in names} for s in [*stages, None]}
+    n_images = 0
     for images in tqdm(_batches(source, batch_size, limit), desc="evaluate", disable=not progress):
+        if "ssim" in names and "ssim" not in skipped and (why := _too_small_for_ssim(images)):
+            skipped["ssim"] = why
+        computed = [m for m in names if m not in skipped]
         images = images.to(device)
         with autocast(device, dtype):
             trace = model.trace(images)
-        baseline.append(per_image_mse(images, reference.expand_as(images)).cpu())
+        recons: dict[str | None, Tensor] = {None: reference.expand_as(images).contiguous()}  # None: the mean-image baseline
         for stage in stages:
             with autocast(device, dtype):
-                recon = chain.reconstruct(trace, stage)
-            errors[stage].append(per_image_mse(recon, images).cpu())
+                recons[stage] = chain.reconstruct(trace, stage)
+        for stage, recon in recons.items():
+            for name, v in image_metrics(recon.float(), images.float(), computed, lpips).items():
+                values[stage][name].append(v)
+        n_images += images.shape[0]
+    summaries = {
+        m: {"stages": {s: summarize_metric(m, torch.cat(values[s][m])) for s in stages},
+            "mean_image_baseline": summarize_metric(m, torch.cat(values[None][m]))}
+        for m in names if m not in skipped
+    }
+    per_metric = {m: r for m, r in summaries.items() if m in wanted}
+    mse = summaries["mse"]
     return {
-        "stages": {s: summarize(torch.cat(v)) for s, v in errors.items()},
-        "mean_image_baseline": summarize(torch.cat(baseline)),
+        "stages": {s: {"mse": r["mean"], **r} for s, r in mse["stages"].items()},
+        "mean_image_baseline": {"mse": mse["mean_image_baseline"]["mean"], **mse["mean_image_baseline"]},
+        "metrics": per_metric,
+        "metric_info": {m: dataclasses.asdict(METRICS[m]) for m in per_metric},
+        "not_computed": {m: why for m, why in skipped.items() if m in wanted},
+        "ci": interval_record(mse, per_metric),
         "pixel_space": "[0, 1]",
-        "n_images": int(sum(len(b) for b in baseline)),
+        "n_images": n_images,
+        "precision": used,
         "model": model.name,
         "weights": model.weights,
     }
+
+
+def metric_text(name: str, summary: Mapping[str, Any]) -> str:
+    """A metric's mean and 95% CI as printed (``format_ci`` with the metric's digits); a PSNR made
+    infinite by perfect reconstructions prints ``inf dB (k perfect reconstructions)``."""
+    if summary.get("n_infinite"):
+        return f"inf{' dB' if name == 'psnr' else ''} ({summary['n_infinite']} perfect reconstructions)"
+    return format_ci(summary, digits=DIGITS.get(name, 4))
+
+
+def evaluation_lines(entry: Mapping[str, Any], indent: str = "", baseline: str = "(mean-image baseline)") -> list[str]:
+    """The printed form of an :func:`evaluate_chain` result: one line per stage and metric, then the
+    mean-image baseline per metric (an older entry without ``"metrics"``: its MSE only)."""
+    per_metric = entry.get("metrics") or {"mse": {"stages": entry["stages"],
+                                                  "mean_image_baseline": entry["mean_image_baseline"]}}
+    lines = []
+    for stage in entry["stages"]:
+        for name, result in per_metric.items():
+            r = result["stages"][stage]
+            lines.append(f"{indent}{stage:<8} {name.upper():<5} {metric_text(name, r)}  n={r['n']}")
+    for name, result in per_metric.items():
+        lines.append(f"{indent}{'mean':<8} {name.upper():<5} {metric_text(name, result['mean_image_baseline'])}  "
+                     f"{baseline}")
+    return lines
+

@@ -1,7 +1,7 @@
 """Reconstructions from intermediate encoder and decoder layers (paper Sec. 4.7, Fig. 11).
 
-    result = layer_analysis(model, chain, source)
-    layer_figure(result["figure_data"], "layers.png")              # or `modinv analyze layers`
+    result = layer_analysis(model, chain, source)                # a LayerResult
+    layer_figure(result, "layers.png")                            # or `modinv analyze layers`
 
 ``model.layers(images)`` gives every layer output of the model's multi-layer stages, each shaped like
 its stage: DETR ``{"enc": 7, "dec": 7}`` (index 0 is the stack's input — x_bb for the encoder, the
@@ -23,7 +23,7 @@ entry) and layer: mean with a 95% Student-t CI over images.
 CLI: ``modinv analyze layers --model detr-r50|vit-b16 --inverse CHAIN --data SPEC --out DIR
 [--figure-images 1]`` writes ``DIR/layers.png`` and ``DIR/layers.json``.
 
-``layers.json``: ``analysis, model, weights, data, inverse, n_images, pixel_space, ci, layers
+``layers.json`` (:meth:`LayerResult.to_json` plus ``data``, ``inverse``, ``figure``): ``analysis, model, weights, data, inverse, n_images, pixel_space, ci, precision, layers
 {source: number of tensors}, rows [{key, source, entry, components, native_layer}], columns
 {source: [labels]}, mse {key: [{"mse", "ci95", "n", "std"} per layer]}, figure``; ``key`` is
 ``"<source>-><entry>"``, e.g. ``"enc->bb"``.
@@ -31,8 +31,7 @@ CLI: ``modinv analyze layers --model detr-r50|vit-b16 --inverse CHAIN --data SPE
 
 from __future__ import annotations
 
-import argparse
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,31 +39,50 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from modinv.analysis.common import single_chain_inputs, json_safe, limited_batches
-from modinv.analysis.metrics import per_image_mse, summarize
+from modinv.analysis.common import (
+    AnalysisResult, chain_stages, figure_field, limited_batches, model_record, precision,
+)
 from modinv.errors import ModinvError
+from modinv.figures import image_grid
 from modinv.inverse.chain import InverseChain
+from modinv.metrics import CI_METHOD, per_image_mse, summarize
 from modinv.models.base import StagedModel
+from modinv.runtime import autocast
 
-__all__ = ["add_arguments", "layer_analysis", "layer_entries", "layer_figure", "run_cli"]
+__all__ = ["LayerResult", "layer_analysis", "layer_entries", "layer_figure"]
+
+
+@dataclass
+class LayerResult(AnalysisResult):
+    """The numbers of ``layers.json`` (see the module doc); ``figure_data``: ``{"images", "names",
+    "recons": [{key: [3×H×W per layer]} per image], "rows", "columns"}`` of the first images."""
+
+    model: str
+    weights: str
+    n_images: int
+    layers: dict[str, int]
+    rows: list[dict[str, Any]]
+    columns: dict[str, list[str]]
+    mse: dict[str, list[dict[str, Any]]]
+    analysis: str = "layers"
+    pixel_space: str = "[0, 1]"
+    ci: str = CI_METHOD
+    precision: str = "float32"
+    figure_data: dict[str, Any] = figure_field()
 
 
 def layer_entries(model: StagedModel, chain: InverseChain, layers: Mapping[str, list[Tensor]]) -> list[dict[str, Any]]:
     """One row per (layer source, entry stage): every stage whose per-sample shape equals the
     source's layer shape and from which ``chain`` can reconstruct, in processing order."""
     shapes = model.stage_shapes()
+    invertible = chain_stages(model, chain)
     rows = []
     for source, tensors in layers.items():
         shape = tuple(tensors[0].shape[1:])
-        for stage in model.stages:
-            if tuple(shapes[stage]) != shape:
-                continue
-            try:
-                path = chain.path(stage)
-            except ModinvError:
-                continue
-            rows.append({"key": f"{source}->{stage}", "source": source, "entry": stage,
-                         "components": [f"{s}⁻¹" for s in path], "native_layer": None})
+        for stage in invertible:
+            if tuple(shapes[stage]) == shape:
+                rows.append({"key": f"{source}->{stage}", "source": source, "entry": stage,
+                             "components": [f"{s}⁻¹" for s in chain.path(stage)], "native_layer": None})
     if not rows:
         raise ModinvError(f"no inverse component of the chain takes {model.name}'s intermediate layers "
                           f"(layer shapes {[tuple(t[0].shape[1:]) for t in layers.values()]})")
@@ -81,14 +99,11 @@ def layer_analysis(
     amp: str = "off",
     figure_images: int = 1,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> LayerResult:
     """Image MSE of the reconstruction from every intermediate layer through every inverse entry
-    point of its shape; the numbers of ``layers.json`` plus ``"figure_data"`` for :func:`layer_figure`."""
-    from modinv.runtime import amp_dtype, autocast
-
+    point of its shape; ``figure_images`` images are kept for :func:`layer_figure`."""
     device = model.device
-    dtype = amp_dtype(device, amp)
-    chain.eval()
+    dtype, used = precision(device, amp)
     rows: list[dict[str, Any]] | None = None
     errors: dict[str, list[list[Tensor]]] = {}
     figure: dict[str, Any] = {"images": [], "names": [], "recons": []}
@@ -129,19 +144,16 @@ def layer_analysis(
             row["native_layer"] = None
     columns = {s: _column_labels(n) for s, n in counts.items()}
     figure |= {"rows": rows, "columns": columns}
-    return {
-        "analysis": "layers",
-        "model": model.name,
-        "weights": str(getattr(model, "weights", "unknown")),
-        "n_images": n_images,
-        "pixel_space": "[0, 1]",
-        "ci": "95% Student-t confidence interval of the mean over images",
-        "layers": counts,
-        "rows": rows,
-        "columns": columns,
-        "mse": {key: [summarize(torch.cat(v)) for v in per_layer] for key, per_layer in errors.items()},
-        "figure_data": figure,
-    }
+    return LayerResult(
+        **model_record(model),
+        n_images=n_images,
+        layers=counts,
+        rows=rows,
+        columns=columns,
+        mse={key: [summarize(torch.cat(v)) for v in per_layer] for key, per_layer in errors.items()},
+        precision=used,
+        figure_data=figure,
+    )
 
 
 def _column_labels(n: int) -> list[str]:
@@ -149,14 +161,13 @@ def _column_labels(n: int) -> list[str]:
     return ["0 (input)"] + [str(i) for i in range(1, n)]
 
 
-def layer_figure(figure: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
+def layer_figure(result: LayerResult, path: str | Path, title: str | None = None) -> Path:
     """Fig. 11: per image and row (source layers -> inverse entry point) the reconstruction from each
     layer (columns: layer index, 0 = the stack's input), the input image first. Row titles name the
     source, the inverse component the layers are fed into (the chain continues down to the image)
     and the layer that component was trained on."""
-    from modinv.figures import image_grid
-
-    if not figure["images"]:
+    figure = result.figure_data
+    if not figure or not figure["images"]:
         raise ModinvError("no images to draw")
     rows, titles = [], []
     for i, image in enumerate(figure["images"]):
@@ -176,25 +187,3 @@ def _longest(columns: Mapping[str, list[str]], n: int) -> list[str]:
         if len(labels) == n:
             return labels
     return [str(i) for i in range(n)]
-
-
-# -- CLI ------------------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--figure-images", type=int, default=1, help="images shown in the figure (default: 1)")
-
-
-def run_cli(args: argparse.Namespace) -> dict[str, Any]:
-    out, model, chain, source = single_chain_inputs(args, "layer")
-    result = layer_analysis(model, chain, source, batch_size=args.batch, limit=args.limit, amp=args.amp,
-                            figure_images=args.figure_images)
-    figure = layer_figure(result.pop("figure_data"), out / "layers.png",
-                          title=f"{model.name}: reconstructions from intermediate layers")
-    payload = json_safe(result | {"data": args.data, "inverse": [str(p) for p in args.inverse],
-                                   "figure": figure.name})
-    (out / "layers.json").write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    for row in payload["rows"]:
-        values = " ".join(f"{s['mse']:.4f}" for s in payload["mse"][row["key"]])
-        print(f"{row['key']:<10} MSE per layer: {values}")
-    print(f"wrote {out / 'layers.png'} and {out / 'layers.json'}")
-    return payload

@@ -1,60 +1,107 @@
-"""Per-stage reconstruction error with confidence intervals and the mean-image baseline, side by side (Fig. 4 left).
+"""Per-stage reconstruction quality with confidence intervals and the mean-image baseline, side by side (Fig. 4 left).
 
-    result = stage_errors(model, chain, source)              # the JSON of `modinv evaluate`, plus a label
-    plot_stage_errors({"DETR": result, "ViT": other}, "stages.png")
+    result = stage_errors(model, chain, source)                     # a StageErrors
+    result = stage_errors(model, {"DETR": chain}, source, compare={"ViT": vit_entry})
+    stage_errors_figure(result, "stages.png")
 
-Every entry is the output of :func:`modinv.analysis.evaluate.evaluate_chain`: per stage the mean
-image MSE in [0, 1] pixel space over the images with a 95% Student-t confidence interval over
-images, and the same for the mean-image baseline (each image against the data set's mean image).
-The figure puts the models side by side: one line with error bars per model over the stages (in
-processing order, the union of all models' stages) and, at the right, its "mean" baseline point.
+Every entry is the output of :func:`modinv.analysis.evaluate.evaluate_chain`: per stage and metric
+(MSE in [0, 1] pixel space, PSNR in dB, SSIM, LPIPS where its weights are available) the mean over
+the images with a 95% confidence interval that stays inside the metric's range (a BCa bootstrap,
+:mod:`modinv.metrics.bounded`), and the same for the mean-image baseline (each image against the
+data set's mean image). The figure has one panel per metric; in each, one line with error bars per
+model over the stages (in processing order, the union of all models' stages) and, at the right, its
+"mean" baseline point. An entry saved before the other metrics existed (no ``"metrics"``) shows in
+the MSE panel only.
 
 CLI: ``modinv analyze stages --model M --inverse CHAIN [CHAIN ...] --data SPEC --out DIR
-[--compare FILE.json ...]`` writes ``DIR/stages.png`` and ``DIR/stages.json``. ``--compare`` adds
-entries saved earlier by ``modinv evaluate`` or by this analysis (e.g. another model's).
+[--metrics mse,psnr,ssim,lpips] [--lpips-weights FILE] [--compare FILE.json ...]`` writes
+``DIR/stages.png`` and ``DIR/stages.json``. ``--compare`` adds entries saved earlier by ``modinv
+evaluate`` or by this analysis (e.g. another model's).
 
-``stages.json``: ``{"analysis": "stages", "results": {label: evaluate-json}, "order": [labels],
-"pixel_space": "[0, 1]", "ci": ..., "figure": "stages.png"}``; each evaluate-json has ``"stages"``
-(``{stage: {"mse", "ci95", "n", "std"}}``), ``"mean_image_baseline"`` (same keys), ``"n_images"``,
-``"model"``, ``"weights"``, ``"label"`` and, from the CLI, ``"inverse"`` and ``"data"``.
+``stages.json`` (:meth:`StageErrors.to_json` plus ``figure``): ``{"analysis": "stages", "results":
+{label: evaluate-json}, "order": [labels], "stage_order": [stages], "metrics": [panel metrics],
+"pixel_space": "[0, 1]", "ci": {"confidence", "over", "methods": {method: sentence}}, "precision",
+"figure": "stages.png"}``; each evaluate-json has ``"stages"`` (``{stage: MSE summary}``),
+``"mean_image_baseline"`` (same keys), ``"metrics"`` (``{metric: {"stages", "mean_image_baseline"}}``),
+``"metric_info"``, ``"not_computed"`` (``{metric: why}``), ``"n_images"``, ``"precision"``
+(float32 unless ``amp`` opts in to bf16 autocast), ``"model"``, ``"weights"``, ``"label"`` and,
+from the CLI, ``"inverse"`` and ``"data"``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from modinv.analysis.common import read_compare_file
+from modinv.analysis.common import AnalysisResult, precision
+from modinv.analysis.evaluate import evaluate_chain
 from modinv.errors import ModinvError
+from modinv.fileio import read_json
+from modinv.figures import save_figure
+from modinv.inverse.chain import InverseChain
+from modinv.metrics import CI_METHOD
+from modinv.models.base import StagedModel
 
-CI_METHOD = "95% Student-t confidence interval of the mean over images"
 BASELINE = "mean"
+
+__all__ = ["StageErrors", "load_results", "stage_errors", "stage_errors_figure", "stage_order", "unique_label"]
+
+
+@dataclass
+class StageErrors(AnalysisResult):
+    """Per-stage errors of one or more runs: ``results`` ``{label: evaluate-json}`` in legend order."""
+
+    results: dict[str, dict[str, Any]]
+    stage_order: list[str]
+    order: list[str] = field(default_factory=list)
+    analysis: str = "stages"
+    pixel_space: str = "[0, 1]"
+    ci: str = CI_METHOD
+    precision: str | None = None  # of the entries computed in this run (each entry records its own)
+
+    @classmethod
+    def from_entries(cls, results: Mapping[str, Mapping[str, Any]]) -> "StageErrors":
+        """The result of already computed entries (e.g. read by :func:`load_results`), checked."""
+        if not results:
+            raise ModinvError("no results to compare")
+        for label, entry in results.items():
+            _check_entry(label, entry)
+        entries = {str(k): dict(v) for k, v in results.items()}
+        return cls(results=entries, stage_order=stage_order(entries), order=list(entries))
 
 
 def stage_errors(
-    model,
-    chain,
+    model: StagedModel,
+    chains: InverseChain | Mapping[str, InverseChain],
     source,
+    compare: Mapping[str, Mapping[str, Any]] | None = None,
     stages: Sequence[str] | None = None,
     batch_size: int = 8,
     limit: int | None = None,
     amp: str = "off",
     progress: bool = True,
     label: str | None = None,
-) -> dict[str, Any]:
-    """Per-stage image MSE (95% CI) and the mean-image baseline of ``chain`` on ``source``.
+) -> StageErrors:
+    """Per-stage image MSE (95% CI) and the mean-image baseline of each chain on ``source``.
 
-    The result of :func:`~modinv.analysis.evaluate.evaluate_chain` plus ``"label"`` (default: the
-    model's name), ready for :func:`plot_stage_errors`.
+    ``chains``: one :class:`~modinv.inverse.chain.InverseChain` (labelled ``label``, default the
+    model's name) or ``{label: chain}``. ``compare``: entries computed earlier (``{label:
+    evaluate-json}``) shown after them. Each entry is :func:`~modinv.analysis.evaluate.evaluate_chain`'s
+    result plus ``"label"``.
     """
-    from modinv.analysis.evaluate import evaluate_chain
-
-    result = evaluate_chain(model, chain, source, stages=list(stages) if stages else None,
-                            batch_size=batch_size, limit=limit, amp=amp, progress=progress)
-    result["label"] = label or model.name
+    if not isinstance(chains, Mapping):
+        chains = {label or model.name: chains}
+    results: dict[str, dict[str, Any]] = {}
+    for name, chain in chains.items():
+        entry = evaluate_chain(model, chain, source, stages=list(stages) if stages else None,
+                               batch_size=batch_size, limit=limit, amp=amp, progress=progress)
+        results[unique_label(name, results)] = entry | {"label": name}
+    for name, entry in (compare or {}).items():
+        results[unique_label(name, results)] = dict(entry)
+    result = StageErrors.from_entries(results)
+    result.precision = precision(model.device, amp)[1] if chains else None
     return result
 
 
@@ -80,22 +127,13 @@ def stage_order(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return order
 
 
-def plot_stage_errors(results: Mapping[str, Mapping[str, Any]], path: str | Path,
-                      title: str | None = None) -> Path:
-    """Save Fig. 4 (left): per-stage MSE with 95% CI error bars per model, and each model's
-    mean-image baseline at the right ("mean"). ``results``: ``{label: evaluate-json}``."""
-    import matplotlib
+def stage_errors_figure(result: StageErrors, path: str | Path, title: str | None = None) -> Path:
+    """Save Fig. 4 (left): per-stage MSE with 95% CI error bars per run, and each run's mean-image
+    baseline at the right ("mean")."""
+    import matplotlib.pyplot as plt  # after modinv.figures, which selects the file-only backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from modinv.figures import save_figure
-
-    if not results:
-        raise ModinvError("no results to plot")
-    for label, entry in results.items():
-        _check_entry(label, entry)
-    stages = stage_order(results)
+    results = result.results
+    stages = result.stage_order
     ticks = stages + [BASELINE]
     n = len(results)
     width = 0.5 / max(n, 1)
@@ -141,7 +179,7 @@ def load_results(path: str | Path) -> dict[str, dict[str, Any]]:
     """``{label: evaluate-json}`` from a file of ``modinv evaluate`` (one entry, labelled by its
     ``"label"``, else its model name, else the file name) or of this analysis (all its entries)."""
     path = Path(path)
-    data = read_compare_file(path)
+    data = read_json(path, "results file")
     if isinstance(data, Mapping) and isinstance(data.get("results"), Mapping):
         out = {str(k): dict(v) for k, v in data["results"].items()}
     else:
@@ -155,73 +193,11 @@ def load_results(path: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _unique(label: str, taken: Mapping[str, Any]) -> str:
+def unique_label(label: str, taken: Mapping[str, Any]) -> str:
+    """``label``, or ``"label (2)"``, ``"label (3)"``, ... when ``taken`` has it already."""
     if label not in taken:
         return label
     k = 2
     while f"{label} ({k})" in taken:
         k += 1
     return f"{label} ({k})"
-
-
-# -- CLI ------------------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--compare", nargs="+", default=[], metavar="FILE.json",
-                        help="add results saved by `modinv evaluate` or `modinv analyze stages` (e.g. another model)")
-    parser.add_argument("--label", nargs="+", metavar="LABEL",
-                        help="legend label(s) of this run's chain(s) (default: the model name, plus the chain folder "
-                             "when several chains are given)")
-
-
-def run_cli(args: argparse.Namespace) -> dict[str, Any]:
-    from modinv.cli.common import model_from_args, writable_dir
-    from modinv.data import open_source
-    from modinv.inverse.chain import InverseChain
-
-    out = writable_dir(args.out)
-    compare: dict[str, dict[str, Any]] = {}
-    for file in args.compare:  # read them first: a bad file fails before any work
-        for label, entry in load_results(file).items():
-            compare[_unique(label, compare)] = entry
-    inverses = list(args.inverse)
-    labels = list(args.label or [])
-    if labels and len(labels) != len(inverses):
-        raise ModinvError(f"--label needs one label per --inverse chain ({len(inverses)}), got {len(labels)}")
-    model = model_from_args(args)
-    source = open_source(args.data, size=tuple(model.input_size))
-    results: dict[str, dict[str, Any]] = {}
-    for i, inverse in enumerate(inverses):
-        chain = InverseChain.load(inverse, model, map_location=model.device)
-        if labels:
-            label = labels[i]
-        elif len(inverses) > 1:
-            label = f"{model.name} [{Path(inverse).name or inverse}]"
-        else:
-            label = model.name
-        result = stage_errors(model, chain, source, batch_size=args.batch, limit=args.limit, amp=args.amp,
-                              label=label)
-        result["inverse"] = str(inverse)
-        result["data"] = args.data
-        results[_unique(label, results)] = result
-    for label, entry in compare.items():
-        results[_unique(label, results)] = entry
-    figure = plot_stage_errors(results, out / "stages.png")
-    payload = {
-        "analysis": "stages",
-        "results": results,
-        "order": list(results),
-        "stage_order": stage_order(results),
-        "pixel_space": "[0, 1]",
-        "ci": CI_METHOD,
-        "figure": figure.name,
-    }
-    (out / "stages.json").write_text(json.dumps(payload, indent=2) + "\n")
-    for label, entry in results.items():
-        print(label)
-        for stage, r in entry["stages"].items():
-            print(f"  {stage:<8} MSE {r['mse']:.5f}  95% CI [{r['ci95'][0]:.5f}, {r['ci95'][1]:.5f}]  n={r['n']}")
-        b = entry["mean_image_baseline"]
-        print(f"  {BASELINE:<8} MSE {b['mse']:.5f}  95% CI [{b['ci95'][0]:.5f}, {b['ci95'][1]:.5f}]  (mean image)")
-    print(f"wrote {out / 'stages.png'} and {out / 'stages.json'}")
-    return payload

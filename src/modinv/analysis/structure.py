@@ -8,35 +8,74 @@ pred⁻¹. Both pred paths continue through the *same* dec⁻¹, enc⁻¹ and bb
 the FD chain lacks is taken from the OH chain), so their difference isolates the pred⁻¹ variant;
 the OH chain may therefore hold only its pred component.
 
-Numbers (``structure.json``): ``{"analysis": "structure", "model", "weights", "columns": ["bb",
+    result = structure_analysis(model, [fd_chain, oh_chain], source)     # a StructureResult
+    structure_figure(result, "structure.png")                             # or `modinv analyze structure`
+
+Numbers (``structure.json``, :meth:`StructureResult.to_json` plus ``inverse``, ``data``, ``figure``):
+``{"analysis": "structure", "model", "weights", "columns": ["bb",
 "enc", "dec", "pred_fd", "pred_oh"], "mse": {column: {"mse", "ci95", "n", "std"}}, "fd_vs_oh":
 summary of the per-image MSE between the FD and the OH reconstruction, "oh_minus_fd": summary of
 the per-image paired difference MSE(OH) - MSE(FD), "per_image": [{"image", "mse": {column: v},
 "fd_vs_oh_mse", "oh_minus_fd_mse", "detections": [{"label", "score", "box_xyxy"}]}], "components":
 {stage: "fd" | "oh"} (which chain supplied each component), "inverse": {"fd", "oh"}, "n_images",
-"box_threshold", "pixel_space", "ci", "figure"}``. The figure shows one row per image (the first
-``--examples``): the input with DETR's detections (score > ``--box-threshold``) drawn as boxes,
-then the reconstructions from bb, enc, dec, pred (FD) and pred (OH).
+"box_threshold", "pixel_space", "ci", "precision", "figure"}``. The figure shows one row per image (the first
+``n_examples``, kept in ``figure_data``): the input with the detector's detections (score >
+``box_threshold``) drawn as boxes, then the reconstructions from bb, enc, dec, pred (FD) and pred
+(OH). Detections come from ``model.output(trace)`` and are listed only for models whose metadata
+declares ``task == "detection"``; class names from ``model.meta.class_names``.
 
 Models without a ``pred`` stage (e.g. ViT) are refused with a :class:`~modinv.errors.ModinvError`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from modinv.analysis.common import AnalysisResult, figure_field, limited_batches, model_record, precision
+from modinv.analysis.task import trace_detections
 from modinv.errors import ModinvError
+from modinv.figures import image_grid
+from modinv.inverse.chain import InverseChain, layout_mismatch, model_layout
+from modinv.metrics import CI_METHOD, per_image_mse, summarize
+from modinv.models.base import StagedModel
+from modinv.runtime import autocast
 
 PRED = "pred"
 VARIANTS = ("fd", "oh")
-CI_METHOD = "95% Student-t confidence interval of the mean over images"
 BOX_COLOR = (1.0, 0.15, 0.1)
+COLUMN_TITLES = {"pred_fd": "from pred (FD)", "pred_oh": "from pred (OH)"}
+
+__all__ = ["StructureResult", "detections", "draw_boxes", "pred_variant", "require_pred", "split_fd_oh", "structure_analysis",
+           "structure_figure"]
+
+
+@dataclass
+class StructureResult(AnalysisResult):
+    """The numbers of ``structure.json`` (see the module doc); ``figure_data``: the first images'
+    rows ``[{"image", "input", "boxes", "reconstructions": {column: 3×H×W}}]``."""
+
+    model: str
+    weights: str
+    columns: list[str]
+    mse: dict[str, dict[str, Any]]
+    fd_vs_oh: dict[str, Any]
+    oh_minus_fd: dict[str, Any]
+    per_image: list[dict[str, Any]]
+    components: dict[str, str]
+    variants: dict[str, str]
+    n_images: int
+    box_threshold: float
+    analysis: str = "structure"
+    pixel_space: str = "[0, 1]"
+    ci: str = CI_METHOD
+    precision: str = "float32"
+    figure_data: list[dict[str, Any]] = figure_field()
 
 
 def pred_variant(chain) -> str:
@@ -75,10 +114,7 @@ def split_fd_oh(chains: Sequence[Any]) -> tuple[Any, Any]:
 
 def _composite(model, fd, oh) -> tuple[Any, Any, dict[str, str]]:
     """Two full chains sharing every component but pred: FD's where it has one, else OH's."""
-    from modinv.inverse.chain import InverseChain, layout_mismatch, model_layout
-
-    if PRED not in model.stages:
-        raise ModinvError(_no_pred(model))
+    require_pred(model)
     for name, chain in (("FD", fd), ("OH", oh)):
         why = layout_mismatch(chain.layout, model_layout(model))
         if why:
@@ -99,36 +135,36 @@ def _composite(model, fd, oh) -> tuple[Any, Any, dict[str, str]]:
     for tag, chain in (("fd", fd), ("oh", oh)):
         components = dict(shared) | {PRED: chain.components[PRED]}
         metas = dict(meta) | {PRED: chain.component_meta[PRED]}
-        made.append(InverseChain(components, fd.layout, metas).eval())
+        made.append(InverseChain(components, fd.layout, metas))
     return made[0], made[1], origin | {PRED: "fd and oh"}
 
 
-def _no_pred(model) -> str:
-    return (f"model {model.name!r} has no 'pred' stage (stages: {', '.join(model.stages)}); the structure "
-            "analysis compares the FD and OH pred⁻¹ of DETR (use `modinv analyze stages` or `modinv reconstruct` "
-            "for other models)")
+def require_pred(model) -> None:
+    """Raise a one-sentence :class:`ModinvError` unless ``model`` has a ``pred`` stage."""
+    if PRED in model.stages:
+        return
+    raise ModinvError(
+        f"model {model.name!r} has no 'pred' stage (stages: {', '.join(model.stages)}); the structure "
+        "analysis compares the FD and OH pred⁻¹ of a detector (use `modinv analyze stages` or `modinv reconstruct` "
+        "for other models)"
+    )
 
 
 def detections(model, trace, threshold: float) -> list[list[dict[str, Any]]]:
-    """DETR's detections per image from ``trace["pred"]``: class (not "no object") with softmax score
-    above ``threshold``, box in xyxy pixels of the input."""
-    from modinv.models.detr import split_pred
-
-    logits, boxes = split_pred(trace[PRED].float())
-    probs = logits.softmax(-1)[..., :-1]
-    scores, labels = probs.max(-1)
-    names = list(getattr(model, "class_names", []) or [])
-    h, w = model.input_size
+    """The detector's detections per image from ``model.output(trace)``: the best real class of each
+    query with softmax score above ``threshold``, box in xyxy pixels of the input; ``[]`` per image
+    when the model's metadata does not declare ``task == "detection"``."""
+    if model.meta.task != "detection":
+        return [[] for _ in range(trace[PRED].shape[0])]
+    names = list(model.meta.class_names or ())
     out = []
-    for b in range(scores.shape[0]):
-        keep = (scores[b] > threshold).nonzero().flatten().tolist()
+    for pred in trace_detections(model, trace):
         found = []
-        for q in keep:
-            cx, cy, bw, bh = boxes[b, q].tolist()
-            xyxy = [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]
-            label = int(labels[b, q])
+        for q in (pred["scores"] > threshold).nonzero().flatten().tolist():
+            label = int(pred["labels"][q])
             found.append({"label": names[label] if label < len(names) else str(label), "label_id": label,
-                          "score": float(scores[b, q]), "box_xyxy": [round(v, 2) for v in xyxy]})
+                          "score": float(pred["scores"][q]),
+                          "box_xyxy": [round(v, 2) for v in pred["boxes"][q].tolist()]})
         out.append(found)
     return out
 
@@ -151,8 +187,8 @@ def draw_boxes(image: Tensor, boxes: Sequence[Sequence[float]], color=BOX_COLOR,
 
 @torch.no_grad()
 def structure_analysis(
-    model,
-    chains: Sequence[Any],
+    model: StagedModel,
+    chains: Sequence[InverseChain],
     source,
     batch_size: int = 8,
     limit: int | None = None,
@@ -160,32 +196,25 @@ def structure_analysis(
     box_threshold: float = 0.7,
     amp: str = "off",
     progress: bool = True,
-) -> dict[str, Any]:
+) -> StructureResult:
     """Per-stage reconstruction MSE with the FD and OH pred⁻¹ and their per-image difference.
 
     ``chains``: the FD and the OH chain in any order (see :func:`split_fd_oh`). ``source``: images
-    at the model's input size; ``limit``: at most this many. Returns the JSON of the module doc plus
-    ``"_rows"`` (tensors of the first ``n_examples`` images for :func:`plot_structure`).
+    at the model's input size; ``limit``: at most this many; ``n_examples``: images kept for the figure.
     """
-    from tqdm.auto import tqdm
-
-    from modinv.analysis.metrics import per_image_mse, summarize
-    from modinv.runtime import amp_dtype, autocast
-
-    if PRED not in model.stages:
-        raise ModinvError(_no_pred(model))
+    require_pred(model)
     fd, oh = split_fd_oh(chains)
     fd_full, oh_full, origin = _composite(model, fd, oh)
     before = list(model.stages[: model.stages.index(PRED)])
     columns = before + ["pred_fd", "pred_oh"]
     device = model.device
-    dtype = amp_dtype(device, amp)
+    dtype, used = precision(device, amp)
     per_image: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     errors: dict[str, list[Tensor]] = {c: [] for c in columns}
     between: list[Tensor] = []
-    for images, names in tqdm(_named_batches(source, batch_size, limit), desc="structure", disable=not progress):
-        images = images.to(device)
+    for batch in tqdm(limited_batches(source, batch_size, limit), desc="structure", disable=not progress):
+        images, names = batch["image"].to(device), [str(n) for n in batch["name"]]
         with autocast(device, dtype):
             trace = model.trace(images)
             recons = {s: fd_full.reconstruct(trace, s) for s in before}
@@ -212,40 +241,25 @@ def structure_analysis(
                              "reconstructions": {c: recons[c][b].cpu() for c in columns}})
     if not per_image:
         raise ModinvError("the image source yielded no images")
-    return {
-        "analysis": "structure",
-        "model": model.name,
-        "weights": str(getattr(model, "weights", "unknown")),
-        "columns": columns,
-        "mse": {c: summarize(torch.cat(v)) for c, v in errors.items()},
-        "fd_vs_oh": summarize(torch.cat(between)),
-        "oh_minus_fd": summarize([p["oh_minus_fd_mse"] for p in per_image]),
-        "per_image": per_image,
-        "components": origin,
-        "variants": {"fd": pred_variant(fd), "oh": pred_variant(oh)},
-        "n_images": len(per_image),
-        "box_threshold": box_threshold,
-        "pixel_space": "[0, 1]",
-        "ci": CI_METHOD,
-        "_rows": rows,
-    }
+    return StructureResult(
+        **model_record(model),
+        columns=columns,
+        mse={c: summarize(torch.cat(v)) for c, v in errors.items()},
+        fd_vs_oh=summarize(torch.cat(between)),
+        oh_minus_fd=summarize([p["oh_minus_fd_mse"] for p in per_image]),
+        per_image=per_image,
+        components=origin,
+        variants={"fd": pred_variant(fd), "oh": pred_variant(oh)},
+        n_images=len(per_image),
+        box_threshold=box_threshold,
+        precision=used,
+        figure_data=rows,
+    )
 
 
-def _named_batches(source, batch_size: int, limit: int | None):
-    """(images B×3×H×W, names) of ``source`` in order, unreadable items dropped, at most ``limit`` images."""
-    from modinv.analysis.common import limited_batches
-
-    for batch in limited_batches(source, batch_size, limit):
-        yield batch["image"], [str(n) for n in batch["name"]]
-
-
-COLUMN_TITLES = {"pred_fd": "from pred (FD)", "pred_oh": "from pred (OH)"}
-
-
-def plot_structure(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str | None = None) -> Path:
-    """Fig. 8: one row per image: the input (detections boxed), then each column's reconstruction."""
-    from modinv.figures import image_grid
-
+def structure_figure(result: StructureResult, path: str | Path, title: str | None = None) -> Path:
+    """Fig. 8: one row per kept image: the input (detections boxed), then each column's reconstruction."""
+    rows = result.figure_data
     if not rows:
         raise ModinvError("no images to plot")
     columns = list(rows[0]["reconstructions"])
@@ -253,46 +267,3 @@ def plot_structure(rows: Sequence[Mapping[str, Any]], path: str | Path, title: s
     titles = ["input (detections)"] + [COLUMN_TITLES.get(c, f"from {c}") for c in columns]
     row_titles = [Path(str(r["image"])).stem[:18] for r in rows]
     return image_grid(grid, path, column_titles=titles, row_titles=row_titles, title=title)
-
-
-# -- CLI ----------------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--examples", type=int, default=4, help="rows (images) of structure.png (default: 4)")
-    parser.add_argument("--box-threshold", type=float, default=0.7,
-                        help="draw DETR's detections with a class score above this (default: 0.7)")
-
-
-def run_cli(args: argparse.Namespace) -> dict[str, Any]:
-    from modinv.cli.common import model_from_args, writable_dir
-    from modinv.data import open_source
-    from modinv.inverse.chain import InverseChain
-
-    out = writable_dir(args.out)
-    if len(args.inverse) != 2:
-        raise ModinvError(
-            f"the structure analysis takes two inverse chains (--inverse FD_CHAIN OH_CHAIN, any order), "
-            f"got {len(args.inverse)}"
-        )
-    if args.examples < 1:
-        raise ModinvError("--examples must be at least 1")
-    model = model_from_args(args)
-    if PRED not in model.stages:
-        raise ModinvError(_no_pred(model))
-    chains = [InverseChain.load(p, model, map_location=model.device) for p in args.inverse]
-    variants = [pred_variant(c) for c in chains]
-    source = open_source(args.data, size=tuple(model.input_size))
-    result = structure_analysis(model, chains, source, batch_size=args.batch, limit=args.limit,
-                                n_examples=args.examples, box_threshold=args.box_threshold, amp=args.amp)
-    rows = result.pop("_rows")
-    result["inverse"] = {v: str(p) for v, p in zip(variants, args.inverse)}
-    result["data"] = args.data
-    result["figure"] = plot_structure(
-        rows, out / "structure.png", title=f"{model.name}: reconstructions with the FD and OH pred⁻¹").name
-    (out / "structure.json").write_text(json.dumps(result, indent=2) + "\n")
-    for c, r in result["mse"].items():
-        print(f"{c:<8} MSE {r['mse']:.5f}  95% CI [{r['ci95'][0]:.5f}, {r['ci95'][1]:.5f}]  n={r['n']}")
-    d = result["oh_minus_fd"]
-    print(f"MSE(OH) - MSE(FD) per image: {d['mse']:+.5f}  95% CI [{d['ci95'][0]:+.5f}, {d['ci95'][1]:+.5f}]")
-    print(f"wrote {out / 'structure.png'} and {out / 'structure.json'}")
-    return result

@@ -1,6 +1,7 @@
 """Task metrics of the forward models: DETR's COCO box AP and a classifier's top-1 accuracy.
 
     preds = detr_predictions(model, images)                # per image: scores, labels, boxes (xyxy px)
+    preds = trace_detections(model, trace)                 # the same from a trace already computed
     detection_ap(model, coco_source)                       # {"AP", "AP50", "AP75", ..., "n_images"}
     classification_top1(model, imagenet_source)            # {"top1", "n", "correct"}
 
@@ -26,10 +27,12 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_convert
 
+from modinv.analysis.common import limited_batches, precision
 from modinv.errors import ModinvError
 from modinv.models.base import StagedModel
+from modinv.runtime import autocast
 
-__all__ = ["classification_top1", "detection_ap", "detr_predictions", "COCO_STAT_NAMES"]
+__all__ = ["classification_top1", "detection_ap", "detr_predictions", "trace_detections", "COCO_STAT_NAMES"]
 
 Transform = Callable[[Tensor], Tensor]
 
@@ -47,16 +50,24 @@ def detr_predictions(model: StagedModel, images: Tensor, sizes: Tensor | None = 
     pixels of the input images, or of ``sizes`` (B×2 (h, w) per image) when given. Every query is
     returned; filter by score as needed.
     """
-    output = model.output(model.trace(images))
+    if sizes is None:
+        sizes = torch.tensor([list(images.shape[-2:])] * images.shape[0])
+    return trace_detections(model, model.trace(images), sizes)
+
+
+@torch.no_grad()
+def trace_detections(model: StagedModel, trace, sizes: Tensor | None = None) -> list[dict[str, Tensor]]:
+    """:func:`detr_predictions` from a trace already computed (``model.output(trace)``, a detector's
+    ``logits`` and ``pred_boxes``); boxes in pixels of ``sizes`` (default: the model's input size)."""
+    output = model.output(trace)
     if not isinstance(output, dict) or "logits" not in output or "pred_boxes" not in output:
         raise ModinvError(f"model {model.name!r} is not a DETR-style detector (no logits and pred_boxes)")
     prob = output["logits"].float().softmax(-1)[..., :-1]
     scores, labels = prob.max(-1)
     boxes = box_convert(output["pred_boxes"].float(), "cxcywh", "xyxy")
-    b = images.shape[0]
+    b = boxes.shape[0]
     if sizes is None:
-        h, w = images.shape[-2:]
-        sizes = torch.tensor([[h, w]] * b)
+        sizes = torch.tensor([list(model.input_size)] * b)
     sizes = torch.as_tensor(sizes, dtype=torch.float32).reshape(b, 2).to(boxes.device)
     scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], -1)[:, None, :]
     boxes = boxes * scale
@@ -65,22 +76,9 @@ def detr_predictions(model: StagedModel, images: Tensor, sizes: Tensor | None = 
 
 def _batches(source, batch_size: int, limit: int | None) -> Iterator[dict[str, Any]]:
     """Collated batches of ``source`` in order, truncated to ``limit`` images in all."""
-    from modinv.data import make_loader
-
     if limit is not None and limit < 1:
         raise ModinvError(f"limit must be a positive number of images, got {limit}")
-    seen = 0
-    for batch in make_loader(source, batch_size=batch_size, shuffle=False):
-        n = batch["image"].shape[0]
-        if limit is not None and seen + n > limit:
-            keep = limit - seen
-            batch = {k: (v[:keep] if isinstance(v, (Tensor, list)) and k != "skipped" else v) for k, v in batch.items()}
-            n = keep
-        if n:
-            seen += n
-            yield batch
-        if limit is not None and seen >= limit:
-            return
+    return limited_batches(source, batch_size, limit)
 
 
 def _apply(transform: Transform | None, images: Tensor) -> Tensor:
@@ -121,25 +119,29 @@ def detection_ap(
     transform: Transform | None = None,
     limit: int | None = None,
     score_threshold: float = 0.0,
+    amp: str = "off",
 ) -> dict[str, Any]:
     """COCO box AP of DETR on a COCO source (pycocotools ``COCOeval``, ``iouType="bbox"``).
 
     Returns ``{"AP", "AP50", "AP75", "AP_small", ..., "AR100", ...}`` (in [0, 1]; None where COCO
     leaves a number undefined, e.g. no object of that size), ``"n_images"``, ``"n_detections"``,
     ``"score_threshold"``. Detections scoring at most ``score_threshold`` are dropped (0.0 keeps
-    all 100 queries per image, as DETR is usually evaluated).
+    all 100 queries per image, as DETR is usually evaluated). ``amp``: float32 ("off", default)
+    unless bf16 autocast is asked for (:func:`modinv.analysis.common.precision`).
     """
     from pycocotools.cocoeval import COCOeval
 
     coco = _coco_of(source)
     _check_size(model, source)
+    dtype = precision(model.device, amp)[0]
     results: list[dict[str, Any]] = []
     image_ids: list[int] = []
     for batch in _batches(source, batch_size, limit):
         if "orig_size" not in batch or "image_id" not in batch:
             raise ModinvError("detection AP needs COCO items with image_id and orig_size")
         images = _apply(transform, batch["image"].to(model.device))
-        predictions = detr_predictions(model, images, sizes=batch["orig_size"])
+        with autocast(model.device, dtype):
+            predictions = detr_predictions(model, images, sizes=batch["orig_size"])
         for image_id, pred in zip(batch["image_id"].tolist(), predictions):
             image_ids.append(int(image_id))
             keep = pred["scores"] > score_threshold
@@ -175,17 +177,21 @@ def classification_top1(
     batch_size: int = 8,
     transform: Transform | None = None,
     limit: int | None = None,
+    amp: str = "off",
 ) -> dict[str, Any]:
     """Top-1 accuracy of a classifier (``model.output(trace)`` = B×classes logits) against the
-    items' ``label`` (an ImageNet-style source): ``{"top1", "n", "correct"}``."""
+    items' ``label`` (an ImageNet-style source): ``{"top1", "n", "correct"}``; float32 unless ``amp``
+    opts in to bf16 autocast."""
     _check_size(model, source)
+    dtype = precision(model.device, amp)[0]
     correct, n = 0, 0
     for batch in _batches(source, batch_size, limit):
         labels = batch.get("label")
         if not isinstance(labels, Tensor):
             raise ModinvError("top-1 accuracy needs labelled items: use an imagenet:ROOT source (a folder per class)")
         images = _apply(transform, batch["image"].to(model.device))
-        logits = model.output(model.trace(images))
+        with autocast(model.device, dtype):
+            logits = model.output(model.trace(images))
         if not isinstance(logits, Tensor) or logits.ndim != 2:
             raise ModinvError(f"model {model.name!r} does not output class logits; top-1 needs a classifier")
         correct += int((logits.argmax(-1).cpu() == labels).sum())

@@ -19,7 +19,9 @@ COMMANDS: dict[str, str] = {
     "finetune": "finetune",
     "eval-task": "eval_task",
     "params": "params",
+    "efficiency": "efficiency",
     "demo": "demo",
+    "push": "push",
 }
 
 

@@ -1,24 +1,116 @@
-"""Arguments and loaders shared by the subcommands."""
+"""Arguments and loaders shared by the subcommands, and the checks of option values.
+
+Option values are checked while the command line is parsed, before any work, by the ``type=``
+functions below (:func:`positive_int`, :func:`non_negative_int`, :func:`positive_float`,
+:func:`number_in`, :func:`image_side`): a bad value exits with status 2 and argparse's one-line
+``modinv CMD: error: argument --OPTION: ...`` after the usage line. What needs the model (stage
+names) is checked right after it is loaded (:func:`check_stage_names`), before anything else.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import torch
+
 from modinv.errors import ModinvError
+from modinv.fileio import os_error_sentence
 from modinv.models.base import StagedModel
 from modinv.models.registry import load_model
 from modinv.runtime import AMP_CHOICES, resolve_device
+
+# The largest --input-size side accepted: beyond it a model's activations would not fit in memory.
+MAX_INPUT_SIDE = 4096
+# An output folder with less free space than this is refused before any work (the disk is full).
+MIN_FREE_BYTES = 1 << 20
+
+
+# -- argparse ``type=`` checks (reusable by every command) -----------------------------------------
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (batch sizes, image limits, steps, intervals)."""
+    return _int_at_least(text, 1, "a positive whole number")
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number of at least 0 (worker counts, seeds, optional counts)."""
+    return _int_at_least(text, 0, "a whole number, 0 or more")
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0 (learning rates, durations)."""
+    value = _number(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def number_in(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
+    """A ``type=`` accepting finite numbers in [low, high]; ``low_open``/``high_open`` exclude the ends."""
+
+    def parse(text: str) -> float:
+        value = _number(text)
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (math.isfinite(value) and above and below):
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be a number in {interval}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def image_side(text: str) -> int:
+    """One side of ``--input-size`` in pixels: 1 to :data:`MAX_INPUT_SIDE` (the model checks its own
+    constraints, such as whole patches, when it is loaded)."""
+    value = _int_at_least(text, 1, "a positive number of pixels")
+    if value > MAX_INPUT_SIDE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_INPUT_SIDE} pixels, got {value}")
+    return value
+
+
+def _int_at_least(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def check_stage_names(model: StagedModel, names: Iterable[str], option: str) -> None:
+    """One sentence naming ``option`` when one of ``names`` is not a stage of ``model``."""
+    unknown = [name for name in names if name not in model.stages]
+    if unknown:
+        raise ModinvError(
+            f"{option} names {unknown[0]!r}, which is not a stage of {model.name!r}; its stages are "
+            f"{', '.join(model.stages)}"
+        )
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="detr-r50, vit-b16, mobilenet-v2, timm:<name>, ...")
     parser.add_argument("--weights", default="pretrained", help="pretrained | random | PATH (default: pretrained)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random weights and of training (default: 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of random weights and of training (default: 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument(
-        "--input-size", type=int, nargs=2, metavar=("H", "W"), help="override the model's input size (H W)"
+        "--input-size", type=image_side, nargs=2, metavar=("H", "W"), help="override the model's input size (H W)"
     )
 
 
@@ -28,22 +120,47 @@ def add_amp_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_report_amp_arg(parser: argparse.ArgumentParser) -> None:
+    """``--amp`` of the commands that report numbers (evaluate, analyze, reconstruct, eval-task):
+    float32 unless the user opts in to bf16 autocast (DESIGN.md, "Training")."""
+    parser.add_argument(
+        "--amp", choices=AMP_CHOICES, default="off",
+        help="precision of the reported numbers: off (float32, default), bf16 (bf16 autocast), "
+             "auto (bf16 autocast on CUDA / bf16-capable CPUs)",
+    )
+
+
 def model_from_args(args: argparse.Namespace, device=None) -> StagedModel:
     """The model the arguments name, on ``device`` (default: the one --device resolves to)."""
     options = {"input_size": tuple(args.input_size)} if getattr(args, "input_size", None) else {}
     device = device if device is not None else resolve_device(args.device)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModinvError(f"--device {device} does not exist: this machine has {torch.cuda.device_count()} "
+                          "CUDA device(s), cuda:0 onwards")
     return load_model(args.model, weights=args.weights, seed=args.seed, device=device, **options)
 
 
 def writable_dir(path: str | Path) -> Path:
-    """Create ``path`` if needed and make sure files can be written there."""
+    """Create ``path`` if needed and make sure files can be written there, before any work: a
+    file is created and removed (what permission bits cannot tell: read-only mounts, no inodes)
+    and a disk with less than :data:`MIN_FREE_BYTES` free is refused, in one sentence naming it."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ModinvError(f"cannot create output folder {str(path)!r} ({exc.strerror})") from None
+        raise ModinvError(os_error_sentence(exc, path, "create output folder")) from None
     if not os.access(path, os.W_OK):
         raise ModinvError(f"output folder {str(path)!r} is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".modinv-probe-")
+        os.close(fd)
+        os.unlink(probe)
+        free = shutil.disk_usage(path).free
+    except OSError as exc:
+        raise ModinvError(os_error_sentence(exc, path, "write into output folder")) from None
+    if free < MIN_FREE_BYTES:
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise ModinvError(os_error_sentence(full, path, "write into output folder"))
     return path
 
 
@@ -63,17 +180,22 @@ def writable_file(path: str | Path, suffixes: tuple[str, ...] | None = None) -> 
     return path
 
 
-def parse_assignments(items: list[str] | None, kind: type = str, what: str = "value") -> dict:
-    """``["bb=local", "pred=oh"]`` -> ``{"bb": "local", "pred": "oh"}``."""
+def parse_assignments(items: list[str] | None, kind: Callable = str, what: str = "value",
+                      option: str | None = None) -> dict:
+    """``["bb=local", "pred=oh"]`` -> ``{"bb": "local", "pred": "oh"}``; ``kind`` converts each value
+    (a ``type=`` check above, e.g. :func:`positive_float`, also checks it); ``option`` is named in
+    the errors."""
+    prefix = f"{option}: " if option else ""
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
-            raise ModinvError(f"expected STAGE={what.upper()}, got {item!r}")
+            raise ModinvError(f"{prefix}expected STAGE={what.upper()}, got {item!r}")
         try:
             out[key] = kind(value)
-        except ValueError:
-            raise ModinvError(f"bad {what} in {item!r}") from None
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            detail = f" ({exc})" if isinstance(exc, argparse.ArgumentTypeError) else ""
+            raise ModinvError(f"{prefix}bad {what} in {item!r}{detail}") from None
     return out
 
 

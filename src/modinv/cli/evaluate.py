@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 
-from modinv.cli.common import add_amp_arg, add_model_args, model_from_args, writable_file
+from modinv.cli.common import add_model_args, add_report_amp_arg, model_from_args, positive_int, writable_file
 from modinv.errors import ModinvError
 
 
@@ -16,22 +15,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inverse", required=True, help="inverse chain folder (e.g. RUN/best)")
     p.add_argument("--data", required=True, help="image source spec")
     p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--limit", type=int, help="evaluate at most this many images")
-    add_amp_arg(p)
-    p.set_defaults(handler=run, amp="off")
+    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--limit", type=positive_int, help="evaluate at most this many images")
+    add_report_amp_arg(p)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from modinv.analysis.evaluate import evaluate_chain
     from modinv.data import DataWarning, open_source
+    from modinv.fileio import write_json
     from modinv.inverse.chain import InverseChain
+    from modinv.metrics import format_ci
 
-    if args.limit is not None and args.limit < 1:
-        raise ModinvError(f"--limit must be a positive number of images, got {args.limit}")
-    if args.batch < 1:
-        raise ModinvError(f"--batch must be at least 1, got {args.batch}")
     out = writable_file(args.out)
+
     model = model_from_args(args)
     chain = InverseChain.load(args.inverse, model, map_location=model.device)
     source = open_source(args.data, size=tuple(model.input_size))
@@ -51,11 +49,10 @@ def run(args: argparse.Namespace) -> int:
     result["inverse"] = str(args.inverse)
     result["data"] = args.data
     result["skipped"] = {"count": len(source.skipped), "files": dict(source.skipped)}
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     if source.skipped:
         print(f"skipped {len(source.skipped)} unusable image file(s) (listed under 'skipped' in {out})")
     for stage, r in result["stages"].items():
-        print(f"{stage:<8} MSE {r['mse']:.5f}  95% CI [{r['ci95'][0]:.5f}, {r['ci95'][1]:.5f}]  n={r['n']}")
-    b = result["mean_image_baseline"]
-    print(f"{'mean':<8} MSE {b['mse']:.5f}  95% CI [{b['ci95'][0]:.5f}, {b['ci95'][1]:.5f}]  (mean-image baseline)")
+        print(f"{stage:<8} MSE {format_ci(r, digits=5)}  n={r['n']}")
+    print(f"{'mean':<8} MSE {format_ci(result['mean_image_baseline'], digits=5)}  (mean-image baseline)")
     return 0

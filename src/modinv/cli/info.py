@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from modinv.cli.common import add_model_args, model_from_args, parse_assignments
+from modinv.cli.common import add_model_args, check_stage_names, model_from_args, parse_assignments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,37 +16,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def describe(model, chain) -> dict:
-    """Everything ``info`` prints, as a dict."""
-    from modinv.inverse.chain import full_path_parameter_count
-
-    shapes = model.stage_shapes()
-    forward = model.parameter_counts()
-    inverse = {s: sum(p.numel() for p in c.parameters()) for s, c in chain.components.items()}
-    return {
-        "model": model.name,
-        "weights": model.weights,
-        "input_size": list(model.input_size),
-        "stages": [
-            {"stage": s, "shape": list(shapes[s]), "forward_parameters": forward.get(s), "inverse_parameters": inverse.get(s)}
-            for s in model.stages
-        ],
-        "inverse_arch": chain.arch,
-        "modular_trainable_parameters": sum(inverse.values()),
-        "full_path_trainable_parameters": full_path_parameter_count(chain),
-    }
-
-
 def run(args: argparse.Namespace) -> int:
+    from modinv.fileio import to_json
     from modinv.inverse.chain import InverseChain
+    from modinv.inverse.summary import describe
 
+    variants = parse_assignments(args.variant, what="variant", option="--variant")
     model = model_from_args(args)
-    chain = InverseChain.build(
-        model, arch=args.arch or "default", seed=args.seed, variants=parse_assignments(args.variant, what="variant")
-    )
+    check_stage_names(model, variants, "--variant")
+    chain = InverseChain.build(model, arch=args.arch or "default", seed=args.seed, variants=variants)
+
     info = describe(model, chain)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(to_json(info))
         return 0
     print(f"model {info['model']}  weights {info['weights']}  input {'×'.join(map(str, info['input_size']))}")
     print(f"{'stage':<8}{'shape':<22}{'forward params':>16}{'inverse params':>16}")

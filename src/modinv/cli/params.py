@@ -1,20 +1,15 @@
 """``modinv params``: trainable parameters of the modular chain vs classic full-path inverses.
 
-Measured on the real components: the modular chain (one component per stage, p in all) and, for
-every stage j, a classic chain j -> image actually built (``InverseChain.build(model, stages=...)``,
-the same component architectures) and counted, beside the chain's own full-path sum
-(:meth:`InverseChain.full_path_parameters`) and the paper's estimate (n+1)·p/2 for n stages
-(Section 3: each stage p/n parameters, the classic inverse of stage j mirroring j of them).
+The numbers are :func:`modinv.inverse.summary.parameter_comparison`'s (measured on the real
+components); this module prints them as a table and writes them as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 from typing import Any, Mapping
 
-from modinv.cli.common import add_model_args, model_from_args, parse_assignments, writable_file
+from modinv.cli.common import add_model_args, check_stage_names, model_from_args, parse_assignments, writable_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,42 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run, weights="random")
 
 
-def parameter_comparison(model, arch: str = "default", seed: int = 0,
-                         variants: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The numbers of ``modinv params`` as a dict (see the module docstring)."""
-    from modinv.inverse.chain import InverseChain
-    from modinv.training.classic import build_classic_chain, classic_path
-
-    chain = InverseChain.build(model, arch=arch, seed=seed, variants=variants)
-    modular = chain.trainable_parameters()
-    full_path = chain.full_path_parameters()
-    stages = list(chain.stages)
-    arch_used = chain.arch
-    del chain
-    classic: dict[str, int] = {}
-    for stage in stages:
-        built = build_classic_chain(model, stage, arch=arch, seed=seed, variants=variants)
-        classic[stage] = built.trainable_parameters()["total"]
-        del built
-        gc.collect()
-    p, n = modular["total"], len(stages)
-    classic_total = sum(classic.values())
-    return {
-        "model": model.name,
-        "weights": str(getattr(model, "weights", "unknown")),
-        "arch": arch_used,
-        "stages": stages,
-        "forward_parameters": model.parameter_counts(),
-        "modular": modular,
-        "classic_measured": classic | {"total": classic_total},
-        "classic_paths": {s: classic_path(model, s) for s in stages},
-        "full_path_sum": full_path,
-        "paper_estimate": {"p": p, "n": n, "modular": p, "classic": (n + 1) * p / 2},
-        "classic_over_modular": classic_total / p if p else None,
-    }
-
-
 def format_table(result: Mapping[str, Any]) -> str:
+    """The per-stage table of :func:`~modinv.inverse.summary.parameter_comparison` and the paper's estimate."""
     rows = [("stage", "forward", "modular j->j-1", "classic j->img (built)", "full-path sum")]
     for s in result["stages"]:
         rows.append((s, f"{result['forward_parameters'].get(s, 0):,}", f"{result['modular'][s]:,}",
@@ -79,13 +40,18 @@ def format_table(result: Mapping[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from modinv.fileio import write_json
+    from modinv.inverse.summary import parameter_comparison
+
     out = writable_file(args.out) if args.out else None
+    variants = parse_assignments(args.variant, what="variant", option="--variant")
     model = model_from_args(args)
-    result = parameter_comparison(model, arch=args.arch or "default", seed=args.seed,
-                                  variants=parse_assignments(args.variant, what="variant"))
+    check_stage_names(model, variants, "--variant")
+    result = parameter_comparison(model, arch=args.arch or "default", seed=args.seed, variants=variants)
+
     print(f"{result['model']} ({result['arch']} inverse components), trainable parameters")
     print(format_table(result))
     if out is not None:
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(out, result)
         print(f"written to {out}")
     return 0

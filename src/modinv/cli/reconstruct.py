@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from modinv.cli.common import add_model_args, model_from_args, writable_file
+from modinv.cli.common import add_model_args, add_report_amp_arg, model_from_args, writable_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -13,12 +13,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inverse", required=True, help="inverse chain folder (e.g. RUN/best)")
     p.add_argument("--images", nargs="+", required=True, help="image files")
     p.add_argument("--out", required=True, help="image file to write (.png, .pdf, .svg, ...)")
+    add_report_amp_arg(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from modinv.analysis.reconstruct import reconstruction_figure
     from modinv.data import load_images
     from modinv.inverse.chain import InverseChain
@@ -30,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     chain = InverseChain.load(args.inverse, model, map_location=model.device)
     images, names = load_images(args.images, size=tuple(model.input_size))
-    with torch.no_grad():
-        reconstruction_figure(model, chain, images, out, row_titles=names)
+    reconstruction_figure(model, chain, images, out, row_titles=names, amp=args.amp)
     print(f"wrote {out}")
     return 0

@@ -8,6 +8,36 @@ from modinv.cli.common import add_amp_arg, add_model_args, loop_settings, model_
 from modinv.errors import ModinvError
 
 
+def add_run_args(p: argparse.ArgumentParser, data_help: str) -> None:
+    """The arguments of a training run that ``train`` and ``finetune`` share."""
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--val-data", help="validation source (default: hold out --val-fraction of --data)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share when no --val-data (default 0.1)")
+    p.add_argument("--out", required=True, help="run folder: config.json, log.jsonl, best/, checkpoints/")
+    length = p.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int, help="optimisation steps")
+    length.add_argument("--epochs", type=int, help="passes over the training data")
+    p.add_argument("--max-minutes", type=float, metavar="M",
+                   help="time budget: stop after M minutes of training even if --steps/--epochs are not done "
+                        "(validates, keeps the best, writes a checkpoint that --resume continues)")
+    p.add_argument("--batch", type=int, default=32, help="global batch size (default 32, the paper's for DETR)")
+    p.add_argument("--arch", default=None, help="paper | auto (default: paper for detr-r50/vit-b16, else auto)")
+    p.add_argument("--variant", action="append", metavar="STAGE=NAME", help="e.g. bb=local, pred=oh")
+    p.add_argument("--lr", action="append", metavar="STAGE=LR", help="override an inverse component's learning rate")
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--val-batches", type=int, default=25)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_amp_arg(p)
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """The TrainConfig settings of :func:`add_run_args` (and the flags some commands add)."""
+    return dict(loop_settings(args), max_seconds=None if args.max_minutes is None else args.max_minutes * 60.0)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train inverse components (one frozen forward feeds all of them)")
     add_model_args(p)
@@ -16,58 +46,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="instead of the modular components, train the classic baseline: a fresh chain STAGE -> image "
              "end-to-end on image MSE (Dosovitskiy & Brox)",
     )
-    p.add_argument("--data", required=True, help="samples | folder:PATH | coco:ROOT[:split] | imagenet:ROOT")
-    p.add_argument("--val-data", help="validation source (default: hold out --val-fraction of --data)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share when no --val-data (default 0.1)")
-    p.add_argument("--out", required=True, help="run folder: config.json, log.jsonl, best/, checkpoints/")
+    add_run_args(p, data_help="samples | folder:PATH | coco:ROOT[:split] | imagenet:ROOT")
     p.add_argument("--stages", nargs="+", help="components to train (default: all)")
-    length = p.add_mutually_exclusive_group(required=True)
-    length.add_argument("--steps", type=int, help="optimisation steps")
-    length.add_argument("--epochs", type=int, help="passes over the training data")
-    p.add_argument("--batch", type=int, default=32, help="batch size (default 32, the paper's for DETR)")
-    p.add_argument("--arch", default=None, help="paper | auto (default: paper for detr-r50/vit-b16, else auto)")
-    p.add_argument("--variant", action="append", metavar="STAGE=NAME", help="e.g. bb=local, pred=oh")
-    p.add_argument("--lr", action="append", metavar="STAGE=LR", help="override a component's learning rate")
     p.add_argument("--augment", action="store_true", help="random crops and flips of training images")
-    p.add_argument("--val-every", type=int, default=500)
-    p.add_argument("--val-batches", type=int, default=25)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--log-every", type=int, default=10, help="steps between log records")
     p.add_argument("--compile", action="store_true", help="torch.compile each trained component")
     p.add_argument("--no-channels-last", action="store_true", help="keep convolutions in NCHW on CUDA")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_amp_arg(p)
     p.set_defaults(handler=run)
 
 
-def split_sources(args: argparse.Namespace, size: tuple[int, int], **options):
-    """Training and validation data sets; a held-out split is deterministic in --seed.
-    ``options`` go to every ``open_source`` call (e.g. ``masks=False``)."""
-    import torch
-    from torch.utils.data import Subset
-
-    from modinv.data import open_source
-
-    train = open_source(args.data, size=size, augment=args.augment, seed=args.seed, **options)
-    if args.val_data:
-        return train, open_source(args.val_data, size=size, **options)
-    if not 0 <= args.val_fraction < 1:
-        raise ModinvError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
-    n = len(train)
-    n_val = min(max(round(n * args.val_fraction), 1 if args.val_fraction > 0 and n > 1 else 0), n - 1)
-    if n_val == 0:
-        return train, None
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed)).tolist()
-    plain = open_source(args.data, size=size, **options)
-    return Subset(train, order[n_val:]), Subset(plain, order[:n_val])
-
-
 def run(args: argparse.Namespace) -> int:
-    from modinv.inverse.chain import InverseChain
-    from modinv.training.modular import ModularTrainer, TrainConfig
-
     if args.classic and args.stages:
         raise ModinvError("--classic trains the whole chain STAGE -> image together; leave out --stages")
     from modinv.distributed import init_distributed, shutdown
@@ -82,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, out, dist, device) -> int:
     from modinv.inverse.chain import InverseChain
+    from modinv.training.data import split_sources
     from modinv.training.modular import ModularTrainer, TrainConfig
 
     model = model_from_args(args, device=device)
@@ -93,8 +82,9 @@ def _train(args: argparse.Namespace, out, dist, device) -> int:
         chain = build_classic_chain(model, args.classic, arch=args.arch or "default", seed=args.seed, variants=variants)
     else:
         chain = InverseChain.build(model, arch=args.arch or "default", seed=args.seed, variants=variants)
-    train, val = split_sources(args, tuple(model.input_size))
-    settings = dict(stages=args.stages, **loop_settings(args))
+    train, val = split_sources(args.data, tuple(model.input_size), val_data=args.val_data,
+                               val_fraction=args.val_fraction, augment=args.augment, seed=args.seed)
+    settings = dict(stages=args.stages, **run_settings(args))
     run_info = {"data": args.data, "val_data": args.val_data, "val_fraction": args.val_fraction, "augment": args.augment,
                 "arch": chain.arch, "command": "train"}
     if args.classic:
@@ -114,5 +104,7 @@ def _train(args: argparse.Namespace, out, dist, device) -> int:
     else:
         for stage, record in best.items():
             print(f"{stage}⁻¹: best validation loss {record['val_loss']:.5f} at step {record['step']}")
+    if trainer.stop_reason == "time budget":
+        print(f"stopped by the time budget after {trainer.step} steps")
     print(f"inverse chain written to {out / 'best'}")
     return 0

@@ -16,6 +16,18 @@ vector D               vector E              ``auto.mlp``
 
 Anything else (e.g. a stage that is spatially *smaller* than the one before it is inverted from,
 a vector back to a map) is refused with a :class:`~modinv.errors.ModinvError`.
+
+Layouts: each stage's layout is the one its model declares (``model.meta.stage_layouts``, which the
+chain passes in ``context["stage_layouts"]``), else read from the rank. Channels-last maps (B×H×W×C,
+``"nhwc"``: timm's Swin) are read as the C×H×W maps above: the component permutes its input from and
+its output back to channels-last (``channels_last_in`` / ``channels_last_out`` in its config), so
+its inside is the same as for B×C×H×W maps.
+
+Prefix tokens (class, register tokens; ``context["num_prefix_tokens"]``): tokens -> tokens maps
+every token, prefix tokens included, to every token (same count: an encoder; otherwise the learned
+queries of the target, prefix tokens included); tokens -> map drops them, since they have no place on
+the grid; map -> tokens learns one query per target token, so the target's prefix tokens are
+predicted from the whole map.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 
 from modinv.errors import ModinvError
+from modinv.models.base import stage_layout
 from modinv.inverse.blocks import (
     GridDecoder,
     TokenMLP,
@@ -41,6 +54,28 @@ from modinv.inverse.blocks import (
 from modinv.inverse.registry import register
 
 IMAGE_WIDTH = 32  # channels of the last upsampling step before a 3-channel image
+
+
+class ChannelsLast(nn.Module):
+    """A component for B×C×H×W maps that reads (``reads``) and/or writes (``writes``) channels-last
+    B×H×W×C maps instead: its input and output are permuted around ``inner``."""
+
+    def __init__(self, inner: nn.Module, reads: bool, writes: bool):
+        super().__init__()
+        self.inner = inner
+        self.reads = reads
+        self.writes = writes
+
+    def forward(self, x: Tensor, context: dict[str, Any] | None = None) -> Tensor:
+        if self.reads:
+            x = x.permute(0, 3, 1, 2)
+        y = self.inner(x, context)
+        return y.permute(0, 2, 3, 1) if self.writes else y
+
+
+def _channels_last(module: nn.Module, reads: bool, writes: bool) -> nn.Module:
+    """``module`` itself for B×C×H×W maps (its state-dict keys unchanged), else wrapped."""
+    return ChannelsLast(module, reads, writes) if reads or writes else module
 
 
 class TokenTranslator(nn.Module):
@@ -76,7 +111,8 @@ class TokenTranslator(nn.Module):
 
 @register("auto.tokens")
 def build_tokens(in_tokens: int, in_dim: int, out_tokens: int, out_dim: int, depth: int = 2,
-                 width: int | None = None, mlp_ratio: float = 4.0, from_map: bool = False) -> nn.Module:
+                 width: int | None = None, mlp_ratio: float = 4.0, from_map: bool = False,
+                 channels_last_in: bool = False) -> nn.Module:
     width = width or out_dim
     heads = heads_for(width)
     ff = int(width * mlp_ratio)
@@ -85,14 +121,16 @@ def build_tokens(in_tokens: int, in_dim: int, out_tokens: int, out_dim: int, dep
     if in_tokens == out_tokens:
         body = build_encoder(depth, width, heads, ff, 0.0, "gelu", norm_first=True, final_norm=True)
         in_pos = nn.Embedding(in_tokens, width) if from_map else None
-        return TokenTranslator(in_proj, body, out_proj, in_pos)
+        return _channels_last(TokenTranslator(in_proj, body, out_proj, in_pos), channels_last_in, False)
     body = build_decoder(depth, width, heads, ff, 0.0, "gelu", norm_first=True, final_norm=True)
-    return TokenTranslator(in_proj, body, out_proj, nn.Embedding(in_tokens, width), nn.Embedding(out_tokens, width))
+    module = TokenTranslator(in_proj, body, out_proj, nn.Embedding(in_tokens, width), nn.Embedding(out_tokens, width))
+    return _channels_last(module, channels_last_in, False)
 
 
 @register("auto.upsample")
 def build_upsample(in_channels: int, out_channels: int, in_grid: Sequence[int], out_size: Sequence[int],
-                   image: bool = False, num_prefix_tokens: int = 0, context_grid: bool = False) -> nn.Module:
+                   image: bool = False, num_prefix_tokens: int = 0, context_grid: bool = False,
+                   channels_last_in: bool = False, channels_last_out: bool = False) -> nn.Module:
     """×2 ConvTranspose steps until the grid reaches ``out_size``, two 3×3 convs, sigmoid for images."""
     steps = upsampling_steps(in_grid, out_size)
     end = max(IMAGE_WIDTH, out_channels) if image else out_channels
@@ -103,7 +141,8 @@ def build_upsample(in_channels: int, out_channels: int, in_grid: Sequence[int], 
         prev = c
     layers += conv3x3(prev, end) + conv3x3(end, out_channels, norm_act=False)
     head = output_head("sigmoid" if image else "none")
-    return GridDecoder(nn.Sequential(*layers), head, in_grid, num_prefix_tokens, out_size, 2**steps, context_grid)
+    module = GridDecoder(nn.Sequential(*layers), head, in_grid, num_prefix_tokens, out_size, 2**steps, context_grid)
+    return _channels_last(module, channels_last_in, channels_last_out)
 
 
 @register("auto.mlp")
@@ -176,13 +215,27 @@ def auto_specs(shapes: dict[str, tuple[int, ...]], context: dict[str, Any], vari
     if extra:
         raise ModinvError(f"arch='auto' has no component variants (got {extra}); they belong to arch='paper'")
     names = list(shapes)
+    layouts = dict(context.get("stage_layouts") or {})
     specs = {}
     for prev, stage in zip(names[:-1], names[1:]):
         if stages is not None and stage not in stages:
             continue
         try:
-            config = auto_config(shapes[stage], shapes[prev], prev == "img", context)
+            (a, a_last), (b, b_last) = (_canonical(layouts, s, shapes[s]) for s in (stage, prev))
+            config = auto_config(a, b, prev == "img", context)
+            if a_last:  # auto.tokens (map -> tokens) or auto.upsample
+                config["channels_last_in"] = True
+            if b_last:  # only auto.upsample writes maps
+                config["channels_last_out"] = True
         except ModinvError as exc:
             raise ModinvError(f"stage {stage!r} -> {prev!r}: {exc}") from None
         specs[stage] = {"config": config, "variant": "standard"}
     return specs
+
+
+def _canonical(layouts: dict[str, str], stage: str, shape: Sequence[int]) -> tuple[tuple[int, ...], bool]:
+    """``(shape as the components read it, channels-last?)``: a channels-last H×W×C map is C×H×W."""
+    if stage_layout(layouts, stage, tuple(shape)) == "nhwc":
+        h, w, c = shape
+        return (c, h, w), True
+    return tuple(shape), False

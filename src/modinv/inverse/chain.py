@@ -1,124 +1,51 @@
 """The InverseChain: one inverse component per stage, composed into image reconstructions (Eq. 2).
 
-    chain = InverseChain.build(model, arch="paper", seed=0)      # components for every stage
+    chain = InverseChain.build(model, seed=0)                    # components for every stage
     images = chain.reconstruct(trace, "enc")                     # enc⁻¹ then bb⁻¹
     chain.save("runs/detr-s0", metrics={"enc": {"val_mse": 0.1}})
     chain = InverseChain.load("runs/detr-s0", model)             # refuses a chain of another model
     chain.replace("enc", "runs/detr-s1")                         # mix instances trained with other seeds
 
-On disk a chain is a directory: ``<stage>.safetensors`` (weights) and ``<stage>.json`` (config,
-seed, variant, training, metrics, checksum) per component, and ``manifest.json`` (model name and
-weights, stage layout and shapes, arch, seeds, metrics, modinv version). Loading rebuilds every
-component from its JSON config through the registry of kinds and reads its weights from the
-safetensors file: no pickle, no code from the directory runs.
+This module only composes components; :mod:`modinv.inverse.storage` owns the folder a chain is
+saved to (safetensors + JSON per component, manifest, checksums) and :mod:`modinv.inverse.registry`
+rebuilds components from their JSON configs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import hashlib
-import json
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from modinv.errors import ModinvError, brief
-from modinv.inverse import auto, detr, vit
-from modinv.inverse.registry import build_component
+from modinv.errors import ModinvError
+from modinv.inverse import auto
+from modinv.inverse.registry import build_component, paper_specs_of
+from modinv.inverse.storage import (
+    fmt_shape,
+    layout_mismatch,
+    layout_of,
+    load_component,
+    model_layout,
+    read_manifest,
+    save_chain,
+)
+from modinv.inverse.stage_modules import StageModules
 from modinv.models.base import IMAGE, StagedModel, Trace
 from modinv.models.weights import seeded
 
-FORMAT = "modinv-inverse-chain"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-ARCHS = ("paper", "auto", "default")  # "default": "paper" where the paper has components, else "auto"
-PAPER_SPECS = {name: detr.paper_specs for name in detr.MODEL_NAMES} | {name: vit.paper_specs for name in vit.MODEL_NAMES}
-_DOT = "\u2024"  # ModuleDict keys cannot hold ".", stage names of module-staged models can
-
-
-def _version() -> str:
-    from modinv import __version__
-
-    return __version__
-
-
-class StageModules(nn.ModuleDict):
-    """``nn.ModuleDict`` keyed by stage name (dots allowed), in stage order."""
-
-    @staticmethod
-    def _key(stage: str) -> str:
-        return stage.replace(".", _DOT)
-
-    @staticmethod
-    def _stage(key: str) -> str:
-        return key.replace(_DOT, ".")
-
-    def __getitem__(self, stage: str) -> nn.Module:
-        return super().__getitem__(self._key(stage))
-
-    def __setitem__(self, stage: str, module: nn.Module) -> None:
-        super().__setitem__(self._key(stage), module)
-
-    def __delitem__(self, stage: str) -> None:
-        super().__delitem__(self._key(stage))
-
-    def __contains__(self, stage: object) -> bool:
-        return isinstance(stage, str) and super().__contains__(self._key(stage))
-
-    def __iter__(self) -> Iterator[str]:
-        return (self._stage(k) for k in super().__iter__())
-
-    def keys(self):  # type: ignore[override]
-        return [self._stage(k) for k in super().keys()]
-
-    def items(self):  # type: ignore[override]
-        return [(self._stage(k), v) for k, v in super().items()]
-
-
-# -- layouts: what a chain was made for ----------------------------------------------------------------
-
-def model_layout(model: StagedModel) -> dict[str, Any]:
-    """Model name, weights id, stage layout, per-sample stage shapes and input size of ``model``."""
-    shapes = model.stage_shapes()
-    return {
-        "model": model.name,
-        "weights": str(getattr(model, "weights", "unknown")),
-        "stages": list(model.all_stages),
-        "shapes": {s: list(shapes[s]) for s in model.all_stages},
-        "input_size": list(model.input_size),
-    }
-
-
-def _fmt_shape(shape: Sequence[int]) -> str:
-    return "×".join(str(int(d)) for d in shape)
-
-
-def layout_mismatch(made_for: Mapping[str, Any], other: Mapping[str, Any]) -> str | None:
-    """Why a chain made for ``made_for`` does not fit ``other`` (None when it fits)."""
-    if made_for.get("model") != other.get("model"):
-        return f"it was made for model {made_for.get('model')!r}, not {other.get('model')!r}"
-    if list(made_for.get("stages", [])) != list(other.get("stages", [])):
-        return (f"it was made for the stage layout {', '.join(made_for.get('stages', []))}, "
-                f"not {', '.join(other.get('stages', []))}")
-    size_a, size_b = made_for.get("input_size"), other.get("input_size")
-    if size_a and size_b and list(size_a) != list(size_b):
-        return (f"it was made for input size {_fmt_shape(size_a)}, but the model takes {_fmt_shape(size_b)} "
-                f"(another input size; load the model at {_fmt_shape(size_a)})")
-    a, b = made_for.get("shapes", {}), other.get("shapes", {})
-    for stage in made_for.get("stages", []):
-        if list(a.get(stage, [])) != list(b.get(stage, [])):
-            return (f"it was made for stage {stage!r} of shape {_fmt_shape(a.get(stage, []))}, but here it is "
-                    f"{_fmt_shape(b.get(stage, []))} (another input size?)")
-    return None
-
-
+# "paper": the components of the family the model declares (model.meta.inverse_family); "auto": chosen
+# from the stage shapes of any model; "default": "paper" where the model declares a family, else "auto".
+ARCHS = ("paper", "auto", "default")
 def _probe_context(model: StagedModel) -> dict[str, Any]:
-    """The grid entries of the context of a blank image (what shape-based builders need)."""
+    """The grid entries of the context of a blank image and the stages' declared layouts (what
+    shape-based builders need)."""
     blank = torch.zeros(1, 3, *model.input_size, device=model.device)
     with torch.no_grad():
         context = model.trace(blank).context
@@ -127,172 +54,22 @@ def _probe_context(model: StagedModel) -> dict[str, Any]:
         out["grid"] = [int(v) for v in context["grid"]]
     if context.get("num_prefix_tokens") is not None:
         out["num_prefix_tokens"] = int(context["num_prefix_tokens"])
+    if model.meta.stage_layouts:
+        out["stage_layouts"] = dict(model.meta.stage_layouts)
     return out
 
 
-# -- files ---------------------------------------------------------------------------------------------
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename over ``path``: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+@contextlib.contextmanager
+def _inference(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """``modules`` (and their submodules) in eval mode for the block, each one's mode restored after."""
+    modes = [(m, m.training) for module in modules for m in module.modules()]
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        for module in modules:
+            module.eval()
+        yield
     finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _dump_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda tmp: _dump_json(tmp, obj))
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise ModinvError(f"{str(path)!r} does not exist")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModinvError(f"cannot read {str(path)!r} ({brief(exc)})") from None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _stage_file(directory: Path, stage: str, suffix: str) -> Path:
-    if not stage or "/" in stage or os.sep in stage or stage.startswith("."):
-        raise ModinvError(f"stage name {stage!r} cannot name a file; rename the stage")
-    return directory / f"{stage}{suffix}"
-
-
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a saved chain directory, checked for format."""
-    directory = Path(path)
-    if not (directory / MANIFEST).is_file():
-        raise ModinvError(
-            f"{str(directory)!r} holds no {MANIFEST}: not a saved inverse chain (write one with chain.save)"
-        )
-    manifest = _read_json(directory / MANIFEST)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ModinvError(f"{str(directory / MANIFEST)!r} is not an inverse-chain manifest")
-    version = manifest.get("format_version", 0)
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ModinvError(f"{str(directory / MANIFEST)!r} has no valid format_version")
-    if version > FORMAT_VERSION:
-        raise ModinvError(
-            f"{str(directory)!r} was written by a newer modinv (format {manifest['format_version']}); upgrade modinv"
-        )
-    problem = _manifest_problem(manifest)
-    if problem:
-        raise ModinvError(f"{str(directory / MANIFEST)!r} is malformed: {problem}")
-    return manifest
-
-
-def _is_shape(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
-
-
-def _manifest_problem(manifest: dict[str, Any]) -> str | None:
-    """What is wrong with the fields of a manifest that loading relies on (None when nothing):
-    an edited or foreign file must fail with a sentence, not deep inside the loader."""
-    missing = [k for k in ("model", "stages", "shapes") if k not in manifest]
-    if missing:
-        return f"it lacks {', '.join(map(repr, missing))}"
-    if not isinstance(manifest.get("model"), str):
-        return "'model' is not a name"
-    stages = manifest.get("stages")
-    if not isinstance(stages, list) or not stages or not all(isinstance(s, str) and s for s in stages):
-        return "'stages' is not a list of stage names"
-    shapes = manifest.get("shapes")
-    if not isinstance(shapes, dict) or not all(isinstance(k, str) and _is_shape(v) for k, v in shapes.items()):
-        return "'shapes' is not a mapping of stage names to shapes"
-    if "input_size" in manifest and not (_is_shape(manifest["input_size"]) and len(manifest["input_size"]) == 2):
-        return "'input_size' is not [height, width]"
-    components = manifest.get("components", {})
-    if not isinstance(components, dict) or not all(isinstance(k, str) for k in components):
-        return "'components' is not a mapping of stage names"
-    unknown = [s for s in components if s not in stages or s == IMAGE]
-    if unknown:
-        return f"it lists components for {unknown}, which are not among its stages {stages}"
-    return None
-
-
-def load_component(path: str | os.PathLike, stage: str,
-                   map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """One component of a saved chain: ``(module, metadata)``, rebuilt from JSON + safetensors only."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    directory = Path(path)
-    weights_file = _stage_file(directory, stage, ".safetensors")
-    meta = _read_json(_stage_file(directory, stage, ".json"))
-    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-        raise ModinvError(f"{str(_stage_file(directory, stage, '.json'))!r} holds no component config")
-    if not weights_file.is_file():
-        raise ModinvError(f"weights file {str(weights_file)!r} is missing")
-    expected = meta.get("sha256")
-    if expected and _sha256(weights_file) != expected:
-        raise ModinvError(
-            f"weights file {str(weights_file)!r} does not match the checksum in {stage}.json: "
-            "it is truncated, corrupt or was replaced; save the chain again"
-        )
-    try:
-        state = load_file(str(weights_file), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModinvError(
-            f"cannot read weights file {str(weights_file)!r} (corrupt or truncated, or not a safetensors file: "
-            f"{brief(exc)})"
-        ) from None
-    _check_config_fits(meta["config"], state, weights_file)
-    try:
-        with seeded(0):  # random init is overwritten; keep the caller's RNG untouched
-            module = build_component(meta["config"])
-    except ModinvError:
-        raise
-    except Exception as exc:  # an edited config the builder cannot take
-        raise ModinvError(
-            f"cannot rebuild the component of {str(_stage_file(directory, stage, '.json'))!r} from its config "
-            f"({brief(exc)})"
-        ) from None
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        lines = str(exc).strip().splitlines()
-        detail = lines[1].strip() if len(lines) > 1 else lines[0]
-        raise ModinvError(f"weights in {str(weights_file)!r} do not fit their config: {detail}") from None
-    return module.to(map_location), meta
-
-
-def _check_config_fits(config: dict[str, Any], state: Mapping[str, Tensor], weights_file: Path) -> None:
-    """Build the component on the meta device (no memory) and compare its tensors' names and shapes
-    with the file's, so that an edited config asking for a huge module fails before any allocation.
-    Builders that cannot run on the meta device are let through (the strict load checks them)."""
-    try:
-        with torch.device("meta"), seeded(0):
-            expected = {k: tuple(v.shape) for k, v in build_component(config).state_dict().items()}
-    except ModinvError:
-        raise
-    except Exception:  # noqa: BLE001 - not meta-friendly: the real build and strict load decide
-        return
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    if expected == found:
-        return
-    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    if missing or unexpected:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-    else:
-        key = next(k for k in expected if expected[k] != found[k])
-        detail = f"{key} is {_fmt_shape(found[key])} in the file, {_fmt_shape(expected[key])} by the config"
-    raise ModinvError(f"weights in {str(weights_file)!r} do not fit their config: {detail}")
+        for m, training in modes:
+            m.training = training
 
 
 # -- the chain -----------------------------------------------------------------------------------------
@@ -356,19 +133,26 @@ class InverseChain(nn.Module):
 
     # -- building -----------------------------------------------------------------------------------
     @classmethod
-    def build(cls, model: StagedModel, arch: str = "paper", seed: int = 0, stages: Sequence[str] | None = None,
+    def build(cls, model: StagedModel, arch: str = "default", seed: int = 0, stages: Sequence[str] | None = None,
               variants: Mapping[str, str] | None = None) -> "InverseChain":
         """Fresh components for ``stages`` (default: all) of ``model``, each built under ``seed``.
 
-        ``arch="paper"``: the paper's components (DETR-R50, ViT-B/16); ``"auto"``: components chosen
-        from the stage shapes of any staged model; ``"default"``: ``"paper"`` where it exists, else
-        ``"auto"``. ``variants``: ``{"bb": "standard" | "local" |
+        ``arch="paper"``: the paper's components of the family the model declares
+        (``model.meta.inverse_family``, e.g. DETR-R50, ViT-B/16); ``"auto"``: components chosen from
+        the stage shapes of any staged model; ``"default"`` (what the CLI uses): ``"paper"`` where the
+        model declares a family, else ``"auto"``. ``variants``: ``{"bb": "standard" | "local" |
         "analytic", "pred": "fd" | "oh"}``. The chain is on the model's device, in training mode.
         """
         if arch not in ARCHS:
             raise ModinvError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+        family = model.meta.inverse_family
         if arch == "default":
-            arch = "paper" if model.name in PAPER_SPECS else "auto"
+            arch = "paper" if family else "auto"
+        if arch == "paper" and not family:
+            raise ModinvError(
+                f"model {model.name!r} declares no inverse family (model.meta.inverse_family), so it has no "
+                "paper components; use arch='auto' for it"
+            )
         variants = dict(variants or {})
         bad = [k for k in variants if k not in model.stages]
         if bad:
@@ -384,15 +168,7 @@ class InverseChain(nn.Module):
             chosen = [s for s in model.stages if s in stages]
         layout = model_layout(model) | {"arch": arch}
         shapes = {s: tuple(v) for s, v in layout["shapes"].items()}
-        if arch == "paper":
-            specs_of = PAPER_SPECS.get(model.name)
-            if specs_of is None:
-                raise ModinvError(
-                    f"arch='paper' exists for {', '.join(sorted(PAPER_SPECS))}, not {model.name!r}; "
-                    "use arch='auto' for any other staged model"
-                )
-        else:
-            specs_of = auto.auto_specs
+        specs_of = paper_specs_of(family) if arch == "paper" else auto.auto_specs
         specs = specs_of(shapes, _probe_context(model), variants, chosen)
         components, meta = {}, {}
         for stage in chosen:
@@ -427,9 +203,9 @@ class InverseChain(nn.Module):
         for key, s in (("in_shape", stage), ("out_shape", self.previous(stage))):
             if key in meta and s in shapes and list(meta[key]) != list(shapes[s]):
                 raise ModinvError(
-                    f"the component for {stage!r} maps {_fmt_shape(meta['in_shape'])} -> "
-                    f"{_fmt_shape(meta['out_shape'])}, but this chain needs {_fmt_shape(shapes[stage])} -> "
-                    f"{_fmt_shape(shapes[self.previous(stage)])}"
+                    f"the component for {stage!r} maps {fmt_shape(meta['in_shape'])} -> "
+                    f"{fmt_shape(meta['out_shape'])}, but this chain needs {fmt_shape(shapes[stage])} -> "
+                    f"{fmt_shape(shapes[self.previous(stage)])}"
                 )
             if s in shapes:
                 meta[key] = list(shapes[s])
@@ -445,6 +221,9 @@ class InverseChain(nn.Module):
         Its metadata (seed, variant, training, metrics) comes along. Returns the chain."""
         self.previous(stage)
         if isinstance(component, (str, os.PathLike)):
+            from modinv.hub import resolve_chain_spec
+
+            component = resolve_chain_spec(component)
             manifest = read_manifest(component)
             why = layout_mismatch(manifest, self.layout)
             if why:
@@ -452,7 +231,7 @@ class InverseChain(nn.Module):
             self._warn_weights(manifest, f"{stage!r} from {str(component)!r}")
             if stage not in manifest.get("components", {}):
                 raise ModinvError(f"{str(component)!r} holds no component for stage {stage!r}")
-            component, loaded = load_component(component, stage, self._device() or "cpu")
+            component, loaded = load_component(component, stage, self._device() or "cpu", manifest)
             meta = loaded if meta is None else meta
         elif isinstance(component, InverseChain):
             why = layout_mismatch(component.layout, self.layout)
@@ -506,13 +285,21 @@ class InverseChain(nn.Module):
             )
         return path
 
-    def reconstruct(self, trace: Trace, stage: str) -> Tensor:
+    def reconstruct(self, trace: Trace, stage: str, grad: bool = False) -> Tensor:
         """Images from ``trace[stage]`` through the components ``stage, ..., first`` (Eq. 2):
-        float32 B×3×H×W in [0, 1]."""
+        float32 B×3×H×W in [0, 1].
+
+        Inference: the components run in eval mode (BatchNorm uses its running statistics, so an
+        image's reconstruction does not depend on the rest of the batch, and the statistics are
+        not updated), their modes restored afterwards; no autograd graph unless ``grad=True``
+        (e.g. for gradients with respect to the input). Training composes components itself.
+        """
         path = self.path(stage)
         x = self._stage_of(trace, stage)
-        for s in path:
-            x = self.components[s](x, trace.context)
+        components = [self.components[s] for s in path]
+        with _inference(components), torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            for component in components:
+                x = component(x, trace.context)
         return x.float()
 
     @property
@@ -555,8 +342,9 @@ class InverseChain(nn.Module):
 
     def full_path_parameters(self) -> dict[str, int]:
         """What classic full-path inverses built from the same components would train: the inverse
-        from stage j to the image is components j..1, so per stage ``sum_{i<=j} p_i``, and the
-        ``"total"`` over stages (the paper's (n+1)p/2 for equal-sized components)."""
+        from stage j to the image is components j..1, so per stage ``sum_{i<=j} p_i``, and under
+        ``"total"`` the sum over stages, the classic approach's count (the paper's (n+1)p/2 for n
+        equal-sized components; compare ``trainable_parameters()["total"]``, the modular one)."""
         per = self.trainable_parameters()
         out, running = {}, 0
         for s in self.model_stages:
@@ -571,71 +359,46 @@ class InverseChain(nn.Module):
     # -- saving and loading --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, metrics: Mapping[str, Mapping[str, Any]] | None = None,
              training: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
-        """Write the chain to directory ``path`` (created if needed), all its files replaced together.
+        """Write the chain to folder ``path`` (created if needed), all its files replaced together
+        (format: :mod:`modinv.inverse.storage`). Returns the folder.
 
         ``metrics`` / ``training``: per stage, e.g. ``{"enc": {"val_mse": 0.012}}`` /
         ``{"enc": {"steps": 20000}}``, or one flat dict (keys not all stage names) for every
         component, e.g. ``{"steps": 20000}``; they are merged into the components' metadata.
         """
-        from safetensors.torch import save_file
-
         for name, extra in (("metrics", metrics), ("training", training)):
             for stage, values in self._per_stage(extra, name).items():
                 self.component_meta[stage][name].update(copy.deepcopy(dict(values)))
-        directory = Path(path)
-        directory.mkdir(parents=True, exist_ok=True)
-        # Every file is first written under a temporary name, and only when all are complete are they
-        # renamed into place (the manifest last): a process killed while saving (training rewrites
-        # best/ at every improvement) leaves the previous chain readable, not new weights next to an
-        # old <stage>.json whose checksum no longer matches; the renames take microseconds.
-        staged: list[tuple[Path, Path]] = []
-
-        def stage_file(final: Path, write) -> Path:
-            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-            staged.append((tmp, final))
-            write(tmp)
-            return tmp
-
         try:
-            entries = {}
-            for stage in self.stages:
-                module = self.components[stage]
-                state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
-                weights_file = _stage_file(directory, stage, ".safetensors")
-                # one metadata key: safetensors writes several in a random order, one keeps files reproducible
-                header = {"modinv": json.dumps({"stage": stage, "kind": module.config["kind"], "model": self.model_name})}
-                write = lambda tmp, state=state, header=header: save_file(state, str(tmp), metadata=header)  # noqa: E731
-                digest = {"sha256": _sha256(stage_file(weights_file, write))}
-                meta = copy.deepcopy(self.component_meta[stage])
-                meta["config"] = copy.deepcopy(module.config)
-                meta |= {"format": FORMAT, "format_version": FORMAT_VERSION, "modinv_version": _version(),
-                         "model": self.model_name, "weights": self.layout.get("weights"),
-                         "file": weights_file.name, "sha256": digest["sha256"],
-                         "parameters": sum(p.numel() for p in module.parameters())}
-                stage_file(_stage_file(directory, stage, ".json"), lambda tmp, meta=meta: _dump_json(tmp, meta))
-                entries[stage] = {k: meta[k] for k in ("file", "kind", "seed", "variant", "arch", "parameters", "sha256")}
-            try:
-                full_path = self.full_path_parameters()
-            except ModinvError:
-                full_path = None
-            manifest = {
-                "format": FORMAT, "format_version": FORMAT_VERSION, "modinv_version": _version(),
-                **{k: copy.deepcopy(v) for k, v in self.layout.items() if k != "arch"},
-                "arch": self.arch,
-                "components": entries,
-                "seeds": self.seeds(),
-                "variants": {s: self.component_meta[s].get("variant") for s in self.stages},
-                "metrics": {s: self.component_meta[s].get("metrics", {}) for s in self.stages},
-                "trainable_parameters": self.trainable_parameters(),
-                "full_path_parameters": full_path,
-            }
-            stage_file(directory / MANIFEST, lambda tmp: _dump_json(tmp, manifest))
-            for tmp, final in staged:
-                os.replace(tmp, final)
-        finally:
-            for tmp, _ in staged:
-                tmp.unlink(missing_ok=True)
-        return directory
+            full_path = self.full_path_parameters()
+        except ModinvError:
+            full_path = None
+        fields = {k: v for k, v in self.layout.items() if k != "arch"} | {
+            "arch": self.arch,
+            "seeds": self.seeds(),
+            "variants": {s: self.component_meta[s].get("variant") for s in self.stages},
+            "metrics": {s: self.component_meta[s].get("metrics", {}) for s in self.stages},
+            "trainable_parameters": self.trainable_parameters(),
+            "full_path_parameters": full_path,
+        }
+        components = {s: self.components[s] for s in self.stages}
+        return save_chain(path, components, {s: self.component_meta[s] for s in self.stages}, fields)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload this chain with its model card to hub repository ``repo_id``; returns its URL
+        (``kwargs``: token, private, commit_message; see :func:`modinv.hub.push_to_hub`)."""
+        from modinv.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, repo_id_or_path: str | os.PathLike, model: StagedModel | None = None,
+                        **kwargs: Any) -> "InverseChain":
+        """A chain by hub id (``user/name``, ``hf:user/name[@revision]``; local cache first) or folder,
+        checked against ``model`` as :meth:`load` checks a folder (see :func:`modinv.hub.from_pretrained`)."""
+        from modinv.hub import from_pretrained
+
+        return from_pretrained(repo_id_or_path, model, **kwargs)
 
     def _per_stage(self, extra: Mapping[str, Any] | None, name: str) -> dict[str, Mapping[str, Any]]:
         if not extra:
@@ -648,29 +411,32 @@ class InverseChain(nn.Module):
         return {s: extra for s in self.stages}
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: StagedModel | None = None, map_location: str | torch.device = "cpu",
+    def load(cls, path: str | os.PathLike, model: StagedModel | None = None,
+             map_location: str | torch.device | None = None,
              components: Mapping[str, str | os.PathLike] | None = None) -> "InverseChain":
-        """Rebuild a saved chain from its JSON configs and safetensors weights, in eval mode.
+        """Rebuild a saved chain from its JSON configs and safetensors weights, in eval mode, on
+        ``map_location`` (default: the model's device, or the CPU without a model).
 
         With ``model`` the chain must have been made for it (same name, stage layout and shapes;
         other weights only warn). ``components={"enc": OTHER_DIR}`` takes those stages' components
         from other saved chains of the same layout (e.g. trained with other seeds).
         """
+        from modinv.hub import from_pretrained, is_hub_spec  # "hf:user/name": through the hub cache
+
+        if is_hub_spec(path):  # errors then name the hub id, not the cache folder
+            return from_pretrained(path, model, map_location=map_location, components=components)
+        if map_location is None:
+            map_location = model.device if model is not None else "cpu"
         directory = Path(path)
         manifest = read_manifest(directory)
-        keys = ("model", "weights", "stages", "shapes", "input_size", "arch",
-                "training", "classic_stage", "finetune_stage", "lambda", "start_weights", "forward_weights")
-        layout = {k: manifest[k] for k in keys if k in manifest}
-        for key in ("model", "stages", "shapes"):
-            if key not in layout:
-                raise ModinvError(f"{str(directory / MANIFEST)!r} lacks {key!r}")
+        layout = layout_of(manifest)
         if model is not None:
             why = layout_mismatch(layout, model_layout(model))
             if why:
                 raise ModinvError(f"the inverse chain in {str(directory)!r} does not fit model {model.name!r}: {why}")
         loaded, meta = {}, {}
         for stage in manifest.get("components", {}):
-            loaded[stage], meta[stage] = load_component(directory, stage, map_location)
+            loaded[stage], meta[stage] = load_component(directory, stage, map_location, manifest)
         chain = cls(loaded, layout, meta)
         weights = str(getattr(model, "weights", "")) if model is not None else ""
         if weights and layout.get("weights") and weights != layout["weights"]:
@@ -679,14 +445,3 @@ class InverseChain(nn.Module):
         for stage, other in (components or {}).items():
             chain.replace(stage, other)
         return chain.to(map_location).eval()
-
-
-def full_path_parameter_estimate(chain: InverseChain) -> dict[str, int]:
-    """Parameters of classic per-stage full-path inverses built from ``chain``'s components, per
-    stage and ``"total"`` (see :meth:`InverseChain.full_path_parameters`)."""
-    return chain.full_path_parameters()
-
-
-def full_path_parameter_count(chain: InverseChain) -> int:
-    """The total of :func:`full_path_parameter_estimate`: what the classic approach would train."""
-    return chain.full_path_parameters()["total"]

@@ -28,7 +28,6 @@ from modinv.inverse.blocks import (
 )
 from modinv.inverse.registry import register
 
-MODEL_NAMES = ("detr-r50",)
 STRIDE = 32
 
 
@@ -115,10 +114,12 @@ class DecoderInverse(nn.Module):
         return self.decoder(tgt, x, query_pos=query_pos, pos=self.memory_pos.weight[None])
 
 
-@register("detr.dec")
+@register("detr.dec", legacy={"final_norm": True})  # chains saved before final_norm existed had one
 def build_dec(d_model: int = 256, nhead: int = 8, dim_ff: int = 2048, depth: int = 6, dropout: float = 0.0,
-              num_queries: int = 100, grid: Sequence[int] | None = (15, 20)) -> nn.Module:
-    decoder = xavier_init_(build_decoder(depth, d_model, nhead, dim_ff, dropout, "relu", norm_first=False))
+              num_queries: int = 100, grid: Sequence[int] | None = (15, 20), final_norm: bool = False) -> nn.Module:
+    """The paper's dec⁻¹ has no LayerNorm after its last layer (9,498,112 parameters at d 256)."""
+    decoder = build_decoder(depth, d_model, nhead, dim_ff, dropout, "relu", norm_first=False, final_norm=final_norm)
+    decoder = xavier_init_(decoder)
     return DecoderInverse(decoder, nn.Embedding(num_queries, d_model), grid)
 
 

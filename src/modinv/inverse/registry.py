@@ -3,6 +3,10 @@
 Every component kind has one build function taking JSON-able keyword arguments. The module it
 returns carries ``config = {"kind": kind, **all arguments}``, so ``build_component(module.config)``
 rebuilds the same architecture (the weights come from a safetensors file).
+
+Component families live one per file, ``modinv.inverse.<family>``, listed in :data:`FAMILIES`: a new
+family is its file (``@register`` builders, and ``paper_specs`` if the paper has components for it)
+plus one entry there. A model names its family in ``model.meta.inverse_family``.
 """
 
 from __future__ import annotations
@@ -11,15 +15,20 @@ import functools
 import importlib
 import inspect
 import json
-from typing import Any, Callable
+from types import ModuleType
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
 from modinv.errors import ModinvError
 
-_KINDS: dict[str, Callable[..., nn.Module]] = {}
-# Modules whose import registers kinds; imported on first look-up.
-_FAMILIES = ("modinv.inverse.detr", "modinv.inverse.vit", "modinv.inverse.auto")
+Builder = Callable[..., nn.Module]
+_KINDS: dict[str, Builder] = {}  # kind -> builder
+# Arguments a kind gained after chains were saved with it, and the value an old config (without the
+# argument) implies: register(kind, legacy={...}); upgrade_config() fills them in on load.
+_LEGACY: dict[str, dict[str, Any]] = {}
+# The families: modules modinv.inverse.<family> whose import registers their kinds (on first look-up).
+FAMILIES = ("detr", "vit", "swin", "auto")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -30,10 +39,14 @@ def _jsonable(obj: Any) -> Any:
         raise ModinvError(f"component config is not JSON-able: {exc}") from None
 
 
-def register(kind: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: ``fn(**kwargs) -> nn.Module`` becomes the builder of ``kind``."""
+def register(kind: str, legacy: Mapping[str, Any] | None = None) -> Callable[[Builder], Builder]:
+    """Decorator: ``fn(**kwargs) -> nn.Module`` becomes the builder of ``kind``.
 
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    ``legacy``: arguments added after chains were saved with this kind, with the value a saved config
+    lacking them stood for (new builds take the function's defaults; :func:`upgrade_config` these).
+    """
+
+    def wrap(fn: Builder) -> Builder:
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)
@@ -51,14 +64,30 @@ def register(kind: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
         if kind in _KINDS:
             raise ValueError(f"inverse component kind {kind!r} registered twice")
         _KINDS[kind] = build
+        _LEGACY[kind] = dict(legacy or {})
         return build
 
     return wrap
 
 
 def _load_families() -> None:
-    for name in _FAMILIES:
-        importlib.import_module(name)
+    for name in FAMILIES:
+        importlib.import_module(f"modinv.inverse.{name}")
+
+
+def family_module(family: str) -> ModuleType:
+    """The module ``modinv.inverse.<family>`` of a family listed in :data:`FAMILIES`."""
+    if family not in FAMILIES:
+        raise ModinvError(f"unknown inverse family {family!r}; known families: {', '.join(FAMILIES)}")
+    return importlib.import_module(f"modinv.inverse.{family}")
+
+
+def paper_specs_of(family: str) -> Callable[..., dict[str, dict[str, Any]]]:
+    """``paper_specs(shapes, context, variants, stages)`` of ``family``: its paper components."""
+    specs = getattr(family_module(family), "paper_specs", None)
+    if specs is None:
+        raise ModinvError(f"the inverse family {family!r} has no paper components (no paper_specs); use arch='auto'")
+    return specs
 
 
 def component_kinds() -> list[str]:
@@ -76,3 +105,12 @@ def build_component(config: dict[str, Any]) -> nn.Module:
     if kind not in _KINDS:
         raise ModinvError(f"unknown inverse component kind {kind!r}; valid kinds: {', '.join(sorted(_KINDS))}")
     return _KINDS[kind](**{k: v for k, v in config.items() if k != "kind"})
+
+
+def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the values its kind's ``legacy`` arguments had before they existed
+    (a config saved by :func:`register` lists every argument, so a missing one means an older save)."""
+    _load_families()
+    if not isinstance(config, dict) or config.get("kind") not in _LEGACY:
+        return config  # build_component says what is wrong with it
+    return {**_LEGACY[config["kind"]], **config}

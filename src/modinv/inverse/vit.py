@@ -17,9 +17,6 @@ from modinv.errors import ModinvError
 from modinv.inverse.blocks import GridDecoder, TokenTransformer, build_encoder, deconv, grid_of, output_head
 from modinv.inverse.registry import register
 
-MODEL_NAMES = ("vit-b16", "vit-b16-noselfattn")
-
-
 def vit_init_(module: nn.Module) -> nn.Module:
     """timm's ViT initialisation: normal (std 0.02) matrices, zero biases. (timm truncates at ±2,
     i.e. 100 standard deviations: the same distribution, and ``normal_`` is much faster on CPU.)"""

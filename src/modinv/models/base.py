@@ -9,6 +9,7 @@ stage, which is what the token-noise and intermediate-layer analyses rely on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,53 @@ from torch import Tensor, nn
 from modinv.errors import ModinvError
 
 IMAGE = "img"
+TASKS = ("detection", "classification")
+LAYOUTS = ("nchw", "nhwc", "tokens")  # per-sample shapes C×H×W, H×W×C, N×D (see ModelMeta.stage_layouts)
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What code outside ``models/`` may know about a model, declared once by its adapter.
+
+    Analyses, training and the CLI ask these fields ("is this a detector?" is ``task ==
+    "detection"``); they never test a model's name or class, nor reach into an adapter's modules.
+
+    ``stage_layouts`` says how each stage's tensor is laid out, the one place that does: ``"nchw"``
+    (B×C×H×W feature maps, as torchvision and most CNNs keep them), ``"nhwc"`` (channels-last
+    B×H×W×C maps, as timm's Swin keeps them) or ``"tokens"`` (B×N×D sequences: ``num_prefix_tokens``
+    class/register tokens first, then the patch grid row by row). A stage it leaves out is read from
+    its rank (:func:`stage_layout`): N×D tokens, C×H×W maps, D vectors. ``arch="auto"`` inverse
+    components are chosen by it (``stage_shapes()`` reports shapes as the tensors are).
+    """
+
+    task: str | None = None  # "detection", "classification" or None (no task head)
+    class_names: tuple[str, ...] | None = None  # index -> name of the task output's classes
+    mean: tuple[float, float, float] | None = None  # input normalisation applied inside the adapter
+    std: tuple[float, float, float] | None = None
+    inverse_family: str | None = None  # module modinv.inverse.<family> holding the paper's components
+    learning_rates: Mapping[str, float] = field(default_factory=dict)  # the paper's per-stage Adam rates
+    num_prefix_tokens: int = 0  # class/register tokens before the patch tokens of token stages
+    stage_layouts: Mapping[str, str] = field(default_factory=dict)  # stage -> one of LAYOUTS
+
+    def __post_init__(self) -> None:
+        if self.task is not None and self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS} or None, got {self.task!r}")
+        bad = {s: v for s, v in self.stage_layouts.items() if v not in LAYOUTS}
+        if bad:
+            raise ValueError(f"stage layouts must be one of {LAYOUTS}, got {bad}")
+
+
+def stage_layout(layouts: Mapping[str, str], stage: str, shape: tuple[int, ...]) -> str:
+    """The layout of ``stage`` (per-sample ``shape``): the declared one, else read from the rank
+    (``"tokens"`` for N×D, ``"nchw"`` for C×H×W, ``"vector"`` for D); one sentence when a declared
+    layout does not fit the rank."""
+    declared = layouts.get(stage)
+    rank = len(shape)
+    if declared is None:
+        return {1: "vector", 2: "tokens", 3: "nchw"}.get(rank, f"rank{rank}")
+    if rank != (2 if declared == "tokens" else 3):
+        raise ModinvError(f"stage {stage!r} is declared {declared!r} but has shape {tuple(shape)}")
+    return declared
 
 
 @dataclass
@@ -79,6 +127,7 @@ class StagedModel(nn.Module):
     stages: tuple[str, ...]
     input_size: tuple[int, int]
     weights: str = "random"
+    meta: ModelMeta = ModelMeta()
 
     # -- what adapters implement -------------------------------------------------------------
     def prepare(self, images: Tensor) -> dict[str, Any]:
@@ -127,18 +176,35 @@ class StagedModel(nn.Module):
             ) from None
 
     def check_images(self, images: Tensor) -> None:
-        """Raise a clear error unless ``images`` is a float B×3×H×W batch at ``input_size``."""
+        """Raise one clear sentence unless ``images`` is a B×3×H×W batch at ``input_size`` of values
+        in [0, 1] (1e-3 of rounding allowed) as float32, or float16/bfloat16, which the adapters'
+        float32 normalisation promotes. float64 is refused (the network computes in float32: use
+        ``images.float()``), uint8 too (``images.float() / 255``); NaN, infinities and 0–255 floats
+        are refused with their range, where they would pass silently and give wrong features."""
         if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ModinvError(f"images must be a float tensor of shape B×3×H×W, got {shape}")
+        if images.dtype == torch.uint8:
+            raise ModinvError("images must be float in [0, 1], got uint8 (0–255) values; use images.float() / 255")
         if not images.is_floating_point():
-            raise ModinvError(f"images must be float in [0, 1], got dtype {images.dtype}")
+            raise ModinvError(f"images must be float in [0, 1], got dtype {str(images.dtype).removeprefix('torch.')}")
+        if images.dtype == torch.float64:
+            raise ModinvError("images must be float32 in [0, 1], got float64 (the model computes in float32); "
+                              "convert them with images.float()")
         if tuple(images.shape[-2:]) != tuple(self.input_size):
             h, w = self.input_size
             raise ModinvError(
                 f"model {self.name!r} takes {h}×{w} images, got {images.shape[-2]}×{images.shape[-1]}; "
                 "resize them (the data sources do) or load the model with another input_size"
             )
+        if images.numel() and images.device.type != "meta":  # a meta tensor (shape dry runs) has no values
+            lo, hi = torch.stack(torch.aminmax(images.detach())).tolist()  # NaN propagates to both
+            if lo != lo or hi != hi:
+                raise ModinvError("images must hold values in [0, 1], but these contain NaN")
+            if lo < -1e-3 or hi > 1 + 1e-3:
+                hint = "they look like 0–255 pixel values: divide them by 255" if 1 < hi <= 255 and lo >= 0 \
+                    else "clamp or rescale them"
+                raise ModinvError(f"images must hold values in [0, 1], but these range from {lo:g} to {hi:g}; {hint}")
 
     def trace(self, images: Tensor, end: str | None = None) -> Trace:
         """Run ``images`` (float B×3×H×W in [0, 1]) through the stages up to ``end`` (default: all)."""

@@ -19,6 +19,10 @@ Context of a trace (a contract with the inverse components):
 ``pos`` B×300×256 sine position embeddings (token order of ``bb``), ``mask`` B×15×20 bool (True =
 valid), ``grid`` (15, 20), ``image_size`` (480, 640).
 
+Metadata (``model.meta``): task ``"detection"``; ``class_names`` one per logit index, 92 of them:
+the Hugging Face config's ``id2label`` for ids 0..90 (COCO category ids, ``"N/A"`` for unused ids)
+and ``"no object"`` last; ImageNet mean/std; inverse family ``"detr"`` with the paper's Adam rates.
+
 Weights: ``"random"`` builds the hub model's architecture (timm ResNet-50 backbone, 91 labels)
 under a seed; ``"pretrained"`` loads ``facebook/detr-resnet-50`` from the local cache, else from
 the hub; a path is a ``save_pretrained`` directory or a state-dict file (.safetensors, or a
@@ -37,8 +41,10 @@ from torch import Tensor, nn
 from transformers import DetrConfig, DetrForObjectDetection
 from transformers.masking_utils import create_bidirectional_mask
 
+from modinv.data.coco import coco_category_names
 from modinv.errors import ModinvError
-from modinv.models.base import StagedModel, Trace
+from modinv.models.base import ModelMeta, StagedModel, Trace
+from modinv.models.timm_loader import check_input_size
 from modinv.models.weights import guarded_download, load_state_file, seeded
 
 NAME = "detr-r50"
@@ -50,6 +56,9 @@ STRIDE = 32  # ResNet-50 C5 stride
 DEFAULT_INPUT_SIZE = (480, 640)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+NO_OBJECT = "no object"
+UNUSED_LABEL = "N/A"
+LEARNING_RATES = {"bb": 1e-3, "enc": 1e-3, "dec": 1e-4, "pred": 1e-3}  # the paper code's Adam rates
 HOW_TO_SUPPLY = (
     "reach the Hugging Face hub once (the weights are then cached), or pass weights=PATH with the "
     f"model.safetensors file of {HUB_ID} (any DetrForObjectDetection state dict in .safetensors) or a "
@@ -64,6 +73,13 @@ __all__ = [
     "build",
     "split_pred",
 ]
+
+
+def logit_names(config: DetrConfig) -> tuple[str, ...]:
+    """Name of each class-logit index: ``id2label`` of ids ``0 .. num_labels - 1`` (``"N/A"`` where
+    the config has none), then ``"no object"``, DETR's last logit."""
+    id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+    return tuple(id2label.get(i, UNUSED_LABEL) for i in range(config.num_labels)) + (NO_OBJECT,)
 
 
 def split_pred(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,18 +104,21 @@ class DetrStagedModel(StagedModel):
         # Constants of the preprocessing, not weights: kept out of the state dict.
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.meta = ModelMeta(
+            task="detection",
+            class_names=logit_names(detr.config),
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            inverse_family="detr",
+            learning_rates=dict(LEARNING_RATES),
+            stage_layouts={stage: "tokens" for stage in self.stages},  # pred: one row per query
+        )
 
     @property
     def grid(self) -> tuple[int, int]:
         """Token grid (rows, columns) of ``bb``/``enc``, e.g. (15, 20) at 480×640."""
         h, w = self.input_size
         return h // STRIDE, w // STRIDE
-
-    @property
-    def class_names(self) -> list[str]:
-        """Name of each logit index (the last one is DETR's "no object")."""
-        id2label = self.detr.config.id2label
-        return [str(id2label.get(i, f"LABEL_{i}")) for i in range(self.detr.config.num_labels)] + ["no object"]
 
     # -- StagedModel -----------------------------------------------------------------------------
     def prepare(self, images: Tensor) -> dict[str, Any]:
@@ -199,19 +218,15 @@ class DetrStagedModel(StagedModel):
 
 # -- builders ---------------------------------------------------------------------------------------
 def _check_input_size(input_size: Any) -> tuple[int, int]:
-    try:
-        h, w = (int(s) for s in input_size)
-    except (TypeError, ValueError):
-        raise ModinvError(f"input_size must be (H, W), got {input_size!r}") from None
-    if h <= 0 or w <= 0 or h % STRIDE or w % STRIDE:
-        raise ModinvError(f"DETR-R50 needs an input size (H, W) divisible by {STRIDE}, got {h}×{w}")
-    return h, w
+    return check_input_size(input_size, STRIDE, "DETR-R50", f"(H, W) divisible by {STRIDE}")
 
 
 def _config() -> DetrConfig:
     """The architecture of facebook/detr-resnet-50: timm ResNet-50 backbone (built without
-    pretrained weights), 6+6 layers, d 256, 100 queries, 91 labels (92 logits with no-object)."""
-    return DetrConfig(use_timm_backbone=True, backbone="resnet50", num_labels=NUM_LABELS)
+    pretrained weights), 6+6 layers, d 256, 100 queries, 91 labels (92 logits with no-object)
+    named by COCO category id as in the hub's config."""
+    id2label = dict(enumerate(coco_category_names()))
+    return DetrConfig(use_timm_backbone=True, backbone="resnet50", num_labels=NUM_LABELS, id2label=id2label)
 
 
 def _random(seed: int) -> DetrForObjectDetection:

@@ -12,8 +12,8 @@ stage  module           shape
 ====== ================ =============
 
 (other input sizes scale the grids: H/4, H/8, H/16, H/32). ``model.output(trace)`` gives the
-1000 ImageNet logits (global average pool + classifier, the *head*), ``model.labels`` their class
-names.
+1000 ImageNet logits (global average pool + classifier, the *head*); ``model.meta`` declares the
+task ``"classification"``, their ImageNet-1k class names and the ImageNet normalisation.
 
 Pretrained weights (torchvision's ``MobileNet_V2_Weights.IMAGENET1K_V1``,
 ``mobilenet_v2-b0353104.pth``) are looked for, in this order, without any network access first:
@@ -30,15 +30,15 @@ it is loaded (``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
-import os
 from pathlib import Path
 
 import torch
 
+from modinv.data.imagenet import imagenet_class_names
 from modinv.errors import WeightsUnavailableError
+from modinv.fileio import sha256_file
 from modinv.models.modules import IMAGENET_MEAN, IMAGENET_STD, ModuleStagedModel
 from modinv.models.weights import guarded_download, is_path, load_into, load_state_file, seeded
 
@@ -58,19 +58,6 @@ def _torchvision_weights():
     from torchvision.models import MobileNet_V2_Weights
 
     return MobileNet_V2_Weights.IMAGENET1K_V1
-
-
-def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet class names, from torchvision's weights metadata (no download)."""
-    return list(_torchvision_weights().meta["categories"])
-
-
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cached_weights_file() -> Path | None:
@@ -106,7 +93,7 @@ def offline_weights_file() -> Path | None:
 
 
 def _verified_state(path: Path, where: str) -> dict[str, torch.Tensor]:
-    digest = sha256(path)
+    digest = sha256_file(path)
     if not digest.startswith(SHA256_PREFIX):
         raise WeightsUnavailableError(
             f"the MobileNet-V2 weights file {str(path)!r} ({where}) has SHA-256 {digest[:8]}…, not the "
@@ -125,7 +112,7 @@ def _download_state() -> dict[str, torch.Tensor]:
 def pretrained_state() -> tuple[dict[str, torch.Tensor], str]:
     """The official ImageNet weights and where they came from (cache, offline package, download)."""
     cached = cached_weights_file()
-    cached_ok = cached is not None and sha256(cached).startswith(SHA256_PREFIX)
+    cached_ok = cached is not None and sha256_file(cached).startswith(SHA256_PREFIX)
     if cached_ok:
         return load_state_file(cached), str(cached)
     offline = offline_weights_file()
@@ -157,6 +144,5 @@ def build(
         load_into(net, state, source)
     elif is_path(weights):
         load_into(net, load_state_file(weights), str(weights))
-    model = ModuleStagedModel(net, STAGES, input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, name=NAME)
-    model.labels = imagenet_labels()
-    return model
+    return ModuleStagedModel(net, STAGES, input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, name=NAME,
+                             task="classification", class_names=imagenet_class_names())

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from modinv.errors import ModinvError, brief
-from modinv.models.base import IMAGE, StagedModel, Trace
+from modinv.models.base import IMAGE, LAYOUTS, TASKS, ModelMeta, StagedModel, Trace, stage_layout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,6 +61,44 @@ def _close(name: str, options: Sequence[str]) -> str:
     return f"; close names: {', '.join(close)}" if close else ""
 
 
+def _meta(task: str | None, class_names: Sequence[str] | None, mean: Sequence[float] | None,
+          std: Sequence[float] | None, num_prefix_tokens: int, stage_layouts: Mapping[str, str]) -> ModelMeta:
+    """The declared metadata of a module-staged model, with one-sentence errors for bad values."""
+    if task is not None and task not in TASKS:
+        raise ModinvError(f"task must be one of {', '.join(TASKS)} or None, got {task!r}")
+    if class_names is not None and (isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names)):
+        raise ModinvError("class_names must be a sequence of strings, one per class index")
+    return ModelMeta(
+        task=task,
+        class_names=tuple(class_names) if class_names is not None else None,
+        mean=tuple(float(v) for v in mean) if mean is not None else None,
+        std=tuple(float(v) for v in std) if std is not None else None,
+        num_prefix_tokens=int(num_prefix_tokens),
+        stage_layouts=dict(stage_layouts),
+    )
+
+
+def _layouts(declared: Mapping[str, str] | str | None, ranks: Mapping[str, int]) -> dict[str, str]:
+    """The layout of every token or map stage (``ranks``: stage -> per-sample rank of its output).
+
+    ``declared`` is one layout for every C×H×W-ranked map stage (``"nhwc"`` for a channels-last
+    module) or a per-stage mapping; N×D stages are tokens, unnamed map stages ``"nchw"``."""
+    per_stage = dict(declared) if isinstance(declared, Mapping) else {}
+    default = declared if isinstance(declared, str) else "nchw"
+    unknown = sorted(set(per_stage) - set(ranks))
+    if unknown:
+        raise ModinvError(f"stage_layouts names no stage: {unknown}; stages: {', '.join(ranks)}")
+    out = {}
+    for stage, rank in ranks.items():
+        layout = per_stage.get(stage, "tokens" if rank == 2 else default if rank == 3 else None)
+        if layout is None:
+            continue
+        if layout not in LAYOUTS:
+            raise ModinvError(f"stage layouts are {', '.join(LAYOUTS)}; got {layout!r} for stage {stage!r}")
+        out[stage] = stage_layout({stage: layout}, stage, (0,) * rank)  # one sentence when the rank differs
+    return out
+
+
 class ModuleStagedModel(StagedModel):
     """A module staged at the outputs of named submodules (see the module docstring).
 
@@ -69,6 +107,11 @@ class ModuleStagedModel(StagedModel):
     which its forward begins (for leaf modules: the stage whose boundary follows them). Parameters
     used after the last stage, or never used in the forward pass, form the *head*
     (:meth:`head_modules`, :attr:`head_parameter_count`), which is not a stage.
+
+    ``task``, ``class_names`` and ``num_prefix_tokens`` go to ``meta`` with ``mean`` and ``std``;
+    so do the stages' layouts, read from the dry run (B×N×D outputs are tokens) and ``stage_layouts``
+    (``"nhwc"`` for a module that keeps its maps channels-last, or a per-stage mapping).
+    ``context`` is what every trace's context holds (e.g. ``grid`` and ``num_prefix_tokens``).
     """
 
     def __init__(
@@ -79,6 +122,11 @@ class ModuleStagedModel(StagedModel):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         name: str = "custom",
+        task: str | None = None,
+        class_names: Sequence[str] | None = None,
+        num_prefix_tokens: int = 0,
+        stage_layouts: Mapping[str, str] | str | None = None,
+        context: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if not isinstance(module, nn.Module):
@@ -114,8 +162,11 @@ class ModuleStagedModel(StagedModel):
         std_t = torch.tensor(std if std is not None else (1.0,) * 3, dtype=torch.float32)
         self.register_buffer("mean", mean_t.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", std_t.view(1, 3, 1, 1), persistent=False)
+        self._context = dict(context or {})
         self._assignment: dict[str, list[tuple[str, list[str]]]] = {}
+        self._ranks: dict[str, int] = {}  # stage -> per-sample rank of its output
         self._dry_run()
+        self.meta = _meta(task, class_names, mean, std, num_prefix_tokens, _layouts(stage_layouts, self._ranks))
 
     # -- helpers --------------------------------------------------------------------------------
     def _module(self, stage: str) -> nn.Module:
@@ -185,7 +236,7 @@ class ModuleStagedModel(StagedModel):
 
         def stage_hook(stage: str) -> Callable:
             def hook(module: nn.Module, args: Any, output: Any) -> None:
-                self._check_output(stage, output)
+                self._ranks[stage] = self._check_output(stage, output).ndim - 1
                 calls[stage] += 1
                 if calls[stage] == 1:
                     boundaries.append(stage)
@@ -248,6 +299,9 @@ class ModuleStagedModel(StagedModel):
         return out
 
     # -- StagedModel ------------------------------------------------------------------------------
+    def prepare(self, images: Tensor) -> dict[str, Any]:
+        return dict(self._context)
+
     def stage_modules(self) -> dict[str, list[nn.Module]]:
         return {s: self._modules_of(groups) for s, groups in self._assignment.items()}
 
@@ -300,12 +354,22 @@ def from_module(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     name: str = "custom",
+    task: str | None = None,
+    class_names: Sequence[str] | None = None,
+    stage_layouts: Mapping[str, str] | str | None = None,
 ) -> ModuleStagedModel:
     """Stage any ``module`` at the outputs of its submodules; a frozen, eval-mode model.
 
     ``stages`` maps stage names to dotted module paths (``{"s8": "features.6"}``) or is a sequence
     of paths that double as stage names, listed in execution order. ``input_size`` is (H, W).
     Images enter in [0, 1] and are normalised with ``mean``/``std`` (none when not given) before
-    the module sees them. Stage outputs must be single tensors.
+    the module sees them. Stage outputs must be single tensors. ``task`` (``"classification"``,
+    ``"detection"`` or None) and ``class_names`` (one per output index) declare what the module's
+    output is, in ``model.meta``, for the analyses and task metrics that need it. ``stage_layouts``:
+    ``"nhwc"`` when the module keeps its feature maps channels-last (B×H×W×C), or ``{stage:
+    "nchw" | "nhwc" | "tokens"}``; by default B×N×D outputs are tokens and 4-D ones B×C×H×W.
     """
-    return ModuleStagedModel(module, stages, input_size, mean=mean, std=std, name=name).freeze()
+    return ModuleStagedModel(
+        module, stages, input_size, mean=mean, std=std, name=name, task=task, class_names=class_names,
+        stage_layouts=stage_layouts,
+    ).freeze()

@@ -11,20 +11,24 @@ from modinv.errors import ModinvError
 from modinv.models.base import StagedModel
 
 # name -> "module:function" of a builder taking (weights, seed, **options) and returning a StagedModel.
-# Builders are imported lazily so that `import modinv` stays fast and light.
+# Builders are imported lazily so that `import modinv` stays fast and light. A prefix's builder also
+# takes ``source=``: the text after the prefix (a timm name, a Hugging Face id or folder).
 _BUILDERS: dict[str, str] = {
     "detr-r50": "modinv.models.detr:build",
     "vit-b16": "modinv.models.vit:build",
     "vit-b16-noselfattn": "modinv.models.vit:build_no_self_attention",
+    "deit-b16": "modinv.models.vit:build_deit",
     "mobilenet-v2": "modinv.models.mobilenet:build",
+    "swin-b": "modinv.models.swin:build",
 }
 _PREFIXES: dict[str, str] = {
     "timm:": "modinv.models.timm_generic:build",
+    "hf:": "modinv.models.hf:build",
 }
 
 
 def available_models() -> list[str]:
-    """Registered model names; ``timm:<name>`` stages any timm model as well."""
+    """Registered model names, then the prefixes (``timm:<name>``, ``hf:<name>``) that stage any model."""
     return sorted(_BUILDERS) + [p + "<name>" for p in _PREFIXES]
 
 
@@ -33,7 +37,7 @@ def _builder(name: str) -> tuple[Callable[..., StagedModel], dict[str, Any]]:
     if target is None:
         for prefix, tgt in _PREFIXES.items():
             if name.startswith(prefix) and len(name) > len(prefix):
-                target, extra = tgt, {"timm_name": name[len(prefix):]}
+                target, extra = tgt, {"source": name[len(prefix):]}
     if target is None:
         raise ModinvError(f"unknown model {name!r}; valid models: {', '.join(available_models())}")
     module, func = target.split(":")

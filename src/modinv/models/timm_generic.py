@@ -8,9 +8,18 @@ from the end). Stage names are ``"f<i>"`` with ``i`` the feature index in timm's
 maps them to the module paths and ``model.feature_info`` holds timm's entries for them.
 
 Normalisation (mean, std) and the default ``input_size`` come from the model's own
-``pretrained_cfg``; for models with a fixed input size (ViTs) another ``input_size`` is passed to
-timm as ``img_size`` (position embeddings are resized when pretrained weights are loaded).
-``model.output(trace)`` is the model's own output (ImageNet logits for classifiers).
+``pretrained_cfg``; for models with a fixed input size (ViTs, Swin) another ``input_size`` is passed
+to timm as ``img_size`` (position embeddings are resized when pretrained weights are loaded).
+
+Layouts (``model.meta.stage_layouts``): B×N×D token stages are ``"tokens"`` (ViT, DeiT: the class
+and register tokens first; ``trace.context`` holds ``grid`` and ``num_prefix_tokens``); feature maps
+are ``"nhwc"`` for models whose ``output_fmt`` is channels-last (timm's Swin keeps B×H×W×C), else
+``"nchw"``. ``arch="auto"`` components read them from there.
+
+``model.output(trace)`` is the model's own output (ImageNet logits for classifiers). ``model.meta``
+declares the task ``"classification"`` when the model has a classifier head (``num_classes > 0``),
+the ImageNet-1k class names when that head has 1000 outputs (timm's pretrained classifiers; other
+heads get no names), the normalisation and timm's number of prefix (class, register) tokens.
 """
 
 from __future__ import annotations
@@ -18,9 +27,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
+from modinv.data.imagenet import imagenet_class_names
 from modinv.errors import ModinvError
 from modinv.models.modules import ModuleStagedModel
-from modinv.models.weights import from_hub, is_path, load_into, load_state_file, seeded
+from modinv.models.timm_loader import create_timm_model
 
 
 def _check_name(timm_name: str) -> None:
@@ -49,53 +59,71 @@ def _feature_indices(n: int, indices: Sequence[int] | int | None, timm_name: str
     return chosen
 
 
+def _map_layout(net) -> str:
+    """``"nhwc"`` for a timm model that keeps its feature maps channels-last (its ``output_fmt``, e.g.
+    Swin), else ``"nchw"``."""
+    fmt = getattr(net, "output_fmt", None)
+    return "nhwc" if str(getattr(fmt, "value", fmt)).upper() == "NHWC" else "nchw"
+
+
+def _token_context(net) -> dict:
+    """``grid`` and ``num_prefix_tokens`` of a timm token model (one with ``num_prefix_tokens`` and a
+    patch grid, e.g. ViT, DeiT); empty for the others."""
+    prefix = getattr(net, "num_prefix_tokens", None)
+    grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
+    if prefix is None or grid is None:
+        return {}
+    return {"grid": tuple(int(g) for g in grid), "num_prefix_tokens": int(prefix)}
+
+
 def build(
     weights: str = "pretrained",
     seed: int = 0,
-    timm_name: str = "",
+    source: str = "",
     indices: Sequence[int] | int | None = None,
     input_size: tuple[int, int] | None = None,
+    num_classes: int | None = None,
     **_,
 ) -> ModuleStagedModel:
-    """``timm_name`` staged at its feature maps ``indices`` (see the module docstring).
+    """The timm model ``source`` staged at its feature maps ``indices`` (see the module docstring).
 
-    ``weights``: ``"pretrained"`` (timm's published weights via the Hugging Face hub or timm's
-    cache, with a network time-out and a clear error offline), ``"random"`` (from ``seed``) or a
-    path to a state dict file of this timm model.
+    ``weights``: ``"pretrained"`` (timm's published weights through the local cache first, then the
+    hub, with a clear error offline), ``"random"`` (from ``seed``) or a path to a state dict file of
+    this timm model. ``num_classes`` goes to timm (0: no classifier head, so no task; default: the
+    model's own).
     """
-    import timm
     from timm.models import get_pretrained_cfg
 
-    _check_name(timm_name)
+    _check_name(source)
     options = {}
-    cfg = get_pretrained_cfg(timm_name)
+    cfg = get_pretrained_cfg(source)
     if input_size is not None and cfg is not None and getattr(cfg, "fixed_input_size", False):
         options["img_size"] = tuple(int(s) for s in input_size)
-    if weights == "pretrained":
-        how = (
-            "make the Hugging Face hub reachable once (timm caches the weights), or pass weights=PATH "
-            f"to a state dict file of timm model {timm_name!r}"
-        )
-        net = from_hub(lambda: timm.create_model(timm_name, pretrained=True, **options), f"timm model {timm_name!r}", how)
-    else:
-        with seeded(seed):
-            net = timm.create_model(timm_name, pretrained=False, **options)
-        if is_path(weights):
-            load_into(net, load_state_file(weights), str(weights))
+    if num_classes is not None:
+        options["num_classes"] = int(num_classes)
+    net = create_timm_model(source, weights, seed, **options)
 
     info = getattr(net, "feature_info", None)
     if not isinstance(info, (list, tuple)) or not info or not all(isinstance(e, dict) and "module" in e for e in info):
         raise ModinvError(
-            f"timm model {timm_name!r} reports no feature_info; stage it with modinv.models.from_module "
+            f"timm model {source!r} reports no feature_info; stage it with modinv.models.from_module "
             "and dotted module paths instead"
         )
-    chosen = _feature_indices(len(info), indices, timm_name)
+    chosen = _feature_indices(len(info), indices, source)
     stages = {f"f{i}": info[i]["module"] for i in chosen}
     pcfg = getattr(net, "pretrained_cfg", None) or {}
     mean, std = pcfg.get("mean"), pcfg.get("std")
     if input_size is None:
         input_size = tuple(pcfg.get("input_size", (3, 224, 224))[-2:])
-    model = ModuleStagedModel(net, stages, input_size, mean=mean, std=std, name=f"timm:{timm_name}")
+    classes = int(getattr(net, "num_classes", 0) or 0)
+    context = _token_context(net)
+    model = ModuleStagedModel(
+        net, stages, input_size, mean=mean, std=std, name=f"timm:{source}",
+        task="classification" if classes > 0 else None,
+        class_names=imagenet_class_names() if classes == 1000 else None,
+        num_prefix_tokens=int(getattr(net, "num_prefix_tokens", 0) or 0),
+        stage_layouts=_map_layout(net), context=context,
+    )
     model.feature_info = [dict(info[i]) for i in chosen]
-    model.timm_name = timm_name
+    model.timm_name = source
     return model

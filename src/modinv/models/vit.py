@@ -1,19 +1,30 @@
-"""ViT-B/16 (timm ``vit_base_patch16_224``) as a staged model, and its no-self-attention variant.
+"""ViT-B/16 (timm ``vit_base_patch16_224``) and DeiT-B/16 (timm ``deit3_base_patch16_224``, DeiT
+III) as staged models, and ViT-B/16's no-self-attention variant: one adapter, three names
+(:data:`TIMM_NAMES`).
 
 Stages (paper Section 3.3):
 
 - ``bb``: patch embedding + class token + position embedding (then timm's ``patch_drop`` and
-  ``norm_pre``, both identities for this model): B×197×768 at 224×224.
+  ``norm_pre``, both identities for these models): B×197×768 at 224×224. DeiT III adds the
+  position embedding to the patch tokens only, before the class token is prepended (timm's
+  ``no_embed_class``); ViT adds it to every token.
 - ``enc``: output of the 12 transformer blocks *before* the final norm: B×197×768.
 
 Images enter in [0, 1]; the adapter normalises them with the mean and std of the timm model's own
-pretrained config (mean = std = 0.5 for this model, not ImageNet's statistics). The model's task
-output is the classifier's logits, computed from ``enc`` with timm's final norm and head.
+pretrained config (mean = std = 0.5 for the ViT, not ImageNet's statistics; ImageNet's for DeiT
+III). The model's task output is the classifier's logits, computed from ``enc`` with timm's final
+norm and head, as timm's own forward.
 
 ``vit-b16-noselfattn`` (paper Section 4.5) is the same network in which every patch token attends
 only to itself while the class token attends to all tokens. The restriction is a boolean attention
 mask passed to timm's own blocks, so the variant shares the standard model's weights, state-dict
 keys and code, and stays trainable (fine-tuning with cross-entropy).
+
+Context of a trace: ``grid`` (rows, columns of patches), ``num_prefix_tokens`` (the class token)
+and ``pos_embed`` 1×N×D, the position embedding each ``bb`` token received (row i for token i; zeros
+for tokens that got none). Metadata (``model.meta``): task ``"classification"`` with the ImageNet-1k
+class names, the timm config's mean/std, inverse family ``"vit"`` with the paper's Adam rates (the
+same for ViT and DeiT), both stages ``"tokens"``.
 """
 
 from __future__ import annotations
@@ -24,22 +35,34 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from modinv.errors import ModinvError, brief
-from modinv.models.base import StagedModel, Trace
-from modinv.models.weights import from_hub, is_path, load_into, load_state_file, seeded
+from modinv.data.imagenet import imagenet_class_names
+from modinv.errors import ModinvError
+from modinv.models.base import ModelMeta, StagedModel, Trace
+from modinv.models.timm_loader import check_input_size, create_timm_model, pretrained_normalisation
 
 TIMM_NAME = "vit_base_patch16_224"
+DEIT_TIMM_NAME = "deit3_base_patch16_224"
 NAME = "vit-b16"
 NAME_NO_SELF_ATTENTION = "vit-b16-noselfattn"
+DEIT_NAME = "deit-b16"
+TIMM_NAMES = {NAME: TIMM_NAME, NAME_NO_SELF_ATTENTION: TIMM_NAME, DEIT_NAME: DEIT_TIMM_NAME}
+LABELS = {NAME: "ViT-B/16", NAME_NO_SELF_ATTENTION: "ViT-B/16", DEIT_NAME: "DeiT-B/16"}  # for messages
+PATCH = 16
+LEARNING_RATES = {"bb": 1e-3, "enc": 1e-4}  # the paper code's Adam rates (ViT and DeiT)
 
 __all__ = [
+    "DEIT_NAME",
+    "DEIT_TIMM_NAME",
     "NAME",
     "NAME_NO_SELF_ATTENTION",
     "TIMM_NAME",
+    "TIMM_NAMES",
     "VitStagedModel",
     "build",
+    "build_deit",
     "build_no_self_attention",
     "no_self_attention_mask",
+    "token_position_embedding",
 ]
 
 
@@ -52,8 +75,23 @@ def no_self_attention_mask(num_tokens: int, num_prefix_tokens: int = 1, device: 
     return mask
 
 
+def token_position_embedding(vit: nn.Module) -> Tensor:
+    """1×N×D: the position embedding each token of a timm VisionTransformer's embedding output
+    received, prefix tokens first, as ``_pos_embed`` adds it (zeros for the prefix tokens of models
+    that embed only patch tokens, such as DeiT III, and for every token of a model without one)."""
+    n_prefix, d = int(vit.num_prefix_tokens), int(vit.embed_dim)
+    n_patches = int(vit.patch_embed.num_patches)
+    pos = getattr(vit, "pos_embed", None)
+    if pos is None:
+        return torch.zeros(1, n_prefix + n_patches, d)
+    pos = pos.detach()
+    if getattr(vit, "no_embed_class", False) and n_prefix:
+        pos = torch.cat([pos.new_zeros(1, n_prefix, d), pos], dim=1)
+    return pos
+
+
 class VitStagedModel(StagedModel):
-    """A timm VisionTransformer exposed through the stages ``("bb", "enc")``.
+    """A timm VisionTransformer (ViT, DeiT III) exposed through the stages ``("bb", "enc")``.
 
     ``vit`` is the wrapped timm model; ``mean`` and ``std`` (buffers, 1×3×1×1) the input
     normalisation from its pretrained config. With ``self_attention=False`` patch tokens attend only
@@ -68,12 +106,22 @@ class VitStagedModel(StagedModel):
         self.name = name
         self.self_attention = self_attention
         self.input_size = tuple(int(s) for s in vit.patch_embed.img_size)
-        cfg = getattr(vit, "pretrained_cfg", None) or {}
-        if "mean" not in cfg or "std" not in cfg:
-            raise ModinvError(f"timm model {TIMM_NAME!r} carries no normalisation in its pretrained config")
+        architecture = (getattr(vit, "pretrained_cfg", None) or {}).get("architecture", type(vit).__name__)
+        mean, std = pretrained_normalisation(vit, architecture)
         # Derived from the config, not weights: kept out of the state dict.
-        self.register_buffer("mean", torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        classes = int(getattr(vit, "num_classes", 0) or 0)
+        self.meta = ModelMeta(
+            task="classification" if classes else None,
+            class_names=imagenet_class_names() if classes == 1000 else None,
+            mean=mean,
+            std=std,
+            inverse_family="vit",
+            learning_rates=dict(LEARNING_RATES),
+            num_prefix_tokens=int(vit.num_prefix_tokens),
+            stage_layouts={stage: "tokens" for stage in self.stages},
+        )
 
     # -- StagedModel -----------------------------------------------------------------------------
     @property
@@ -86,7 +134,9 @@ class VitStagedModel(StagedModel):
         return int(self.vit.num_prefix_tokens)
 
     def prepare(self, images: Tensor) -> dict[str, Any]:
-        return {"grid": self.grid, "num_prefix_tokens": self.num_prefix_tokens}
+        """Patch grid, number of prefix tokens and the position embedding of every ``bb`` token."""
+        pos = token_position_embedding(self.vit).to(device=images.device)
+        return {"grid": self.grid, "num_prefix_tokens": self.num_prefix_tokens, "pos_embed": pos}
 
     def normalize(self, images: Tensor) -> Tensor:
         """[0, 1] images -> the input the timm model expects."""
@@ -148,63 +198,14 @@ class VitStagedModel(StagedModel):
 
 
 # -- builders ---------------------------------------------------------------------------------------
-def _how_to_supply() -> str:
-    try:
-        from timm.models import get_pretrained_cfg
-
-        hub_id = get_pretrained_cfg(TIMM_NAME).hf_hub_id
-    except Exception:  # pragma: no cover - timm without the config
-        hub_id = None
-    where = f"model.safetensors of https://huggingface.co/{hub_id}" if hub_id else "the timm weights"
-    return (
-        f"download {where} where the hub is reachable and pass the local .safetensors (or .pth) file "
-        "as weights=PATH (--weights PATH), or use weights='random'"
-    )
-
-
-def _check_input_size(input_size: Any) -> tuple[int, int]:
-    try:
-        h, w = (int(s) for s in input_size)
-    except (TypeError, ValueError):
-        raise ModinvError(f"input_size must be (H, W), got {input_size!r}") from None
-    if h <= 0 or w <= 0 or h % 16 or w % 16:
-        raise ModinvError(f"ViT-B/16 needs an input size made of whole 16-pixel patches, got {h}×{w}")
-    return h, w
-
-
-def _strip_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def _create_vit(weights: str | os.PathLike, seed: int, input_size: tuple[int, int]) -> nn.Module:
-    import timm
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
-    if not is_path(weights) and str(weights) == "pretrained":
-        with seeded(seed):
-            return from_hub(
-                lambda: timm.create_model(TIMM_NAME, pretrained=True, img_size=input_size),
-                f"{TIMM_NAME} (timm)",
-                _how_to_supply(),
-            )
-    state, source = None, None
-    if is_path(weights):  # read the file first: a bad path fails before the model is built
-        source = os.fspath(weights)
-        state = _strip_prefix(load_state_file(source), "vit.")  # also accept a VitStagedModel state dict
-    with seeded(seed):
-        vit = timm.create_model(TIMM_NAME, pretrained=False, img_size=input_size)
-    if state is not None:
-        try:
-            # timm's own converter: resamples position embeddings to input_size, unwraps foreign layouts.
-            state = checkpoint_filter_fn(state, vit)
-        except Exception as exc:
-            raise ModinvError(
-                f"weights in {source!r} do not fit this model ({brief(exc)})"
-            ) from None
-        load_into(vit, state, source)
-    return vit
+def _build(name: str, weights: str | os.PathLike, seed: int, input_size: Any,
+           self_attention: bool = True) -> VitStagedModel:
+    """The adapter ``name`` of :data:`TIMM_NAMES` from any weight source; a file may also be a
+    VitStagedModel state dict (``vit.`` keys), and its position embeddings are resampled to
+    ``input_size`` by timm."""
+    size = check_input_size(input_size, PATCH, LABELS[name], f"made of whole {PATCH}-pixel patches")
+    vit = create_timm_model(TIMM_NAMES[name], weights, seed, adapter_prefix="vit.", img_size=size)
+    return VitStagedModel(vit, name=name, self_attention=self_attention).freeze()
 
 
 def build(weights: str = "pretrained", seed: int = 0, input_size=(224, 224), **_: Any) -> VitStagedModel:
@@ -214,8 +215,17 @@ def build(weights: str = "pretrained", seed: int = 0, input_size=(224, 224), **_
     ``"random"`` (timm's initialisation under ``seed``) or the path of a local .safetensors/.pth
     state dict (timm's keys; position embeddings are resampled to ``input_size`` when needed).
     """
-    size = _check_input_size(input_size)
-    return VitStagedModel(_create_vit(weights, seed, size), name=NAME).freeze()
+    return _build(NAME, weights, seed, input_size)
+
+
+def build_deit(weights: str = "pretrained", seed: int = 0, input_size=(224, 224), **_: Any) -> VitStagedModel:
+    """DeiT-B/16 (timm ``deit3_base_patch16_224``, DeiT III) with stages ``bb`` and ``enc``, frozen.
+
+    The same adapter and weight sources as :func:`build`; DeiT III adds its position embedding to
+    the patch tokens only (``trace.context["pos_embed"]`` is zero for the class token) and expects
+    ImageNet normalisation (from its pretrained config).
+    """
+    return _build(DEIT_NAME, weights, seed, input_size)
 
 
 def build_no_self_attention(
@@ -226,5 +236,4 @@ def build_no_self_attention(
     Same architecture, parameters and weight sources as :func:`build` (pretrained ViT weights are
     the starting point for fine-tuning); returned frozen, unfreeze it to fine-tune.
     """
-    size = _check_input_size(input_size)
-    return VitStagedModel(_create_vit(weights, seed, size), name=NAME_NO_SELF_ATTENTION, self_attention=False).freeze()
+    return _build(NAME_NO_SELF_ATTENTION, weights, seed, input_size, self_attention=False)

@@ -2,43 +2,22 @@
 
 A run killed at any moment leaves either the previous checkpoint or the new one, never a mix:
 the folder ``ckpt-<step>/`` is written completely first, then the file ``LATEST`` (written to a
-temporary file and renamed) is switched to it, then older folders are removed.
+temporary file and renamed, :mod:`modinv.fileio`) is switched to it, then older folders are removed.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from modinv.errors import ModinvError
+from modinv.fileio import atomic_write, atomic_write_text
 
 POINTER = "LATEST"
 STATE_FILE = "trainer_state.pt"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def new_checkpoint_dir(root: Path, step: int) -> Path:
@@ -52,9 +31,7 @@ def new_checkpoint_dir(root: Path, step: int) -> Path:
 
 def save_state(folder: Path, state: dict[str, Any]) -> None:
     """Trainer state (optimisers, step, RNG) next to the components; tensors and plain types only."""
-    tmp = folder / (STATE_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, folder / STATE_FILE)
+    atomic_write(folder / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
 def publish(root: Path, folder: Path) -> None:

@@ -10,7 +10,7 @@ Optimisers (a choice the paper leaves open): one Adam per component with that co
 paper learning rate (DETR bb⁻¹ 1e-3, enc⁻¹ 1e-3, dec⁻¹ 1e-4, pred⁻¹ 1e-3; ViT bb⁻¹ 1e-3,
 enc⁻¹ 1e-4; ``--lr STAGE=LR`` overrides) and its own gradient-norm clip (1.0), all stepped after
 the single backward pass. A component thus trains at the rate it trains at in the modular chain,
-and the modular trainer's per-component checkpointing and resume apply unchanged.
+and the engine's per-component checkpointing and resume apply unchanged.
 
 The saved chain (``OUT/best``) is an ordinary :class:`InverseChain` folder holding the components
 j..1; it loads, reconstructs and evaluates like a modular chain. Its manifest says
@@ -21,21 +21,19 @@ trained (the sub-chains from earlier stages were never trained on their own).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset, Subset
 
-from modinv.distributed import SINGLE, DistContext
 from modinv.errors import ModinvError
 from modinv.inverse.chain import InverseChain
 from modinv.models.base import IMAGE, StagedModel, Trace
-from modinv.runtime import autocast
-from modinv.training.modular import ModularTrainer, TrainConfig, image_batches
+from modinv.training.engine import Engine, TrainConfig
+from modinv.training.objective import Objective, Update
 
-__all__ = ["ClassicConfig", "ClassicTrainer", "build_classic_chain", "classic_path"]
+__all__ = ["ClassicConfig", "ClassicObjective", "ClassicTrainer", "build_classic_chain", "classic_path",
+           "reconstruct_through"]
 
 
 def classic_path(model: StagedModel, stage: str) -> list[str]:
@@ -58,6 +56,15 @@ def build_classic_chain(model: StagedModel, stage: str, arch: str = "default", s
     return chain
 
 
+def reconstruct_through(engine: Engine, path: Sequence[str], x: Tensor, trace: Trace, training: bool = True) -> Tensor:
+    """``chain.reconstruct`` from ``x`` through the components of ``path`` as the engine calls them
+    (DDP-wrapped/compiled while training), in the run's precision."""
+    with engine.autocast():
+        for stage in path:
+            x = engine.module(stage, training)(x, trace.context)
+    return x
+
+
 @dataclass
 class ClassicConfig(TrainConfig):
     """:class:`TrainConfig` plus the stage j the classic chain inverts (to the image)."""
@@ -65,103 +72,74 @@ class ClassicConfig(TrainConfig):
     stage: str = ""
 
 
-class ClassicTrainer(ModularTrainer):
-    """Train a classic chain ``stage -> img`` end-to-end on image MSE.
+class ClassicObjective(Objective):
+    """Image MSE in [0, 1] pixel space of the whole chain from ``stage``: one loss, one backward
+    pass through components j..1, every component's optimiser stepped (each clipped on its own).
+    The validation loss of every component is the chain's image MSE from ``stage``, so the best
+    chain is one consistent snapshot."""
 
-    Everything but the step and the validation is the :class:`ModularTrainer`'s: data order,
-    logging, checkpoints, resume, keeping the best chain (``OUT/best``). The validation loss of
-    every component is the chain's image MSE from ``stage``, so the best chain is one consistent
-    snapshot.
-    """
+    method = "classic"
 
-    def __init__(self, model: StagedModel, chain: InverseChain, train_data: Dataset, val_data: Dataset | None,
-                 out_dir, config: ClassicConfig, run_info: dict[str, Any] | None = None,
-                 dist: DistContext = SINGLE) -> None:
-        if not config.stage:
+    def __init__(self, stage: str) -> None:
+        if not stage:
             raise ModinvError("a classic run needs the stage to invert (config.stage)")
-        self.stage = config.stage
-        self.path = path = classic_path(model, config.stage)
+        self.stage = stage
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> "ClassicObjective":
+        return cls(getattr(config, "stage", ""))
+
+    def prepare(self, engine: Engine) -> None:
+        super().prepare(engine)
+        chain, stage = engine.chain, self.stage
+        self.path = path = classic_path(engine.model, stage)
         missing = [s for s in path if s not in chain.components]
         if missing:
             raise ModinvError(
-                f"the classic inverse of {config.stage!r} needs components for {', '.join(path)}; the chain lacks "
+                f"the classic inverse of {stage!r} needs components for {', '.join(path)}; the chain lacks "
                 f"{', '.join(missing)} (build it with build_classic_chain)"
             )
         extra = [s for s in chain.stages if s not in path]
         if extra:
-            raise ModinvError(
-                f"the classic chain of {config.stage!r} holds only {', '.join(path)}, not {', '.join(extra)}"
-            )
-        if config.stages is not None and sorted(config.stages) != sorted(path):
+            raise ModinvError(f"the classic chain of {stage!r} holds only {', '.join(path)}, not {', '.join(extra)}")
+        if engine.config.stages is not None and sorted(engine.config.stages) != sorted(path):
             raise ModinvError(f"a classic run trains all of {', '.join(path)} together; do not pick stages")
         chain.layout["training"] = "classic"
-        chain.layout["classic_stage"] = config.stage
-        super().__init__(model, chain, train_data, val_data, out_dir, config,
-                         run_info={"training": "classic", "classic_stage": config.stage, **(run_info or {})}, dist=dist)
+        chain.layout["classic_stage"] = stage
 
-    # -- the loss -------------------------------------------------------------------------------
-    def stage_trace(self, images: Tensor) -> Trace:
-        """The frozen forward pass up to the inverted stage (no gradient into the model)."""
-        with torch.no_grad(), autocast(self.device, self.amp):
-            return self.model.trace(images.to(self.device, non_blocking=True), end=self.stage).detach()
+    def run_info(self) -> dict[str, Any]:
+        return {"training": "classic", "classic_stage": self.stage}
+
+    def training_info(self) -> dict[str, Any]:
+        return {"method": "classic", "classic_stage": self.stage}
 
     def image_loss(self, trace: Trace, training: bool = True) -> Tensor:
-        """Image MSE in [0, 1] pixel space of the whole chain from ``stage`` (``chain.reconstruct``
-        through the training modules: DDP-wrapped/compiled as the modular trainer prepares them)."""
-        x = trace[self.stage]
-        with autocast(self.device, self.amp):
-            for stage in self.path:
-                module = self.train_modules[stage] if training else self.chain.components[stage]
-                x = module(x, trace.context)
+        """Image MSE of the reconstruction from ``stage``."""
+        x = reconstruct_through(self.engine, self.path, trace[self.stage], trace, training)
         return F.mse_loss(x.float(), trace[IMAGE].float())
 
-    def train_step(self, images: Tensor) -> dict[str, float]:
-        """One end-to-end step: one backward pass of the image MSE through components j..1, then
-        every component's optimiser steps (each clipped on its own)."""
-        trace = self.stage_trace(images)
-        for stage in self.stages:
-            self.chain.components[stage].train()
-            self.optimizers[stage].zero_grad(set_to_none=True)
-        loss = self.image_loss(trace)
-        loss.backward()
-        norms = {s: torch.nn.utils.clip_grad_norm_(self.chain.components[s].parameters(), self.config.grad_clip)
-                 for s in self.stages}
-        # decided on the gradients alone: under DDP they are averaged, so every process agrees
-        if all(bool(torch.isfinite(n)) for n in norms.values()):
-            for stage in self.stages:
-                self.optimizers[stage].step()
-                self.nonfinite[stage] = 0
-        else:
-            for stage in self.stages:
-                self.optimizers[stage].zero_grad(set_to_none=True)
-            self._skip_update(self.stage, float(loss), float(torch.stack(list(norms.values())).norm()))
-        return {f"{self.stage}->img": float(loss.detach())}
+    def updates(self, batch: Mapping[str, Any]) -> Iterator[Update]:
+        trace = self.engine.frozen_trace(batch["image"], end=self.stage)
 
-    # -- validation -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """Image MSE from ``stage`` over (at most ``val_batches``) validation batches, reported for
-        every component of the chain (they are kept as one snapshot)."""
-        if self.val_data is None or len(self.val_data) == 0:
-            return {}
-        from modinv.data import make_loader
+        def compute() -> tuple[Tensor, dict[str, Tensor]]:
+            loss = self.image_loss(trace)
+            return loss, {f"{self.stage}->img": loss}
 
-        # as the modular trainer: each process scores its share of the batches, the sums are reduced
-        n = min(len(self.val_data), self.config.val_batches * self.config.batch_size)
-        mine = Subset(self.val_data, list(range(self.dist.rank, n, self.dist.world_size)))
-        loader = make_loader(mine, batch_size=self.rank_batch, shuffle=False)
-        for stage in self.stages:
-            self.chain.components[stage].eval()
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for images in image_batches(loader):
-            sums[0] += float(self.image_loss(self.stage_trace(images), training=False)) * images.shape[0]
-            sums[1] += images.shape[0]
-        sums = self.dist.all_reduce_sum(sums)
-        if float(sums[1]) == 0:
-            return {}
-        mse = float(sums[0]) / float(sums[1])
-        return {s: mse for s in self.stages}
+        yield Update(self.stage, list(self.engine.stages), compute)
 
-    def _training_info(self) -> dict[str, dict[str, Any]]:
-        info = super()._training_info()
-        return {s: dict(v, method="classic", classic_stage=self.stage) for s, v in info.items()}
+    @property
+    def metric_names(self) -> list[str]:
+        return ["image_mse"]
+
+    def validation_metrics(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {"image_mse": self.image_loss(self.engine.frozen_trace(batch["image"], end=self.stage), training=False)}
+
+    def summarize(self, means: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+        return {s: means["image_mse"] for s in self.engine.stages}, {}
+
+
+class ClassicTrainer(Engine):
+    """Train a classic chain ``config.stage -> img`` end-to-end on image MSE (a :class:`ClassicConfig`;
+    see :class:`Engine` for the arguments and the run folder)."""
+
+    objective_class = ClassicObjective

@@ -6,7 +6,7 @@
 (:func:`modinv.training.classic.build_classic_chain`); L_MSE is the image MSE of that chain's
 reconstruction from x_j = N_{0:j}(x; θ), in [0, 1] pixel space; L_OBJ is the model's own objective:
 DETR's Hungarian set loss (:mod:`modinv.training.set_loss`) on COCO boxes, cross-entropy on class
-labels for classifiers (ViT, its no-self-attention variant, MobileNet-V2, timm models).
+labels for classifiers (:mod:`modinv.training.task`; the model's metadata says which).
 
 How the three terms reach the parameters (one forward pass, one backward pass):
 
@@ -33,7 +33,8 @@ statistics update too). Validation always runs in eval mode. All forward paramet
 
 Optimisers: θ one Adam (``theta_lr``, default 1e-5, no weight decay, so θ changes only through the
 loss), clipped to ``grad_clip``; φ one Adam per component at its paper learning rate, each
-clipped to ``grad_clip``, as in :class:`~modinv.training.classic.ClassicTrainer`.
+clipped to ``grad_clip``, as in :class:`~modinv.training.classic.ClassicObjective`; all of them step
+together or, on a non-finite loss or gradient, none does (the engine's rule).
 
 Outputs in ``OUT/best``: the inverse chain (manifest: ``"training": "finetune"``, ``"lambda"``,
 ``"finetune_stage"``) and ``forward.safetensors``, the forward weights of the same step, a state
@@ -46,30 +47,32 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch import Tensor
 
-from modinv.distributed import SINGLE, DistContext
 from modinv.errors import ModinvError
-from modinv.inverse.chain import InverseChain
-from modinv.models.base import IMAGE, StagedModel, Trace
-from modinv.runtime import autocast
-from modinv.training.classic import classic_path
-from modinv.training.modular import ModularTrainer, TrainConfig
-from modinv.training.set_loss import detr_targets, set_loss
+from modinv.models.base import IMAGE, Trace
+from modinv.training.classic import classic_path, reconstruct_through
+from modinv.training.engine import Engine, TrainConfig
+from modinv.training.objective import Objective, Update
+from modinv.training.task import (FORWARD_MODES, FORWARD_WEIGHTS_FILE, batch_targets, default_finetune_stage,
+                                  forward_state_dict, save_forward_weights, scale_gradient, set_forward_mode,
+                                  task_kind, task_loss)
 
 __all__ = [
     "FORWARD_MODES",
     "FORWARD_WEIGHTS_FILE",
     "FinetuneConfig",
+    "FinetuneObjective",
     "FinetuneTrainer",
+    "batch_targets",
+    "default_finetune_stage",
     "forward_state_dict",
     "save_forward_weights",
     "scale_gradient",
@@ -78,105 +81,8 @@ __all__ = [
     "task_loss",
 ]
 
-FORWARD_MODES = ("dropout", "eval", "train")
 ZERO_LAMBDA = ("frozen", "task")
-FORWARD_WEIGHTS_FILE = "forward.safetensors"
 
-
-# -- pieces ----------------------------------------------------------------------------------------
-
-class _ScaleGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
-        ctx.scale = scale
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return grad * ctx.scale, None
-
-
-def scale_gradient(x: Tensor, scale: float) -> Tensor:
-    """``x`` unchanged (bit for bit) in the forward pass; its gradient multiplied by ``scale``."""
-    return _ScaleGradient.apply(x, float(scale))
-
-
-def task_kind(model: StagedModel) -> str:
-    """``"detection"`` for DETR (set loss, COCO AP), ``"classification"`` otherwise (CE, top-1)."""
-    from modinv.models.detr import DetrStagedModel
-
-    return "detection" if isinstance(model, DetrStagedModel) else "classification"
-
-
-def batch_targets(model: StagedModel, batch: Mapping[str, Any], device: torch.device | str = "cpu") -> Any:
-    """L_OBJ's targets from a collated batch: DETR targets (normalised cxcywh boxes, labels = COCO
-    category ids) from a COCO source, or the int64 class labels of an ImageNet-style source."""
-    if task_kind(model) == "detection":
-        if "boxes" not in batch or "labels" not in batch:
-            raise ModinvError(
-                "DETR's objective is its set loss on COCO boxes: fine-tune with λ < 1 on a coco:ROOT[:split] source"
-            )
-        return detr_targets(batch["boxes"], batch["labels"], tuple(model.input_size), device=device)
-    label = batch.get("label")
-    if not isinstance(label, Tensor):
-        raise ModinvError(
-            f"the objective of {model.name!r} is cross-entropy on class labels: fine-tune with λ < 1 on an "
-            "imagenet:ROOT source (one folder per class)"
-        )
-    return label.to(device)
-
-
-def task_loss(model: StagedModel, output: Any, targets: Any) -> Tensor:
-    """L_OBJ: DETR's set loss (class 1, L1 5, GIoU 2, no-object 0.1) or cross-entropy."""
-    if task_kind(model) == "detection":
-        return set_loss(output["logits"], output["pred_boxes"], targets)["loss"]
-    if not isinstance(output, Tensor) or output.ndim != 2:
-        raise ModinvError(f"model {model.name!r} does not output class logits (B×classes); it cannot be fine-tuned "
-                          "with cross-entropy")
-    if int(targets.max()) >= output.shape[1]:
-        raise ModinvError(f"class label {int(targets.max())} is outside the model's {output.shape[1]} classes")
-    return F.cross_entropy(output.float(), targets)
-
-
-def set_forward_mode(model: nn.Module, mode: str) -> None:
-    """Put the forward model into ``mode`` (see the module docstring)."""
-    if mode not in FORWARD_MODES:
-        raise ModinvError(f"unknown forward mode {mode!r}; valid: {', '.join(FORWARD_MODES)}")
-    model.train(mode != "eval")
-    if mode == "dropout":
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
-
-
-def forward_state_dict(model: StagedModel) -> dict[str, Tensor]:
-    """The wrapped network's state dict in the key layout ``load_model(weights=PATH)`` reads: the
-    adapter's common prefix (``detr.``, ``vit.``, ``net.``) removed; tensors contiguous CPU copies."""
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    heads = {k.split(".", 1)[0] for k in state}
-    if len(heads) == 1 and all("." in k for k in state):
-        prefix = heads.pop() + "."
-        state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def save_forward_weights(model: StagedModel, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
-    """Write the forward model's weights as a safetensors state dict (atomically)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(forward_state_dict(model), str(tmp), metadata={"model": model.name, **dict(metadata or {})})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-# -- the trainer -------------------------------------------------------------------------------------
 
 @dataclass
 class FinetuneConfig(TrainConfig):
@@ -189,19 +95,14 @@ class FinetuneConfig(TrainConfig):
     zero_lambda: str = "frozen"  # at λ = 0: "frozen" θ (classic inversion) or "task" (θ trained on L_OBJ)
 
 
-class FinetuneTrainer(ModularTrainer):
-    """Fine-tune ``model`` (θ) and train the classic inverse ``chain`` (φ, stage j -> img) with Eq. 3.
+class FinetuneObjective(Objective):
+    """Eq. 3 for the forward weights θ (the model, changed in place) and the classic inverse φ
+    (stage j -> img): one update of φ and θ together. Validation measures the image MSE, the task
+    loss (and top-1 for classifiers) and ranks by (1+λ)·MSE + (1-λ)·L_OBJ (MSE alone where θ is frozen)."""
 
-    ``model`` is changed in place (it is frozen again when :meth:`fit` returns). The loop, logging,
-    validation schedule, checkpoints, resume and best keeping are the :class:`ModularTrainer`'s.
-    """
+    method = "finetune"
 
-    def __init__(self, model: StagedModel, chain: InverseChain, train_data: Dataset, val_data: Dataset | None,
-                 out_dir, config: FinetuneConfig, run_info: dict[str, Any] | None = None,
-                 dist: DistContext = SINGLE) -> None:
-        if dist.enabled:
-            raise ModinvError("fine-tuning runs in one process (the forward model is not DDP-wrapped); "
-                              "start it without torchrun")
+    def __init__(self, config: FinetuneConfig) -> None:
         lam = float(config.lam)
         if not 0.0 <= lam <= 1.0 or math.isnan(lam):
             raise ModinvError(f"λ must be in [0, 1], got {config.lam}")
@@ -211,55 +112,73 @@ class FinetuneTrainer(ModularTrainer):
             raise ModinvError(f"unknown forward mode {config.forward_mode!r}; valid: {', '.join(FORWARD_MODES)}")
         if not config.stage:
             raise ModinvError("fine-tuning needs the stage j of the inverse (config.stage)")
-        self.stage, self.lam = config.stage, lam
-        path = classic_path(model, config.stage)
-        if sorted(chain.stages) != sorted(path):
-            raise ModinvError(
-                f"fine-tuning from {config.stage!r} needs the classic chain of {', '.join(path)}; this chain holds "
-                f"{', '.join(chain.stages) or 'nothing'} (build it with build_classic_chain)"
-            )
+        self.config, self.stage, self.lam = config, config.stage, lam
         self.theta_trains = lam > 0 or config.zero_lambda == "task"
         self.task_weight = (1.0 - lam) if self.theta_trains else 0.0
-        out = Path(out_dir)
+        self.theta_optimizer: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> "FinetuneObjective":
+        if not isinstance(config, FinetuneConfig):
+            raise ModinvError("fine-tuning needs a FinetuneConfig (λ and the stage j)")
+        return cls(config)
+
+    def prepare(self, engine: Engine) -> None:
+        super().prepare(engine)
+        if engine.dist.enabled:
+            raise ModinvError("fine-tuning runs in one process (the forward model is not DDP-wrapped); "
+                              "start it without torchrun")
+        model, chain = engine.model, engine.chain
+        self.path = classic_path(model, self.stage)
+        if sorted(chain.stages) != sorted(self.path):
+            raise ModinvError(
+                f"fine-tuning from {self.stage!r} needs the classic chain of {', '.join(self.path)}; this chain "
+                f"holds {', '.join(chain.stages) or 'nothing'} (build it with build_classic_chain)"
+            )
         chain.layout.update({
-            "training": "finetune", "lambda": lam, "finetune_stage": config.stage,
+            "training": "finetune", "lambda": self.lam, "finetune_stage": self.stage,
             "start_weights": str(getattr(model, "weights", "unknown")),
             "forward_weights": FORWARD_WEIGHTS_FILE,
             # the chain belongs to the fine-tuned weights written next to it
-            "weights": str((out / "best" / FORWARD_WEIGHTS_FILE).resolve()),
+            "weights": str((engine.out / "best" / FORWARD_WEIGHTS_FILE).resolve()),
         })
-        info = {"training": "finetune", "lambda": lam, "finetune_stage": config.stage,
-                "task": task_kind(model), "theta_trains": self.theta_trains, **(run_info or {})}
-        super().__init__(model, chain, train_data, val_data, out_dir, config, run_info=info)
-        self.theta_optimizer: torch.optim.Optimizer | None = None
         if self.theta_trains:
-            self.model.requires_grad_(True)
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            self.theta_optimizer = torch.optim.Adam(params, lr=config.theta_lr)
+            model.requires_grad_(True)
+            params = [p for p in model.parameters() if p.requires_grad]
+            self.theta_optimizer = torch.optim.Adam(params, lr=self.config.theta_lr)
 
-    # -- checkpoints carry θ and its optimiser --------------------------------------------------------
-    def extra_state(self) -> dict[str, Any]:
+    def run_info(self) -> dict[str, Any]:
+        return {"training": "finetune", "lambda": self.lam, "finetune_stage": self.stage,
+                "task": task_kind(self.engine.model), "theta_trains": self.theta_trains}
+
+    def training_info(self) -> dict[str, Any]:
+        return {"method": "finetune", "lambda": self.lam, "finetune_stage": self.stage,
+                "theta_lr": self.config.theta_lr if self.theta_trains else None,
+                "forward_mode": self.config.forward_mode if self.theta_trains else "eval (frozen)",
+                "zero_lambda": self.config.zero_lambda}
+
+    # -- checkpoints carry θ and its optimiser ---------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
         if self.theta_optimizer is None:
             return {}
-        return {"forward_model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+        return {"forward_model": {k: v.detach().cpu().clone() for k, v in self.engine.model.state_dict().items()},
                 "forward_optimizer": self.theta_optimizer.state_dict()}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if self.theta_optimizer is not None and state:
-            self.model.load_state_dict(state["forward_model"])
+            self.engine.model.load_state_dict(state["forward_model"])
             self.theta_optimizer.load_state_dict(state["forward_optimizer"])
 
-    # -- the step ---------------------------------------------------------------------------------
+    # -- the losses ------------------------------------------------------------------------------------
     def forward_trace(self, images: Tensor, grad: bool) -> Trace:
         """The forward pass, with gradients into θ when ``grad`` (else frozen and detached), up to
         the last stage when L_OBJ is needed, else up to the inverted stage."""
-        images = images.to(self.device, non_blocking=True)
-        end = self.model.stages[-1] if self.task_weight > 0 else self.stage
-        if grad:
-            with autocast(self.device, self.amp):
-                return self.model.trace(images, end=end)
-        with torch.no_grad(), autocast(self.device, self.amp):
-            return self.model.trace(images, end=end).detach()
+        engine = self.engine
+        end = engine.model.stages[-1] if self.task_weight > 0 else self.stage
+        if not grad:
+            return engine.frozen_trace(images, end=end)
+        with engine.autocast():
+            return engine.model.trace(images.to(engine.device, non_blocking=True), end=end)
 
     def losses(self, trace: Trace, targets: Any = None, training: bool = True) -> dict[str, Tensor]:
         """``{"mse", "task", "total"}`` of Eq. 3 on a trace (``task`` only with ``targets``;
@@ -270,127 +189,70 @@ class FinetuneTrainer(ModularTrainer):
             x = x.detach()
         elif self.lam < 1:
             x = scale_gradient(x, self.lam)
-        with autocast(self.device, self.amp):
-            for stage in classic_path(self.model, self.stage):  # chain.reconstruct, via the training modules
-                module = self.train_modules[stage] if training else self.chain.components[stage]
-                x = module(x, trace.context)
+        x = reconstruct_through(self.engine, self.path, x, trace, training)
         mse = F.mse_loss(x.float(), trace[IMAGE].float())
         out = {"mse": mse, "total": mse}
         if targets is not None:
-            with autocast(self.device, self.amp):
-                output = self.model.output(trace)
-            out["task"] = task_loss(self.model, output, targets)
+            with self.engine.autocast():
+                output = self.engine.model.output(trace)
+            out["task"] = task_loss(self.engine.model, output, targets)
             if isinstance(targets, Tensor) and isinstance(output, Tensor):
                 out["top1"] = (output.argmax(-1) == targets).float().mean()
             if self.task_weight > 0:
                 out["total"] = mse + self.task_weight * out["task"]
         return out
 
-    def train_batch(self, batch: dict[str, Any]) -> dict[str, float]:
-        images = batch["image"]
+    def _step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        model = self.engine.model
         if self.theta_trains:
-            set_forward_mode(self.model, self.config.forward_mode)
+            set_forward_mode(model, self.config.forward_mode)
         else:
-            self.model.eval()
-        trace = self.forward_trace(images, grad=self.theta_trains)
-        targets = batch_targets(self.model, batch, self.device) if self.task_weight > 0 else None
-        for stage in self.stages:
-            self.chain.components[stage].train()
-            self.optimizers[stage].zero_grad(set_to_none=True)
-        if self.theta_optimizer is not None:
-            self.theta_optimizer.zero_grad(set_to_none=True)
+            model.eval()
+        trace = self.forward_trace(batch["image"], grad=self.theta_trains)
+        targets = batch_targets(model, batch, self.engine.device) if self.task_weight > 0 else None
         losses = self.losses(trace, targets)
-        losses["total"].backward()
-        norms = {s: torch.nn.utils.clip_grad_norm_(self.chain.components[s].parameters(), self.config.grad_clip)
-                 for s in self.stages}
-        if self.theta_optimizer is not None:
-            norms["forward model"] = torch.nn.utils.clip_grad_norm_(
-                [p for g in self.theta_optimizer.param_groups for p in g["params"]], self.config.grad_clip
-            )
-        loss = losses["total"]
-        if bool(torch.isfinite(loss)) and all(bool(torch.isfinite(n)) for n in norms.values()):
-            for stage in self.stages:
-                self.optimizers[stage].step()
-                self.nonfinite[stage] = 0
-            if self.theta_optimizer is not None:
-                self.theta_optimizer.step()
-        else:
-            for optimizer in [*self.optimizers.values(), *([self.theta_optimizer] if self.theta_optimizer else [])]:
-                optimizer.zero_grad(set_to_none=True)
-            self._skip_update(self.stage, float(loss), float(torch.stack([n.float() for n in norms.values()]).norm()))
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return losses["total"], losses
 
-    # -- validation and outputs -------------------------------------------------------------------
-    @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """Validation value of Eq. 3 ((1+λ)·MSE + (1-λ)·L_OBJ, MSE alone where θ is frozen) for
-        every component (one snapshot); its parts go to the log as ``validation_parts``."""
-        if self.val_data is None or len(self.val_data) == 0:
-            return {}
-        from modinv.data import make_loader
+    def updates(self, batch: Mapping[str, Any]) -> Iterator[Update]:
+        theta = {"forward model": self.theta_optimizer} if self.theta_optimizer is not None else {}
+        yield Update(self.stage, list(self.engine.stages), partial(self._step, batch), optimizers=theta,
+                     modules=[self.engine.model] if theta else ())
 
-        self.model.eval()
-        for stage in self.stages:
-            self.chain.components[stage].eval()
-        sums: dict[str, float] = {}
-        count = 0
-        loader = make_loader(self.val_data, batch_size=self.config.batch_size, shuffle=False)
-        for i, batch in enumerate(loader):
-            if i >= self.config.val_batches:
-                break
-            images = batch["image"]
-            if not images.shape[0]:
-                continue
-            targets = batch_targets(self.model, batch, self.device) if self.task_weight > 0 else None
-            images = images.to(self.device)
-            with autocast(self.device, self.amp):
-                trace = self.model.trace(images, end=None if targets is not None else self.stage)
-            parts = self.losses(trace, targets, training=False)
-            for key, value in parts.items():
-                if key != "total":
-                    sums[key] = sums.get(key, 0.0) + float(value) * images.shape[0]
-            count += images.shape[0]
-        if count == 0:
-            return {}
-        means = {k: v / count for k, v in sums.items()}
+    # -- validation and outputs --------------------------------------------------------------------------
+    @property
+    def metric_names(self) -> list[str]:
+        if self.task_weight == 0:
+            return ["mse"]
+        return ["mse", "task"] + (["top1"] if task_kind(self.engine.model) == "classification" else [])
+
+    def validation_metrics(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        engine = self.engine
+        targets = batch_targets(engine.model, batch, engine.device) if self.task_weight > 0 else None
+        with engine.autocast():
+            trace = engine.model.trace(batch["image"].to(engine.device), end=None if targets is not None else self.stage)
+        return {k: v for k, v in self.losses(trace, targets, training=False).items() if k != "total"}
+
+    def summarize(self, means: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
         objective = (1.0 + self.lam) * means["mse"] if self.theta_trains else means["mse"]
         if "task" in means and self.task_weight > 0:
             objective += self.task_weight * means["task"]
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._log({"step": self.step, "event": "validation_parts", "image_mse": means["mse"],
-                   **{k: v for k, v in means.items() if k != "mse"}, "objective": objective})
-        return {s: objective for s in self.stages}
+        parts = {"image_mse": means["mse"], **{k: v for k, v in means.items() if k != "mse"}, "objective": objective}
+        return {s: objective for s in self.engine.stages}, parts
 
-    def on_best(self, improved: list[str]) -> None:
-        self.save_forward(self.out / "best" / FORWARD_WEIGHTS_FILE)
+    def on_best(self, folder: Path) -> None:
+        self.save_forward(folder / FORWARD_WEIGHTS_FILE)
 
     def save_forward(self, path: str | os.PathLike) -> Path:
         """The forward weights as a safetensors state dict ``load_model(..., weights=PATH)`` reads."""
-        return save_forward_weights(self.model, path, metadata={
-            "training": "finetune", "lambda": repr(self.lam), "stage": self.stage, "step": str(self.step),
-            "start_weights": str(self.chain.layout.get("start_weights")),
+        return save_forward_weights(self.engine.model, path, metadata={
+            "training": "finetune", "lambda": repr(self.lam), "stage": self.stage, "step": str(self.engine.step),
+            "start_weights": str(self.engine.chain.layout.get("start_weights")),
         })
 
-    def _training_info(self) -> dict[str, dict[str, Any]]:
-        info = super()._training_info()
-        extra = {"method": "finetune", "lambda": self.lam, "finetune_stage": self.stage,
-                 "theta_lr": self.config.theta_lr if self.theta_trains else None,
-                 "forward_mode": self.config.forward_mode if self.theta_trains else "eval (frozen)",
-                 "zero_lambda": self.config.zero_lambda}
-        return {s: dict(v, **extra) for s, v in info.items()}
 
-    def resume(self) -> bool:
-        with warnings.catch_warnings():  # the saved chain names the fine-tuned weights, the model its start
-            warnings.simplefilter("ignore", UserWarning)
-            return super().resume()
+class FinetuneTrainer(Engine):
+    """Fine-tune ``model`` (θ) and train the classic inverse ``chain`` (φ, ``config.stage`` -> img)
+    with Eq. 3 (a :class:`FinetuneConfig`). ``model`` is changed in place and frozen again when
+    :meth:`fit` returns; ``OUT/best`` then holds the chain and ``forward.safetensors``."""
 
-    def fit(self, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-        """Train; afterwards ``OUT/best`` holds the chain and ``forward.safetensors``, and the model
-        (changed in place) is frozen in eval mode again."""
-        try:
-            result = super().fit(resume=resume, progress=progress)
-            if not self.best:  # no validation: the final weights are the result
-                self.save_forward(self.out / "best" / FORWARD_WEIGHTS_FILE)
-        finally:
-            self.model.freeze()
-        return result
+    objective_class = FinetuneObjective

@@ -1,20 +1,12 @@
-"""Per-component optimisers with the learning rates of the paper's code."""
+"""Per-component optimisers at the learning rates the model's metadata declares."""
 
 from __future__ import annotations
 
 from torch import nn, optim
 
-# (model, stage) -> Adam learning rate, from the paper's code (DESIGN.md, "Training").
-PAPER_LEARNING_RATES: dict[tuple[str, str], float] = {
-    ("detr-r50", "bb"): 1e-3,
-    ("detr-r50", "enc"): 1e-3,
-    ("detr-r50", "dec"): 1e-4,
-    ("detr-r50", "pred"): 1e-3,
-    ("vit-b16", "bb"): 1e-3,
-    ("vit-b16", "enc"): 1e-4,
-    ("vit-b16-noselfattn", "bb"): 1e-3,
-    ("vit-b16-noselfattn", "enc"): 1e-4,
-}
+from modinv.models.base import StagedModel
+
+# Rates for components the model's metadata does not name (the paper code's rates by component type).
 CONV_LR, ATTENTION_LR = 1e-3, 1e-4
 
 
@@ -23,11 +15,12 @@ def has_attention(module: nn.Module) -> bool:
     return any(isinstance(m, nn.MultiheadAttention) or type(m).__name__ == "Attention" for m in module.modules())
 
 
-def default_learning_rate(model_name: str, stage: str, component: nn.Module) -> float:
-    """The paper's rate for its own components, otherwise by component type."""
-    rate = PAPER_LEARNING_RATES.get((model_name, stage))
+def default_learning_rate(model: StagedModel, stage: str, component: nn.Module) -> float:
+    """The paper's rate for ``stage`` as ``model.meta.learning_rates`` declares it, otherwise one by
+    component type (``ATTENTION_LR`` for transformer-like components, ``CONV_LR`` for the others)."""
+    rate = model.meta.learning_rates.get(stage)
     if rate is not None:
-        return rate
+        return float(rate)
     return ATTENTION_LR if has_attention(component) else CONV_LR
 
 

@@ -1,0 +1,43 @@
+"""``modinv analyze <name>``: one of the paper's analyses -> ``<name>.png`` and ``<name>.json``.
+
+Each analysis has its own module ``modinv.cli.analyze.<name>`` exposing ``add_arguments(parser)``
+(its own options) and ``run(args) -> dict`` (calls the library function of
+``modinv.analysis.<name>``, writes the PNG and the JSON into ``args.out``, prints a summary and
+returns the numbers). The options every analysis shares are added here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from modinv.cli.common import add_model_args, add_report_amp_arg, positive_int
+
+# analysis name -> its CLI module
+ANALYSES: dict[str, str] = {
+    name: f"modinv.cli.analyze.{name}" for name in ("stages", "color", "structure", "tokens", "errors", "layers")
+}
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every analysis: the model, the inverse chain(s), the data, the output folder."""
+    add_model_args(parser)
+    parser.add_argument("--inverse", required=True, nargs="+", help="inverse chain folder(s)")
+    parser.add_argument("--data", required=True, help="image source spec")
+    parser.add_argument("--out", required=True, help="folder for <analysis>.png and <analysis>.json")
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--limit", type=positive_int, help="use at most this many images")
+
+    add_report_amp_arg(parser)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="run one of the paper's analyses (figure + JSON of numbers)")
+    names = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    for name, module in ANALYSES.items():
+        mod = importlib.import_module(module)
+        summary = (mod.__doc__ or name).strip().splitlines()[0].replace("%", "%%")  # argparse formats help
+        q = names.add_parser(name, help=summary, description=summary)
+        add_common_arguments(q)
+        mod.add_arguments(q)
+        q.set_defaults(handler=mod.run)

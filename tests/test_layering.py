@@ -1,0 +1,114 @@
+"""The package's layers (DESIGN.md, "Layers of the code") stay one-way: nothing imports a layer above it.
+
+Every ``import`` / ``from ... import`` under ``src/modinv`` is read with ``ast`` (imports inside
+functions too: a lazy import is still a dependency), and each module's layer is compared with the
+layer of what it imports. Modules of one layer may import each other.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import modinv
+
+SRC = Path(modinv.__file__).parent
+
+# Lowest first. A module's layer is the first entry that its dotted name equals or starts with.
+LAYERS: list[tuple[str, ...]] = [
+    ("modinv.errors", "modinv.fileio", "modinv.runtime", "modinv.distributed", "modinv.figures"),
+    ("modinv.data",),
+    ("modinv.models",),
+    ("modinv.inverse", "modinv.hub"),
+    ("modinv.training", "modinv.metrics"),
+    ("modinv.analysis",),
+    ("modinv.demo",),
+    ("modinv.cli", "modinv.__main__"),
+]
+PACKAGE_ROOT = "modinv"  # `import modinv` / modinv/__init__.py: the public face, may import any layer
+
+
+def layer_of(module: str) -> int | None:
+    for rank, names in enumerate(LAYERS):
+        if any(module == name or module.startswith(name + ".") for name in names):
+            return rank
+    return None
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(path: Path, name: str | None = None) -> list[tuple[int, str]]:
+    """``(line, module)`` for every modinv import in the file (relative imports resolved);
+    ``name``: the file's dotted module name (default: from its place under ``src/``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    name = name or module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            # `from modinv.x import y` may name a submodule y: count the deepest module it names
+            found += [(node.lineno, f"{target}.{alias.name}" if layer_of(f"{target}.{alias.name}") is not None
+                       and target == PACKAGE_ROOT else target) for alias in node.names]
+    return [(line, name) for line, name in found if name == PACKAGE_ROOT or name.startswith(PACKAGE_ROOT + ".")]
+
+
+def test_every_module_has_a_layer():
+    unplaced = [module_name(p) for p in SRC.rglob("*.py")
+                if module_name(p) != PACKAGE_ROOT and layer_of(module_name(p)) is None]
+    assert not unplaced, f"modules with no layer in LAYERS (add them where they belong): {unplaced}"
+
+
+def test_no_module_imports_a_higher_layer():
+    violations = []
+    for path in sorted(SRC.rglob("*.py")):
+        name = module_name(path)
+        if name == PACKAGE_ROOT:
+            continue
+        mine = layer_of(name)
+        for line, target in imported_modules(path):
+            theirs = layer_of(target) if target != PACKAGE_ROOT else None
+            if target == PACKAGE_ROOT:
+                # `from modinv import __version__` and the like: the package root re-exports every layer
+                continue
+            if theirs is not None and mine is not None and theirs > mine:
+                violations.append(f"{path.relative_to(SRC.parent)}:{line} ({name}) imports {target}")
+    assert not violations, "lower layers import higher ones:\n" + "\n".join(violations)
+
+
+def test_argparse_lives_only_in_the_cli():
+    users = [str(p.relative_to(SRC.parent)) for p in SRC.rglob("*.py")
+             if layer_of(module_name(p)) != layer_of("modinv.cli")
+             and any(name == "argparse" for _, name in _all_imports(p))]
+    assert not users, f"argparse outside modinv.cli: {users}"
+
+
+def _all_imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text())
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.append((node.lineno, node.module))
+    return out
+
+
+def test_the_checker_sees_a_violation(tmp_path):
+    """The check itself can fail: a fake analysis module importing the CLI is reported."""
+    fake = tmp_path / "probe.py"
+    fake.write_text("def f():\n    from modinv.cli.common import model_from_args\n    from ..cli import main\n")
+    found = imported_modules(fake, name="modinv.analysis.probe")
+    assert found == [(2, "modinv.cli.common"), (3, "modinv.cli")]
+    assert all(layer_of(target) > layer_of("modinv.analysis.probe") for _, target in found)
