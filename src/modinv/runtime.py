@@ -1,4 +1,9 @@
-"""Device and precision choices shared by training, evaluation and analyses."""
+"""Device and precision choices shared by training, evaluation and analyses.
+
+Every choice is detected on the machine at hand (CUDA's bf16 support, the CPU's native bf16
+kernels), never assumed: a CPU without native bf16 (AVX2 only, e.g.) computes bf16 matrix products
+hundreds of times slower than float32, so "auto" keeps it in float32.
+"""
 
 from __future__ import annotations
 
@@ -57,3 +62,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def conv_memory_format(device: torch.device, dtype: torch.dtype | None) -> torch.memory_format:
+    """The memory format in which the convolutions of trained components run fastest.
+
+    Channels-last on CUDA and for bf16 autocast on CPUs with native bf16 (oneDNN's NHWC kernels);
+    contiguous NCHW for float32 on CPUs and everywhere else: there, oneDNN's NHWC weight-gradient
+    kernels were 3-5× slower than its NCHW ones (measured on an AVX2 CPU; benchmarks/README.md).
+    ``dtype`` is the autocast dtype of the run (None = float32).
+    """
+    if device.type == "cuda":
+        return torch.channels_last
+    if device.type == "cpu" and dtype == torch.bfloat16 and cpu_supports_bf16():
+        return torch.channels_last
+    return torch.contiguous_format

@@ -62,3 +62,138 @@ def test_per_stage_mse_and_mean_image_baseline_equal_a_hand_computation(identity
     assert two["n_images"] == 2
     assert two["stages"]["b"]["mse"] == pytest.approx(float(hand_b[:2].mean()), rel=1e-6)
     assert two["mean_image_baseline"]["mse"] == pytest.approx(float((images[:2] - mean2).pow(2).mean()), rel=1e-6)
+
+
+# -- every metric, and intervals that stay in range (issue 13 item 2, issue 14 item 7) -----------------
+
+class _Constant(nn.Module):
+    """Every reconstruction is the flat grey image 0.5."""
+
+    config = {"kind": "test.evaluate_constant"}
+
+    def forward(self, x, context=None):
+        return torch.full_like(x, 0.5)
+
+
+class _FakeLpipsNet(nn.Module):
+    """Stands in for LPIPS' network: the mean absolute difference of each image pair."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))  # Lpips reads the device of the first parameter
+
+    def forward(self, a, b, normalize=True):
+        return (a - b).abs().flatten(1).mean(1)
+
+
+def _flat_images(mse_values, size=(12, 16)) -> list[dict]:
+    """Flat images whose per-image MSE against the grey 0.5 is ``mse_values`` exactly (x = 0.5 + √v)."""
+    return [{"image": torch.full((3, *size), 0.5 + v ** 0.5), "index": i, "name": f"flat{i}"}
+            for i, v in enumerate(mse_values)]
+
+
+@pytest.fixture(scope="module")
+def identity_12x16():
+    return from_module(nn.Sequential(nn.Identity(), nn.Identity()), {"a": "0", "b": "1"}, input_size=(12, 16),
+                       name="identity")
+
+
+def test_a_skewed_mse_gets_an_interval_inside_0_1_and_the_json_names_it(identity_12x16, tmp_path):
+    """The demo's case (issue 14 item 7): a few small MSEs and one large one, where the Student-t
+    interval goes below 0."""
+    import json
+
+    from modinv.fileio import write_json
+    from modinv.metrics import CI_METHODS, summarize
+
+    values = [0.001, 0.002, 0.0015, 0.2]
+    assert summarize(values)["ci95"][0] < 0  # the plain t interval leaves the range
+    chain = InverseChain({"a": _Constant(), "b": _Affine(1.0, 0.0)}, model_layout(identity_12x16))
+    result = evaluate_chain(identity_12x16, chain, _flat_images(values), stages=["a"], batch_size=3,
+                            metrics=["mse"], progress=False)
+    write_json(tmp_path / "e.json", result)
+    saved = json.loads((tmp_path / "e.json").read_text())
+    a = saved["stages"]["a"]
+    assert a["mse"] == pytest.approx(sum(values) / 4, rel=1e-5) and a["mean"] == a["mse"]
+    assert 0 <= a["ci95"][0] <= a["mse"] <= a["ci95"][1] <= 1
+    assert a["ci_method"] in ("bca_bootstrap", "percentile_bootstrap") and a["range"] == [0.0, 1.0]
+    assert saved["ci"]["methods"][a["ci_method"]] == CI_METHODS[a["ci_method"]]
+    assert "lies inside the metric's range" in saved["ci"]["methods"][a["ci_method"]]
+    assert saved["metrics"]["mse"]["stages"]["a"] == {k: v for k, v in a.items() if k != "mse"}
+
+
+def test_every_metric_per_stage_and_for_the_baseline(identity_12x16):
+    from modinv.metrics import Lpips, per_image_psnr, per_image_ssim
+
+    g = torch.Generator().manual_seed(1)
+    data = [{"image": 0.8 * torch.rand(3, 12, 16, generator=g), "index": i, "name": f"r{i}"} for i in range(3)]
+    images = torch.stack([d["image"] for d in data])
+    chain = InverseChain({"a": _Affine(1.0, 0.1), "b": _Affine(0.5, 0.0)}, model_layout(identity_12x16))
+    lpips = Lpips(_FakeLpipsNet())
+    result = evaluate_chain(identity_12x16, chain, data, batch_size=2, progress=False, lpips=lpips)
+    assert list(result["metrics"]) == ["mse", "psnr", "ssim", "lpips"] and result["not_computed"] == {}
+    assert set(result["metric_info"]) == set(result["metrics"])
+    recon_b = 0.5 * images + 0.1
+    metrics = result["metrics"]
+    assert metrics["mse"]["stages"]["b"]["mean"] == result["stages"]["b"]["mse"]
+    assert metrics["psnr"]["stages"]["b"]["mean"] == pytest.approx(float(per_image_psnr(recon_b, images).mean()),
+                                                                   rel=1e-5)
+    assert metrics["psnr"]["stages"]["a"]["mean"] == pytest.approx(20.0, rel=1e-4)  # MSE 0.01 everywhere: 20 dB
+    assert metrics["ssim"]["stages"]["b"]["mean"] == pytest.approx(float(per_image_ssim(recon_b, images).mean()),
+                                                                   rel=1e-5)
+    hand_lpips = (recon_b - images).abs().flatten(1).mean(1)  # the fake network, inputs clamped to [0, 1]
+    assert metrics["lpips"]["stages"]["b"]["mean"] == pytest.approx(float(hand_lpips.mean()), rel=1e-5)
+    reference = images.mean(0, keepdim=True).expand_as(images)
+    assert metrics["ssim"]["mean_image_baseline"]["mean"] == pytest.approx(
+        float(per_image_ssim(reference.contiguous(), images).mean()), rel=1e-5)
+    for name, per in metrics.items():  # every interval inside its metric's range
+        low, high = result["metric_info"][name]["low"], result["metric_info"][name]["high"]
+        for r in [*per["stages"].values(), per["mean_image_baseline"]]:
+            assert low <= r["ci95"][0] <= r["mean"] <= r["ci95"][1] <= high, (name, r)
+            assert r["n"] == 3
+
+
+def test_selected_metrics_missing_lpips_and_small_images_are_reported(identity_model, identity_12x16):
+    from modinv.analysis.evaluate import evaluation_lines
+
+    chain = InverseChain({"a": _Affine(1.0, 0.1), "b": _Affine(0.5, 0.0)}, model_layout(identity_12x16))
+    data = _flat_images([0.01, 0.04])
+    only_psnr = evaluate_chain(identity_12x16, chain, data, metrics=["psnr"], progress=False)
+    assert list(only_psnr["metrics"]) == ["psnr"] and only_psnr["not_computed"] == {}
+    assert only_psnr["stages"]["a"]["mse"] == pytest.approx(0.01, rel=1e-5)  # "stages" stays the MSE
+    assert not any(" MSE " in line for line in evaluation_lines(only_psnr))
+    # LPIPS asked for without a network; SSIM on images smaller than its 11×11 window: one sentence each
+    small = evaluate_chain(identity_model, InverseChain({"a": _Affine(1.0, 0.1), "b": _Affine(0.5, 0.0)},
+                                                       model_layout(identity_model)), _data(2), progress=False)
+    assert list(small["metrics"]) == ["mse", "psnr"]
+    assert small["not_computed"] == {"lpips": "no LPIPS network was loaded",
+                                     "ssim": "the images (4×6 pixels) are smaller than SSIM's 11×11 window"}
+
+
+def test_a_perfect_reconstruction_has_infinite_psnr_reported_as_such(identity_12x16, tmp_path):
+    import json
+
+    from modinv.analysis.evaluate import evaluation_lines
+    from modinv.fileio import write_json
+
+    chain = InverseChain({"a": _Affine(1.0, 0.0), "b": _Affine(1.0, 0.0)}, model_layout(identity_12x16))
+    g = torch.Generator().manual_seed(2)
+    data = [{"image": torch.rand(3, 12, 16, generator=g), "index": i, "name": f"r{i}"} for i in range(2)]
+    result = evaluate_chain(identity_12x16, chain, data, metrics=["mse", "psnr", "ssim"], progress=False)
+    psnr = result["metrics"]["psnr"]["stages"]["a"]
+    assert psnr["n_infinite"] == 2 and psnr["mean"] == float("inf") and psnr["ci_method"] == "undefined"
+    assert result["stages"]["a"]["mse"] == 0 and result["metrics"]["ssim"]["stages"]["a"]["mean"] == pytest.approx(1)
+    assert "a        PSNR  inf dB (2 perfect reconstructions)  n=2" in evaluation_lines(result)
+    write_json(tmp_path / "e.json", result)  # strict JSON: the infinite mean is written as null
+    assert json.loads((tmp_path / "e.json").read_text())["metrics"]["psnr"]["stages"]["a"]["mean"] is None
+
+
+def test_interval_record_names_the_methods_of_nested_summaries():
+    from modinv.analysis.common import interval_record
+    from modinv.metrics import CI_METHODS, summarize
+
+    nested = {"a": [summarize([0.1, 0.3, 0.2], low=0, high=1)], "d": summarize([-1.0, 2.0, 0.5]),
+              "one": summarize([0.4]), "text": "no summary here"}
+    record = interval_record(nested, over="units")
+    assert record["over"] == "units" and record["confidence"] == 0.95
+    assert record["methods"] == {m: CI_METHODS[m] for m in ("bca_bootstrap", "student_t", "degenerate")}

@@ -7,8 +7,11 @@ import json
 import pytest
 
 import modinv
-from modinv.analysis.stages import StageErrors, load_results, stage_errors, stage_errors_figure, stage_order
+from modinv.analysis.stages import (
+    StageErrors, load_results, panel_metrics, stage_errors, stage_errors_figure, stage_errors_plot, stage_order,
+)
 from modinv.errors import ModinvError
+from modinv.metrics import CI_METHODS
 
 
 def summary(mse: float) -> dict:
@@ -46,7 +49,36 @@ def test_plot_and_load_results(tmp_path):
         load_results(tmp_path / "missing.json")
 
 
-def test_stages_function_and_cli(detr, main, tmp_path, capsys):
+def test_one_figure_panel_per_metric_and_old_entries_in_the_mse_panel_only():
+    import matplotlib.pyplot as plt
+
+    old = fake_result("vit-b16", ["bb", "enc"])  # written before PSNR/SSIM/LPIPS: no "metrics"
+    new = fake_result("detr-r50", ["bb", "enc"])
+    new["metrics"] = {name: {"stages": {s: summary(v) for s, v in (("bb", 0.5), ("enc", 0.4))},
+                             "mean_image_baseline": summary(0.3)} for name in ("ssim", "mse", "psnr")}
+    new["metrics"]["psnr"]["stages"]["enc"] = {"mean": None, "ci95": [None, None], "n": 4, "n_infinite": 4,
+                                              "ci_method": "undefined"}
+    mixed = StageErrors.from_entries({"detr": new, "vit": old})
+    assert mixed.metrics == panel_metrics(mixed.results) == ["mse", "psnr", "ssim"]  # canonical order
+    fig = stage_errors_plot(mixed)
+    try:
+        assert [ax.get_ylabel().replace(",", " ").split()[0] for ax in fig.axes] == ["MSE", "PSNR", "SSIM"]
+        assert fig.axes[1].get_ylabel() == "PSNR (dB), higher is better"
+        lines = [len(ax.containers) for ax in fig.axes]  # error-bar groups: per entry a stage line + a baseline
+        assert lines == [4, 2, 2]  # the old entry only in the MSE panel; an infinite PSNR point left out
+    finally:
+        plt.close(fig)
+    only_old = StageErrors.from_entries({"vit": old})
+    fig = stage_errors_plot(only_old)
+    try:
+        assert len(fig.axes) == 1 and only_old.metrics == ["mse"]
+    finally:
+        plt.close(fig)
+    # summaries without a method (older JSON) used the Student-t interval
+    assert mixed.to_json()["ci"]["methods"] == {m: CI_METHODS[m] for m in ("student_t", "undefined")}
+
+
+def test_stages_function_and_cli(detr, main, tmp_path, capsys, monkeypatch):
     from modinv.data import open_source
     from modinv.data.synthetic import make_image_folder
 
@@ -61,6 +93,7 @@ def test_stages_function_and_cli(detr, main, tmp_path, capsys):
     chain.save(tmp_path / "chain")
     (tmp_path / "vit.json").write_text(json.dumps(fake_result("vit-b16", ["bb", "enc"])))
 
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))  # no LPIPS backbone weights here
     out = tmp_path / "out"
     rc = main(
         "stages", "--model", "detr-r50", "--weights", "random", "--device", "cpu",
@@ -70,6 +103,8 @@ def test_stages_function_and_cli(detr, main, tmp_path, capsys):
     printed = capsys.readouterr()
     assert rc == 0, printed.err
     assert "  bb       MSE " in printed.out and "(95% CI [" in printed.out and "(mean image)" in printed.out
+    assert "  enc      PSNR " in printed.out and "  mean     SSIM " in printed.out
+    assert printed.out.count("LPIPS not computed: the alexnet backbone weights are not in the local torch cache") == 1
     assert (out / "stages.png").stat().st_size > 1000
     saved = json.loads((out / "stages.json").read_text())
     assert saved["order"] == ["detr-r50", "vit-b16"] and saved["stage_order"] == ["bb", "enc"]
@@ -77,12 +112,20 @@ def test_stages_function_and_cli(detr, main, tmp_path, capsys):
     mine = saved["results"]["detr-r50"]
     assert mine["n_images"] == 2 and set(mine["stages"]["enc"]) >= {"mse", "ci95", "n", "std"}
     assert mine["inverse"] == str(tmp_path / "chain")
+    assert saved["metrics"] == ["mse", "psnr", "ssim"] and list(mine["metrics"]) == ["mse", "psnr", "ssim"]
+    assert "lpips" in mine["not_computed"] and "vit-b16" in saved["results"]  # the old entry: MSE only
+    assert saved["ci"]["methods"].keys() >= {"bca_bootstrap", "student_t"}
     rc = main(
         "stages", "--model", "detr-r50", "--weights", "random", "--device", "cpu",
         "--input-size", *map(str, detr.input_size), "--inverse", str(tmp_path / "chain"), "--data", f"folder:{folder}",
         "--out", str(out), "--compare", str(tmp_path / "nothing.json"),
     )
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main("stages", "--model", "detr-r50", "--inverse", "C", "--data", "D", "--out", str(out), "--metrics", "nosuch")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "modinv analyze stages: error: argument --metrics: unknown metric(s) nosuch; choose from mse, psnr, ssim, lpips")
 
 
 def test_evaluate_and_analyze_stages_give_the_same_float32_numbers(vit, chains, main, tmp_path, monkeypatch, capsys):
@@ -103,6 +146,10 @@ def test_evaluate_and_analyze_stages_give_the_same_float32_numbers(vit, chains, 
     assert list(evaluated["stages"]) == ["bb", "enc"] and evaluated["n_images"] == entry["n_images"] == 3
     assert entry["stages"] == evaluated["stages"]  # identical numbers, bit for bit
     assert entry["mean_image_baseline"] == evaluated["mean_image_baseline"]
+    assert {"psnr", "ssim"} <= set(evaluated["metrics"])
+    for name in ("mse", "psnr", "ssim"):  # every metric, with its interval, identical too
+        assert entry["metrics"][name] == evaluated["metrics"][name]
+    assert entry["not_computed"] == evaluated["not_computed"] and entry["ci"] == evaluated["ci"]
     # bf16 only when asked for, and then recorded (and different)
     assert main("stages", *common, "--amp", "bf16", "--out", str(tmp_path / "bf16")) == 0, capsys.readouterr().err
     bf16 = json.loads((tmp_path / "bf16" / "stages.json").read_text())["results"]["vit-b16"]

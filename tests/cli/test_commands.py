@@ -125,3 +125,66 @@ def test_eval_task_knows_detr_is_a_detector(model_cache, detr, folder, tmp_path,
     capsys.readouterr()
     assert main(argv) == 2
     assert "detr-r50 is evaluated by COCO box AP" in capsys.readouterr().err
+
+
+def _evaluate_args(name: str, chain, out) -> list[str]:
+    return ["evaluate", *_tiny_args(name), "--inverse", str(chain), "--data", "samples", "--batch", "2", "--limit",
+            "3", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def tiny_chain(model_cache, tmp_path_factory):
+    """A fresh inverse chain (auto components) of a two-stage tiny model, saved; the model cached for the CLI."""
+    model = model_cache.add(_tiny("tiny-eval"))
+    return InverseChain.build(model, arch="auto", seed=0).eval().save(tmp_path_factory.mktemp("chain") / "c")
+
+
+def test_evaluate_prints_and_writes_every_metric_per_stage(tiny_chain, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))  # no LPIPS backbone weights here
+    out = tmp_path / "e.json"
+    capsys.readouterr()
+    assert main(_evaluate_args("tiny-eval", tiny_chain, out)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    result = json.loads(out.read_text())
+    stages = list(result["stages"])
+    assert stages == ["conv", "pool"] and result["n_images"] == 3 and result["precision"] == "float32"
+    assert list(result["metrics"]) == ["mse", "psnr", "ssim"]
+    reason = result["not_computed"]["lpips"]
+    assert reason.startswith("the alexnet backbone weights are not in the local torch cache")
+    assert lines[0] == f"LPIPS not computed: {reason}" and sum("LPIPS" in line for line in lines) == 1
+    assert len(lines) == 1 + 3 * (len(stages) + 1)  # one line per stage and metric, then the baseline per metric
+    for stage in stages:
+        for name in ("mse", "psnr", "ssim"):
+            r = result["metrics"][name]["stages"][stage]
+            assert any(line.startswith(f"{stage:<8} {name.upper():<5} ") and f"n={r['n']}" in line for line in lines)
+    assert lines[-1].startswith("mean     SSIM  ") and lines[-1].endswith("(mean-image baseline)")
+    # every interval inside its metric's range (PSNR: [0, inf), written as null)
+    for name, per in result["metrics"].items():
+        low, high = result["metric_info"][name]["low"], result["metric_info"][name]["high"]
+        for r in [*per["stages"].values(), per["mean_image_baseline"]]:
+            assert low <= r["ci95"][0] <= r["mean"] <= r["ci95"][1] and (high is None or r["ci95"][1] <= high)
+            assert r["ci_method"] in result["ci"]["methods"]
+    assert result["stages"]["conv"]["mse"] == result["metrics"]["mse"]["stages"]["conv"]["mean"]
+
+
+def test_evaluate_metric_selection_and_lpips_weights(tiny_chain, tmp_path, capsys):
+    out = tmp_path / "e.json"
+    capsys.readouterr()
+    missing = tmp_path / "alexnet.pth"
+    assert main([*_evaluate_args("tiny-eval", tiny_chain, out), "--metrics", "ssim, lpips",
+                 "--lpips-weights", str(missing)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"LPIPS not computed: the LPIPS weights file {str(missing)!r} does not exist"
+    assert [line.split()[1] for line in lines[1:]] == ["SSIM"] * 3
+    result = json.loads(out.read_text())
+    assert list(result["metrics"]) == ["ssim"] and set(result["stages"]) == {"conv", "pool"}  # "stages": the MSE
+
+
+def test_evaluate_refuses_an_unknown_metric(tmp_path, capsys):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main([*_evaluate_args("tiny-eval", tmp_path / "chain", tmp_path / "e.json"), "--metrics", "mse,nosuch"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "modinv evaluate: error: argument --metrics: unknown metric(s) nosuch; choose from mse, psnr, ssim, lpips")
+    assert not (tmp_path / "e.json").exists()

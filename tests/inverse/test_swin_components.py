@@ -84,22 +84,15 @@ def test_components_map_each_stage_to_the_one_before(tiny):
             assert out.shape == trace[tiny.previous(stage)].shape, stage
 
 
-def test_a_few_adam_steps_lower_every_components_loss(tiny):
+def test_a_few_adam_steps_lower_every_components_loss(tiny, adam_losses):
     images = torch.rand(4, 3, *SMALL, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         trace = tiny.trace(images)
     torch.manual_seed(0)
     for stage, spec in _specs(tiny).items():
         component = build_component(spec["config"]).train()
-        optimizer = torch.optim.Adam(component.parameters(), lr=tiny.meta.learning_rates[stage])
         x, target = trace[stage], trace[tiny.previous(stage)]
-        losses = []
-        for _ in range(4):
-            loss = nn.functional.mse_loss(component(x, trace.context), target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        losses = adam_losses(component, x, target, trace.context, lr=tiny.meta.learning_rates[stage])
         assert losses[-1] < losses[0], (stage, losses)
 
 

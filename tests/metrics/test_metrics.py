@@ -82,3 +82,17 @@ def test_mean_summary_renames_the_mean():
     values = [0.2, 0.4, 0.9]
     s, m = summarize(values), mean_summary(values)
     assert m == {"mean": s["mse"], "ci95": s["ci95"], "n": 3, "std": s["std"]}
+
+
+def test_summarize_with_bounds_stays_in_range_and_keeps_the_mse_key():
+    from modinv.metrics import summarize_in_range
+
+    values = [0.001, 0.002, 0.0015, 0.2]  # the demo's skewed case: the t interval goes below 0
+    assert summarize(values)["ci95"][0] < 0
+    bounded = summarize(values, low=0.0, high=1.0)
+    assert bounded == {"mse": bounded["mean"], **summarize_in_range(values, 0.0, 1.0)}
+    assert bounded["mse"] == pytest.approx(np.mean(values))
+    assert 0 <= bounded["ci95"][0] <= bounded["mse"] <= bounded["ci95"][1] <= 1
+    assert bounded["ci_method"] in ("bca_bootstrap", "percentile_bootstrap")
+    assert format_ci(bounded, digits=3).startswith("0.051 (95% CI [0.")
+    assert "ci_method" not in summarize(values)  # no bounds: the plain t interval, keys as before

@@ -6,7 +6,6 @@ import time
 
 import pytest
 import torch
-from torch import nn
 
 from modinv.errors import ModinvError, WeightsUnavailableError
 from modinv.inverse.chain import InverseChain
@@ -206,7 +205,7 @@ def test_missing_sources_fail_in_one_sentence(offline_hub, tmp_path):
 
 # -- arch="auto" inverse components ----------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["vit", "swin"])
-def test_auto_chain_trains(which, vit, swin):
+def test_auto_chain_trains(which, vit, swin, adam_losses):
     model = {"vit": vit, "swin": swin}[which]
     chain = InverseChain.build(model, arch="auto", seed=0)
     assert list(chain.components) == list(model.stages)
@@ -214,13 +213,6 @@ def test_auto_chain_trains(which, vit, swin):
         trace = model.trace(_images(model, n=4, seed=5))
     for stage in model.stages:
         component = chain.component(stage).train()
-        optimizer = torch.optim.Adam(component.parameters(), lr=1e-3)
         x, target = trace[stage], trace[model.previous(stage)]
-        losses = []
-        for _ in range(4):
-            loss = nn.functional.mse_loss(component(x, trace.context), target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        losses = adam_losses(component, x, target, trace.context, lr=1e-3)
         assert losses[-1] < losses[0], (which, stage, losses)

@@ -36,14 +36,16 @@ def test_scale_gradient_is_exact():
     assert torch.equal(x.grad, torch.full((5,), 0.25))
 
 
-def test_lambda_zero_keeps_theta_bit_identical(tmp_path, image_folder):
+def test_lambda_zero_frozen_option_keeps_theta_bit_identical(tmp_path, image_folder):
     model = modinv.load_model("mobilenet-v2", weights="random", input_size=SMALL)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     chain = build_classic_chain(model, "s8")
     phi_before = {k: v.clone() for k, v in chain.state_dict().items()}
     source = open_source(f"imagenet:{image_folder}", size=SMALL)
-    trainer = FinetuneTrainer(model, chain, source, source, tmp_path, _config(stage="s8", lam=0.0, val_every=2))
+    config = _config(stage="s8", lam=0.0, val_every=2, zero_lambda="frozen")
+    trainer = FinetuneTrainer(model, chain, source, source, tmp_path, config)
     trainer.fit(progress=False)
+    assert not trainer.objective.theta_trains
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert any(not torch.equal(phi_before[k], v) for k, v in chain.state_dict().items())  # φ trained
     reloaded = modinv.load_model("mobilenet-v2", weights=str(tmp_path / "best" / "forward.safetensors"),
@@ -51,6 +53,60 @@ def test_lambda_zero_keeps_theta_bit_identical(tmp_path, image_folder):
     assert all(torch.equal(before[k], v) for k, v in reloaded.state_dict().items())
     manifest = json.loads((tmp_path / "best" / "manifest.json").read_text())
     assert manifest["training"] == "finetune" and manifest["lambda"] == 0.0
+    assert manifest["zero_lambda"] == "frozen"
+    assert json.loads((tmp_path / "config.json").read_text())["zero_lambda"] == "frozen"
+
+
+def test_lambda_zero_trains_theta_on_the_task_loss_alone_by_default(tmp_path, image_folder):
+    """The paper's λ = 0 (the default): θ is fine-tuned, and its gradient is the task loss's alone
+    (the reconstruction gradient into θ is exactly zero) while φ learns the classic inversion."""
+    source = open_source(f"imagenet:{image_folder}", size=SMALL)
+    batch = next(iter(make_loader(source, batch_size=6)))
+    model = modinv.load_model("mobilenet-v2", weights="random", input_size=SMALL)
+    chain = build_classic_chain(model, "s8")
+    trainer = FinetuneTrainer(model, chain, source, None, tmp_path / "grad",
+                              _config(stage="s8", lam=0.0, forward_mode="eval"))
+    assert trainer.objective.theta_trains
+    model.eval()
+    theta = [p for p in model.parameters() if p.requires_grad]
+    losses = trainer.objective.losses(trainer.objective.forward_trace(batch["image"], grad=True),
+                                      ft.batch_targets(model, batch))
+    assert all(g is None for g in torch.autograd.grad(losses["mse"], theta, retain_graph=True, allow_unused=True))
+    assert all(g is not None for g in torch.autograd.grad(losses["mse"], list(chain.parameters()), retain_graph=True))
+    losses["total"].backward()
+    total_grads = [p.grad.clone() for p in theta]
+    model.zero_grad()
+    ft.task_loss(model, model.output(model.trace(batch["image"])), ft.batch_targets(model, batch)).backward()
+    assert all(torch.equal(a, p.grad) for a, p in zip(total_grads, theta))  # a task-loss-only step
+    assert any(bool(g.abs().sum() > 0) for g in total_grads)
+
+    model = modinv.load_model("mobilenet-v2", weights="random", input_size=SMALL)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = tmp_path / "run"
+    FinetuneTrainer(model, build_classic_chain(model, "s8"), source, None, out,
+                    _config(stage="s8", lam=0.0, theta_lr=1e-3)).fit(progress=False)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
+    assert len(changed) > 50, changed
+    tuned = modinv.load_model("mobilenet-v2", weights=str(out / "best" / "forward.safetensors"), input_size=SMALL)
+    assert all(torch.equal(v, tuned.state_dict()[k]) for k, v in model.state_dict().items())
+    manifest = json.loads((out / "best" / "manifest.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert manifest["lambda"] == 0.0 and manifest["zero_lambda"] == "task" and config["zero_lambda"] == "task"
+    assert config["theta_trains"] is True and config["train"]["zero_lambda"] == "task"
+
+
+def test_finetune_stage_is_the_models_declared_metadata(tmp_path, detr, vit_small, image_folder, capsys):
+    """The paper's stage j comes from ``model.meta.finetune_stage``; a model declaring none needs --stage."""
+    assert ft.default_finetune_stage(detr) == detr.meta.finetune_stage == "dec"
+    assert ft.default_finetune_stage(vit_small) == vit_small.meta.finetune_stage == "enc"
+    mobilenet = modinv.load_model("mobilenet-v2", weights="random", input_size=SMALL)
+    assert mobilenet.meta.finetune_stage is None
+    with pytest.raises(modinv.ModinvError, match="--stage"):
+        ft.default_finetune_stage(mobilenet)
+    rc = main(["finetune", "--model", "mobilenet-v2", "--weights", "random", "--input-size", "32", "32",
+               "--lam", "0", "--data", f"imagenet:{image_folder}", "--out", str(tmp_path / "ft"), "--steps", "1",
+               "--no-progress"])
+    assert rc == 2 and "declares no stage j" in capsys.readouterr().err
 
 
 class _Relabelled(torch.utils.data.Dataset):

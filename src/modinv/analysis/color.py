@@ -12,8 +12,9 @@ Analysis (:func:`color_analysis`): a *unit* is one image and one object category
 its mask is the union of the masks of that category's (non-crowd) instances. The six filtered
 versions of the image go through the model, each stage's reconstruction is computed, and the
 :func:`~modinv.analysis.color_filters.pairwise_mse` between the six versions is taken at the input
-and at every stage. Numbers are means over units (images × categories) with a 95% Student-t
-confidence interval over units.
+and at every stage. Numbers are means over units (images × categories) with a 95% confidence
+interval over units that stays inside [0, 1] (a BCa bootstrap, :mod:`modinv.metrics.bounded`;
+``ci`` names the methods used).
 
 Robustness (:func:`color_robustness`, Fig. 7 right): the task metric with each filter applied to
 the whole image and without one, chosen by the model's declared task (``model.meta.task``):
@@ -23,7 +24,7 @@ accuracy (:func:`modinv.analysis.task.classification_top1`).
 ``color.json`` (``ColorResult.to_json()``, plus from the CLI ``inverse``, ``data``, ``compare``,
 ``figure`` and ``figures``): ``{"analysis": "color", "model", "weights", "label", "filters",
 "masked_filters", "whole_image_filters", "stages", "pairwise_mse": {"input"|stage: {"mse", "ci95",
-"n", "std"}}, "per_category": {name: {"input"|stage: summary}}, "units": [{"image", "category",
+"n", "std", "ci_method", ...}}, "per_category": {name: {"input"|stage: summary}}, "units": [{"image", "category",
 "category_id", "mask_fraction", "input", stage...}], "n_units", "n_images", "skipped",
 "categories", "pixel_space", "ci", "grayscale", "precision", "examples", "robustness" (or null)}``.
 ``robustness``: ``{"task", "metric", "model", "scores": {"none"|filter: value or null}, "details":
@@ -47,12 +48,14 @@ from modinv.analysis.color_filters import (
     pairwise_mse,
     perturbations,
 )
-from modinv.analysis.common import AnalysisResult, chain_stages, figure_field, model_record, precision
+from modinv.analysis.common import (
+    AnalysisResult, chain_stages, figure_field, interval_record, model_record, precision,
+)
 from modinv.errors import ModinvError
 from modinv.metrics import summarize
 from modinv.runtime import autocast
 
-CI_METHOD = "95% Student-t confidence interval of the mean over units (image x category)"
+CI_OVER = "units (image x category)"
 INPUT = "input"
 TASK_METRICS = {"detection": "AP", "classification": "top1"}
 
@@ -92,7 +95,7 @@ class ColorResult(AnalysisResult):
     skipped: dict[str, int]
     categories: dict[str, str] | str
     pixel_space: str = "[0, 1]"
-    ci: str = CI_METHOD
+    ci: dict[str, Any] = dataclasses.field(default_factory=dict)  # the interval methods used
     grayscale: str = GRAYSCALE_DEFINITION
     precision: str = "float32"
     examples: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -250,7 +253,8 @@ def color_analysis(
     per_category: dict[str, dict[str, Any]] = {}
     for cname in dict.fromkeys(u["category"] for u in units):
         mine = [u for u in units if u["category"] == cname]
-        per_category[cname] = {key: summarize([u[key] for u in mine]) for key in keys}
+        per_category[cname] = {key: summarize([u[key] for u in mine], low=0.0, high=1.0) for key in keys}
+    pairwise = {key: summarize([u[key] for u in units], low=0.0, high=1.0) for key in keys}
     return ColorResult(
         **model_record(model),
         label=model.name,
@@ -258,7 +262,8 @@ def color_analysis(
         masked_filters=[f for f in filters if f not in WHOLE_IMAGE_FILTERS],
         whole_image_filters=[f for f in filters if f in WHOLE_IMAGE_FILTERS],
         stages=stages,
-        pairwise_mse={key: summarize([u[key] for u in units]) for key in keys},
+        pairwise_mse=pairwise,
+        ci=interval_record(pairwise, per_category, over=CI_OVER),
         per_category=per_category,
         units=units,
         n_units=len(units),

@@ -18,20 +18,21 @@ the entry stage's own representation, e.g. 0 for enc layers -> bb⁻¹, 6 for ->
 are out of their training context, which is the point of the analysis.
 
 Numbers: image MSE ([0, 1] pixels) between the input and each reconstruction, per row (source ->
-entry) and layer: mean with a 95% Student-t CI over images.
+entry) and layer: mean with a 95% CI over images that stays inside [0, 1] (a BCa bootstrap,
+:mod:`modinv.metrics.bounded`; ``ci`` names the methods used).
 
 CLI: ``modinv analyze layers --model detr-r50|vit-b16 --inverse CHAIN --data SPEC --out DIR
 [--figure-images 1]`` writes ``DIR/layers.png`` and ``DIR/layers.json``.
 
 ``layers.json`` (:meth:`LayerResult.to_json` plus ``data``, ``inverse``, ``figure``): ``analysis, model, weights, data, inverse, n_images, pixel_space, ci, precision, layers
 {source: number of tensors}, rows [{key, source, entry, components, native_layer}], columns
-{source: [labels]}, mse {key: [{"mse", "ci95", "n", "std"} per layer]}, figure``; ``key`` is
+{source: [labels]}, mse {key: [{"mse", "ci95", "n", "std", "ci_method", ...} per layer]}, figure``; ``key`` is
 ``"<source>-><entry>"``, e.g. ``"enc->bb"``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,12 +41,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from modinv.analysis.common import (
-    AnalysisResult, chain_stages, figure_field, limited_batches, model_record, precision,
+    AnalysisResult, chain_stages, figure_field, interval_record, limited_batches, model_record, precision,
 )
 from modinv.errors import ModinvError
 from modinv.figures import image_grid
 from modinv.inverse.chain import InverseChain
-from modinv.metrics import CI_METHOD, per_image_mse, summarize
+from modinv.metrics import per_image_mse, summarize
 from modinv.models.base import StagedModel
 from modinv.runtime import autocast
 
@@ -66,7 +67,7 @@ class LayerResult(AnalysisResult):
     mse: dict[str, list[dict[str, Any]]]
     analysis: str = "layers"
     pixel_space: str = "[0, 1]"
-    ci: str = CI_METHOD
+    ci: dict[str, Any] = field(default_factory=dict)  # the interval methods used (interval_record)
     precision: str = "float32"
     figure_data: dict[str, Any] = figure_field()
 
@@ -144,13 +145,15 @@ def layer_analysis(
             row["native_layer"] = None
     columns = {s: _column_labels(n) for s, n in counts.items()}
     figure |= {"rows": rows, "columns": columns}
+    mse = {key: [summarize(torch.cat(v), low=0.0, high=1.0) for v in per_layer] for key, per_layer in errors.items()}
     return LayerResult(
         **model_record(model),
         n_images=n_images,
         layers=counts,
         rows=rows,
         columns=columns,
-        mse={key: [summarize(torch.cat(v)) for v in per_layer] for key, per_layer in errors.items()},
+        mse=mse,
+        ci=interval_record(mse),
         precision=used,
         figure_data=figure,
     )

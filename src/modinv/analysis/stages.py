@@ -35,18 +35,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from modinv.analysis.common import AnalysisResult, precision
+from modinv.analysis.common import AnalysisResult, interval_record, precision
 from modinv.analysis.evaluate import evaluate_chain
 from modinv.errors import ModinvError
 from modinv.fileio import read_json
 from modinv.figures import save_figure
 from modinv.inverse.chain import InverseChain
-from modinv.metrics import CI_METHOD
+from modinv.metrics import DEFAULT_METRICS, METRICS, Lpips
 from modinv.models.base import StagedModel
 
 BASELINE = "mean"
 
-__all__ = ["StageErrors", "load_results", "stage_errors", "stage_errors_figure", "stage_order", "unique_label"]
+__all__ = ["StageErrors", "entry_metrics", "load_results", "panel_metrics", "stage_errors", "stage_errors_figure",
+           "stage_errors_plot", "stage_order", "unique_label"]
 
 
 @dataclass
@@ -57,8 +58,9 @@ class StageErrors(AnalysisResult):
     stage_order: list[str]
     order: list[str] = field(default_factory=list)
     analysis: str = "stages"
+    metrics: list[str] = field(default_factory=lambda: ["mse"])  # one figure panel each
     pixel_space: str = "[0, 1]"
-    ci: str = CI_METHOD
+    ci: dict[str, Any] = field(default_factory=dict)  # the interval methods the entries used
     precision: str | None = None  # of the entries computed in this run (each entry records its own)
 
     @classmethod
@@ -69,7 +71,8 @@ class StageErrors(AnalysisResult):
         for label, entry in results.items():
             _check_entry(label, entry)
         entries = {str(k): dict(v) for k, v in results.items()}
-        return cls(results=entries, stage_order=stage_order(entries), order=list(entries))
+        return cls(results=entries, stage_order=stage_order(entries), order=list(entries),
+                   metrics=panel_metrics(entries), ci=interval_record(entries))
 
 
 def stage_errors(
@@ -83,8 +86,11 @@ def stage_errors(
     amp: str = "off",
     progress: bool = True,
     label: str | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    lpips: Lpips | None = None,
 ) -> StageErrors:
-    """Per-stage image MSE (95% CI) and the mean-image baseline of each chain on ``source``.
+    """Per-stage image quality (``metrics``, each with a 95% CI) and the mean-image baseline of each
+    chain on ``source``; LPIPS with an available ``lpips`` network only.
 
     ``chains``: one :class:`~modinv.inverse.chain.InverseChain` (labelled ``label``, default the
     model's name) or ``{label: chain}``. ``compare``: entries computed earlier (``{label:
@@ -96,7 +102,8 @@ def stage_errors(
     results: dict[str, dict[str, Any]] = {}
     for name, chain in chains.items():
         entry = evaluate_chain(model, chain, source, stages=list(stages) if stages else None,
-                               batch_size=batch_size, limit=limit, amp=amp, progress=progress)
+                               batch_size=batch_size, limit=limit, amp=amp, progress=progress, metrics=metrics,
+                               lpips=lpips)
         results[unique_label(name, results)] = entry | {"label": name}
     for name, entry in (compare or {}).items():
         results[unique_label(name, results)] = dict(entry)
@@ -127,52 +134,93 @@ def stage_order(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return order
 
 
-def stage_errors_figure(result: StageErrors, path: str | Path, title: str | None = None) -> Path:
-    """Save Fig. 4 (left): per-stage MSE with 95% CI error bars per run, and each run's mean-image
-    baseline at the right ("mean")."""
+def entry_metrics(entry: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{metric: {"stages": {stage: summary}, "mean_image_baseline": summary}}`` of one entry; an
+    entry written before the other metrics existed (no ``"metrics"``) has its MSE only."""
+    if isinstance(entry.get("metrics"), Mapping) and entry["metrics"]:
+        return {str(k): v for k, v in entry["metrics"].items()}
+    return {"mse": {"stages": entry["stages"], "mean_image_baseline": entry["mean_image_baseline"]}}
+
+
+def panel_metrics(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The metrics the figure shows (one panel each): those of any entry, known ones in
+    :data:`~modinv.metrics.DEFAULT_METRICS` order."""
+    present = {name for entry in results.values() for name in entry_metrics(entry)}
+    return [m for m in DEFAULT_METRICS if m in present] + sorted(present - set(DEFAULT_METRICS))
+
+
+def _axis_label(name: str) -> str:
+    info = METRICS.get(name)
+    if info is None:
+        return name
+    unit = f" ({info.unit})" if info.unit else " ([0, 1] pixels)" if name == "mse" else ""
+    return f"{name.upper()}{unit}, {'higher' if info.higher_is_better else 'lower'} is better"
+
+
+def stage_errors_plot(result: StageErrors, title: str | None = None):
+    """The matplotlib figure of :func:`stage_errors_figure`: one panel (axes) per metric of
+    ``result.metrics``, in that order."""
     import matplotlib.pyplot as plt  # after modinv.figures, which selects the file-only backend
 
-    results = result.results
     stages = result.stage_order
     ticks = stages + [BASELINE]
-    n = len(results)
+    n = len(result.results)
     width = 0.5 / max(n, 1)
-    fig, ax = plt.subplots(figsize=(1.1 * len(ticks) + 2.6, 3.6))
+    k_panels = max(len(result.metrics), 1)
+    fig, axes = plt.subplots(1, k_panels, figsize=(k_panels * (1.1 * len(ticks) + 2.2) + 0.4, 3.6), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
-    for k, (label, entry) in enumerate(results.items()):
-        offset = (k - (n - 1) / 2) * width
-        color = colors[k % len(colors)]
-        xs, ys, lo, hi = [], [], [], []
-        for stage, summary in entry["stages"].items():
-            mse, (a, b) = _value(summary)
-            xs.append(stages.index(stage) + offset)
-            ys.append(mse)
-            lo.append(mse - a)
-            hi.append(b - mse)
-        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", ms=5, capsize=3, color=color, label=label)
-        mse, (a, b) = _value(entry["mean_image_baseline"])
-        ax.errorbar([len(stages) + offset], [mse], yerr=[[mse - a], [b - mse]], marker="s", ms=5, capsize=3,
-                    color=color, linestyle="none")
-    ax.axvline(len(stages) - 0.5, color="0.8", linewidth=0.8)
-    ax.set_xticks(range(len(ticks)))
-    ax.set_xticklabels(ticks)
-    ax.set_xlim(-0.6, len(ticks) - 0.4)
-    ax.set_xlabel("processing stage (reconstruction from)")
-    ax.set_ylabel("image MSE ([0, 1] pixels)")
-    ax.set_title(title or "Reconstruction error per stage (95% CI)", fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
-    ax.grid(axis="y", alpha=0.3)
+    for ax, name in zip(axes[0], result.metrics):
+        for k, (label, entry) in enumerate(result.results.items()):
+            data = entry_metrics(entry).get(name)
+            if data is None:
+                continue
+            offset, color = (k - (n - 1) / 2) * width, colors[k % len(colors)]
+            points = [(stages.index(s) + offset, _value(r)) for s, r in data["stages"].items()]
+            _error_bars(ax, points, color, label=label, marker="o")
+            _error_bars(ax, [(len(stages) + offset, _value(data["mean_image_baseline"]))], color, marker="s",
+                        linestyle="none")
+        ax.axvline(len(stages) - 0.5, color="0.8", linewidth=0.8)
+        ax.set_xticks(range(len(ticks)))
+        ax.set_xticklabels(ticks)
+        ax.set_xlim(-0.6, len(ticks) - 0.4)
+        ax.set_xlabel("processing stage (reconstruction from)")
+        ax.set_ylabel(_axis_label(name))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8, frameon=False)
+    fig.suptitle(title or "Reconstruction quality per stage (95% CI)", fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
-def _value(summary: Mapping[str, Any]) -> tuple[float, tuple[float, float]]:
-    mse = float(summary["mse"])
-    ci = summary.get("ci95") or [mse, mse]
-    a, b = (float(v) for v in ci)
-    if math.isnan(a) or math.isnan(b):
-        a = b = mse
-    return mse, (a, b)
+def stage_errors_figure(result: StageErrors, path: str | Path, title: str | None = None) -> Path:
+    """Save Fig. 4 (left), one panel per metric: the per-stage values with 95% CI error bars per
+    run, and each run's mean-image baseline at the right ("mean")."""
+    return save_figure(stage_errors_plot(result, title), path)
+
+
+def _error_bars(ax, points: list[tuple[float, tuple[float, float, float] | None]], color, **style: Any) -> None:
+    """Points ``(x, (mean, lo, hi))`` with asymmetric error bars; points without a finite mean
+    (an infinite PSNR) are left out."""
+    kept = [(x, v) for x, v in points if v is not None]
+    if not kept:
+        return
+    xs = [x for x, _ in kept]
+    ys = [v[0] for _, v in kept]
+    yerr = [[v[0] - v[1] for _, v in kept], [v[2] - v[0] for _, v in kept]]
+    ax.errorbar(xs, ys, yerr=yerr, ms=5, capsize=3, color=color, **style)
+
+
+def _value(summary: Mapping[str, Any]) -> tuple[float, float, float] | None:
+    """``(mean, lo, hi)`` of a summary (the interval collapsed to the mean where it is missing);
+    None where the mean is missing or not finite."""
+    mean = summary.get("mean", summary.get("mse"))
+    if mean is None or not math.isfinite(float(mean)):
+        return None
+    mean = float(mean)
+    lo, hi = (float(v) if v is not None else math.nan for v in (summary.get("ci95") or [mean, mean]))
+    if math.isnan(lo) or math.isnan(hi):
+        lo = hi = mean
+    return mean, lo, hi
 
 
 def load_results(path: str | Path) -> dict[str, dict[str, Any]]:

@@ -18,7 +18,9 @@ summary of the per-image MSE between the FD and the OH reconstruction, "oh_minus
 the per-image paired difference MSE(OH) - MSE(FD), "per_image": [{"image", "mse": {column: v},
 "fd_vs_oh_mse", "oh_minus_fd_mse", "detections": [{"label", "score", "box_xyxy"}]}], "components":
 {stage: "fd" | "oh"} (which chain supplied each component), "inverse": {"fd", "oh"}, "n_images",
-"box_threshold", "pixel_space", "ci", "precision", "figure"}``. The figure shows one row per image (the first
+"box_threshold", "pixel_space", "ci", "precision", "figure"}``. Means of per-image MSEs (``mse``,
+``fd_vs_oh``) have a 95% CI inside [0, 1] (a BCa bootstrap, :mod:`modinv.metrics.bounded`), the
+paired difference ``oh_minus_fd`` a Student-t CI; ``ci`` names the methods used. The figure shows one row per image (the first
 ``n_examples``, kept in ``figure_data``): the input with the detector's detections (score >
 ``box_threshold``) drawn as boxes, then the reconstructions from bb, enc, dec, pred (FD) and pred
 (OH). Detections come from ``model.output(trace)`` and are listed only for models whose metadata
@@ -29,7 +31,7 @@ Models without a ``pred`` stage (e.g. ViT) are refused with a :class:`~modinv.er
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,12 +39,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from modinv.analysis.common import AnalysisResult, figure_field, limited_batches, model_record, precision
+from modinv.analysis.common import (
+    AnalysisResult, figure_field, interval_record, limited_batches, model_record, precision,
+)
 from modinv.analysis.task import trace_detections
 from modinv.errors import ModinvError
 from modinv.figures import image_grid
 from modinv.inverse.chain import InverseChain, layout_mismatch, model_layout
-from modinv.metrics import CI_METHOD, per_image_mse, summarize
+from modinv.metrics import per_image_mse, summarize
 from modinv.models.base import StagedModel
 from modinv.runtime import autocast
 
@@ -73,7 +77,7 @@ class StructureResult(AnalysisResult):
     box_threshold: float
     analysis: str = "structure"
     pixel_space: str = "[0, 1]"
-    ci: str = CI_METHOD
+    ci: dict[str, Any] = field(default_factory=dict)  # the interval methods used (interval_record)
     precision: str = "float32"
     figure_data: list[dict[str, Any]] = figure_field()
 
@@ -241,12 +245,16 @@ def structure_analysis(
                              "reconstructions": {c: recons[c][b].cpu() for c in columns}})
     if not per_image:
         raise ModinvError("the image source yielded no images")
+    mse = {c: summarize(torch.cat(v), low=0.0, high=1.0) for c, v in errors.items()}
+    fd_vs_oh = summarize(torch.cat(between), low=0.0, high=1.0)
+    oh_minus_fd = summarize([p["oh_minus_fd_mse"] for p in per_image])  # a difference: can be negative
     return StructureResult(
         **model_record(model),
         columns=columns,
-        mse={c: summarize(torch.cat(v)) for c, v in errors.items()},
-        fd_vs_oh=summarize(torch.cat(between)),
-        oh_minus_fd=summarize([p["oh_minus_fd_mse"] for p in per_image]),
+        mse=mse,
+        fd_vs_oh=fd_vs_oh,
+        oh_minus_fd=oh_minus_fd,
+        ci=interval_record(mse, fd_vs_oh, oh_minus_fd),
         per_image=per_image,
         components=origin,
         variants={"fd": pred_variant(fd), "oh": pred_variant(oh)},

@@ -16,8 +16,9 @@ independently, so DETR's local-bb⁻¹ chain is the local bb⁻¹ plus the stand
 Numbers: per condition the per-pixel MSE ([0, 1] pixels, all channels) between the manipulated
 reconstruction and the *unmanipulated reconstruction from the same stage with the same chain*
 (``bb`` for bb_man, ``enc`` for enc_man and enc_man+), separately INSIDE the image patches of the
-replaced tokens (32×32 px for DETR, 16×16 for ViT) and OUTSIDE them; mean with a 95% Student-t CI
-over images. ``locality`` = per-image inside / (inside + outside): 1 = the change stays in the
+replaced tokens (32×32 px for DETR, 16×16 for ViT) and OUTSIDE them; mean with a 95% CI over images
+that stays inside [0, 1] (a BCa bootstrap, :mod:`modinv.metrics.bounded`; ``ci`` names the methods
+used), as for ``locality``. ``locality`` = per-image inside / (inside + outside): 1 = the change stays in the
 replaced patches, 0.5 = it spreads evenly over the image. ``ratio`` = mean inside / mean outside
 (null when outside is 0). The same inside/outside errors against the *input* are given for the
 manipulated and the default reconstructions (``vs_input``, ``default_vs_input``).
@@ -27,8 +28,9 @@ manipulated and the default reconstructions (``vs_input``, ``default_vs_input``)
 n_replaced, num_prefix_tokens, fraction, seed, noise {mode, description}, position_embedding
 {stage: bool, source, description}, reference, conditions, chains {label: bb variant}, ci, precision, results
 {chain label: {condition: {inside, outside, locality, ratio, vs_input {inside, outside},
-default_vs_input {inside, outside}}}}``; inside/outside are ``{"mse", "ci95", "n", "std"}`` (mean
-MSE over images and its 95% CI), locality ``{"mean", "ci95", "n", "std"}``; undefined numbers are null.
+default_vs_input {inside, outside}}}}``; inside/outside are ``{"mse", "mean", "ci95", "n", "std",
+"ci_method", "range", "n_infinite"}`` (mean MSE over images and its 95% CI), locality the same
+without ``"mse"``; undefined numbers are null.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from modinv.analysis.common import AnalysisResult, figure_field, limited_batches, model_record, precision
+from modinv.analysis.common import AnalysisResult, figure_field, interval_record, limited_batches, model_record, precision
 from modinv.analysis.token_noise import (
     DEFAULT_FRACTION,
     NOISE_MODES,
@@ -59,7 +61,7 @@ from modinv.analysis.token_noise import (
 from modinv.errors import ModinvError
 from modinv.figures import image_grid
 from modinv.inverse.chain import InverseChain
-from modinv.metrics import mean_summary, summarize
+from modinv.metrics import summarize, summarize_in_range
 from modinv.models.base import StagedModel
 from modinv.runtime import autocast
 
@@ -67,7 +69,6 @@ CONDITIONS = ("bb_man", "enc_man", "enc_man+")
 # condition -> (stage whose tokens are replaced, stage reconstructed from)
 CONDITION_STAGES = {"bb_man": ("bb", "bb"), "enc_man": ("enc", "enc"), "enc_man+": ("bb", "enc")}
 REFERENCE = "the unmanipulated reconstruction from the same stage with the same chain"
-CI_METHOD = "95% Student-t confidence interval of the mean over images"
 NOISE_DESCRIPTIONS = {
     "matched": "one vector u ~ U(0,1)^D per image; noise = mu + sqrt(3)*sigma*(2u - 1) per channel, with mu, sigma "
                "the channel's mean and std over the image's spatial tokens at that stage (position embedding "
@@ -104,13 +105,18 @@ class TokenNoiseResult(AnalysisResult):
     conditions: dict[str, dict[str, str]] = dataclasses.field(default_factory=lambda: {
         c: {"manipulated": m, "reconstructed_from": r} for c, (m, r) in CONDITION_STAGES.items()})
     chains: dict[str, str]
-    ci: str = CI_METHOD
+    ci: dict[str, Any] = dataclasses.field(default_factory=dict)  # the interval methods used
     precision: str = "float32"
     results: dict[str, dict[str, dict[str, Any]]]
     figure_data: dict[str, Any] = figure_field()
 
 
 # -- the analysis ----------------------------------------------------------------------------------------
+
+def _mse(values: Tensor) -> dict[str, Any]:
+    """Mean of per-image MSEs with a 95% CI inside [0, 1]."""
+    return summarize(values, low=0.0, high=1.0)
+
 
 def _label_chains(chains: Mapping[str, InverseChain] | Sequence[InverseChain]) -> dict[str, InverseChain]:
     if isinstance(chains, Mapping):
@@ -233,12 +239,12 @@ def token_noise_analysis(
             locality = locality[~torch.isnan(locality)]
             mean_out = float(v["outside"].mean())
             results[label][cond] = {
-                "inside": summarize(v["inside"]),
-                "outside": summarize(v["outside"]),
-                "locality": mean_summary(locality),
+                "inside": _mse(v["inside"]),
+                "outside": _mse(v["outside"]),
+                "locality": summarize_in_range(locality, 0.0, 1.0),  # a fraction
                 "ratio": float(v["inside"].mean()) / mean_out if mean_out > 0 else None,
-                "vs_input": {"inside": summarize(v["in_input"]), "outside": summarize(v["out_input"])},
-                "default_vs_input": {"inside": summarize(v["def_in_input"]), "outside": summarize(v["def_out_input"])},
+                "vs_input": {"inside": _mse(v["in_input"]), "outside": _mse(v["out_input"])},
+                "default_vs_input": {"inside": _mse(v["def_in_input"]), "outside": _mse(v["def_out_input"])},
             }
     return TokenNoiseResult(
         **model_record(model),
@@ -252,6 +258,7 @@ def token_noise_analysis(
         chains={label: str(chain.component_meta.get("bb", {}).get("variant", "unknown"))
                 for label, chain in chains.items()},
         results=results,
+        ci=interval_record(results),
         precision=used,
         figure_data=figure,
     )

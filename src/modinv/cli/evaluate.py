@@ -1,43 +1,82 @@
-"""``modinv evaluate``: per-stage image MSE with 95% CI and the mean-image baseline, as JSON."""
+"""``modinv evaluate``: per-stage image quality (MSE, PSNR, SSIM, LPIPS) with 95% CIs and the
+mean-image baseline, as JSON.
+
+Also home of the metric options that ``modinv analyze stages`` shares: :func:`add_metric_args`
+(``--metrics``, ``--lpips-weights``), :func:`metric_names` (their check) and :func:`lpips_from_args`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import warnings
+from typing import TYPE_CHECKING
 
 from modinv.cli.common import add_model_args, add_report_amp_arg, model_from_args, positive_int, writable_file
 from modinv.errors import ModinvError
 
+if TYPE_CHECKING:
+    from modinv.metrics import Lpips
+
+
+def metric_names(text: str) -> tuple[str, ...]:
+    """``--metrics``: comma-separated metric names (mse, psnr, ssim, lpips), checked while parsing."""
+    from modinv.metrics import parse_metrics
+
+    try:
+        return parse_metrics(text)
+    except ModinvError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_metric_args(parser: argparse.ArgumentParser) -> None:
+    """``--metrics`` (default: all) and ``--lpips-weights``."""
+    parser.add_argument("--metrics", type=metric_names, default="mse,psnr,ssim,lpips",
+                        help="comma-separated: mse, psnr, ssim, lpips (default: all; LPIPS where its weights exist)")
+    parser.add_argument("--lpips-weights", metavar="FILE",
+                        help="torchvision AlexNet weights file for LPIPS (default: the torch hub cache; never "
+                             "downloaded)")
+
+
+def lpips_from_args(args: argparse.Namespace, device) -> Lpips | None:
+    """The LPIPS network when ``--metrics`` asks for it (its ``reason`` says why when it is not
+    available), else None."""
+    from modinv.metrics import load_lpips
+
+    return load_lpips(args.lpips_weights, device=device) if "lpips" in args.metrics else None
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="reconstruction error per stage vs the mean-image baseline")
+    p = sub.add_parser("evaluate", help="reconstruction quality per stage (MSE, PSNR, SSIM, LPIPS) vs the mean-image "
+                                        "baseline")
     add_model_args(p)
     p.add_argument("--inverse", required=True, help="inverse chain folder (e.g. RUN/best)")
     p.add_argument("--data", required=True, help="image source spec")
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--batch", type=positive_int, default=8)
     p.add_argument("--limit", type=positive_int, help="evaluate at most this many images")
+    add_metric_args(p)
     add_report_amp_arg(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from modinv.analysis.evaluate import evaluate_chain
+    from modinv.analysis.evaluate import evaluate_chain, evaluation_lines
     from modinv.data import DataWarning, open_source
     from modinv.fileio import write_json
     from modinv.inverse.chain import InverseChain
-    from modinv.metrics import format_ci
 
     out = writable_file(args.out)
 
     model = model_from_args(args)
     chain = InverseChain.load(args.inverse, model, map_location=model.device)
     source = open_source(args.data, size=tuple(model.input_size))
+    lpips = lpips_from_args(args, model.device)
     with warnings.catch_warnings():
         # unusable files are counted and reported below, not warned about one by one
         warnings.simplefilter("ignore", DataWarning)
         try:
-            result = evaluate_chain(model, chain, source, batch_size=args.batch, limit=args.limit, amp=args.amp)
+            result = evaluate_chain(model, chain, source, batch_size=args.batch, limit=args.limit, amp=args.amp,
+                                    metrics=args.metrics, lpips=lpips)
         except ModinvError:  # no usable image: say which files failed and why
             wanted = min(len(source), args.limit or len(source))
             if len(source.skipped) >= wanted:  # every image was unusable: nothing to average
@@ -52,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(out, result)
     if source.skipped:
         print(f"skipped {len(source.skipped)} unusable image file(s) (listed under 'skipped' in {out})")
-    for stage, r in result["stages"].items():
-        print(f"{stage:<8} MSE {format_ci(r, digits=5)}  n={r['n']}")
-    print(f"{'mean':<8} MSE {format_ci(result['mean_image_baseline'], digits=5)}  (mean-image baseline)")
+    for name, why in result["not_computed"].items():
+        print(f"{name.upper()} not computed: {why}")
+    print("\n".join(evaluation_lines(result)))
     return 0

@@ -17,20 +17,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="λ fine-tuning: L = λ·MSE(θ) + (1-λ)·task loss(θ) + MSE(φ), classic inverse from --stage",
         description="Fine-tune the forward weights θ and train the classic inverse φ (stage -> image) with "
                     "L = λ·L_MSE(θ) + (1-λ)·L_OBJ(θ) + L_MSE(φ). L_OBJ: DETR's Hungarian set loss on a coco: "
-                    "source, cross-entropy on an imagenet: source for classifiers. λ = 0 keeps θ frozen (classic "
-                    "inversion; --zero-lambda task trains θ on L_OBJ alone instead); λ = 1 ignores the task. "
+                    "source, cross-entropy on an imagenet: source for classifiers. λ = 0 trains θ on L_OBJ alone, "
+                    "as the paper did (--zero-lambda frozen keeps θ unchanged instead); λ = 1 ignores the task. "
                     "Writes OUT/best/ (inverse chain + forward.safetensors, loadable with --weights PATH).",
     )
     add_model_args(p)
     p.add_argument("--lam", type=float, required=True, help="λ in [0, 1] (the paper: 0, 0.1, 0.9, 1)")
-    p.add_argument("--stage", help="stage j of the inverse (default: dec for detr-r50, enc for ViT, else the last)")
+    p.add_argument("--stage", help="stage j of the inverse (default: the model's declared one, e.g. dec for DETR, "
+                                   "enc for ViT/DeiT; required for models that declare none)")
     add_run_args(p, data_help="coco:ROOT[:split] for detectors, imagenet:ROOT for classifiers")
     p.add_argument("--theta-lr", type=float, default=1e-5, help="Adam learning rate of the forward weights (default 1e-5)")
     p.add_argument("--forward-mode", choices=("dropout", "eval", "train"), default="dropout",
                    help="forward model mode while θ trains: dropout on + BatchNorm statistics frozen (default), "
                         "eval, or full train mode")
-    p.add_argument("--zero-lambda", choices=("frozen", "task"), default="frozen",
-                   help="at λ = 0: θ frozen (classic inversion, default) or trained on the task loss alone")
+    p.add_argument("--zero-lambda", choices=("task", "frozen"), default="task",
+                   help="at λ = 0: θ trained on the task loss alone (the paper's reading, default) or frozen "
+                        "(only the classic inverse of the unmodified model trains)")
     add_label_map_arg(p)
     p.set_defaults(handler=run)
 
@@ -74,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     what = "(1+λ)·MSE + (1-λ)·task loss" if theta_trains else "image MSE"
     if record:
         print(f"λ = {args.lam:g}, {stage}->img: best validation {what} {record['val_loss']:.5f} at step {record['step']}")
-    print(f"task: {task_kind(model)}; θ {'fine-tuned' if theta_trains else 'frozen (λ = 0)'}")
+    how = "frozen (λ = 0, --zero-lambda frozen)" if not theta_trains else (
+        "fine-tuned on the task loss alone (λ = 0)" if args.lam == 0 else "fine-tuned")
+    print(f"task: {task_kind(model)}; θ {how}")
     print(f"inverse chain written to {out / 'best'}, forward weights to {out / 'best' / FORWARD_WEIGHTS_FILE}")
     return 0

@@ -4,38 +4,66 @@ from __future__ import annotations
 
 import argparse
 
-from modinv.cli.common import add_amp_arg, add_model_args, loop_settings, model_from_args, parse_assignments, writable_dir
+from modinv.cli.common import (add_amp_arg, add_model_args, check_stage_names, loop_settings, model_from_args,
+                               non_negative_int, number_in, parse_assignments, positive_float, positive_int,
+                               writable_dir)
 from modinv.errors import ModinvError
+
+
+def stage_rate(text: str) -> str:
+    """``type=`` of ``--lr``: ``STAGE=LR`` with a positive, finite rate (the stage is checked
+    against the model once it is loaded)."""
+    try:
+        parse_assignments([text], kind=positive_float, what="learning rate")
+    except ModinvError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def add_run_args(p: argparse.ArgumentParser, data_help: str) -> None:
     """The arguments of a training run that ``train`` and ``finetune`` share."""
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--val-data", help="validation source (default: hold out --val-fraction of --data)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share when no --val-data (default 0.1)")
-    p.add_argument("--out", required=True, help="run folder: config.json, log.jsonl, best/, checkpoints/")
+    p.add_argument("--val-fraction", type=number_in(0, 1, high_open=True), default=0.1,
+                   help="held-out share when no --val-data (default 0.1)")
+    p.add_argument("--out", required=True,
+                   help="run folder: config.json, log.jsonl, best/, checkpoints/ (a new run needs an empty one)")
     length = p.add_mutually_exclusive_group(required=True)
-    length.add_argument("--steps", type=int, help="optimisation steps")
-    length.add_argument("--epochs", type=int, help="passes over the training data")
-    p.add_argument("--max-minutes", type=float, metavar="M",
+    length.add_argument("--steps", type=positive_int, help="optimisation steps")
+    length.add_argument("--epochs", type=positive_int, help="passes over the training data")
+    p.add_argument("--max-minutes", type=positive_float, metavar="M",
                    help="time budget: stop after M minutes of training even if --steps/--epochs are not done "
                         "(validates, keeps the best, writes a checkpoint that --resume continues)")
-    p.add_argument("--batch", type=int, default=32, help="global batch size (default 32, the paper's for DETR)")
+    p.add_argument("--batch", type=positive_int, default=32,
+                   help="global batch size (default 32, the paper's for DETR)")
     p.add_argument("--arch", default=None, help="paper | auto (default: paper for detr-r50/vit-b16, else auto)")
     p.add_argument("--variant", action="append", metavar="STAGE=NAME", help="e.g. bb=local, pred=oh")
-    p.add_argument("--lr", action="append", metavar="STAGE=LR", help="override an inverse component's learning rate")
-    p.add_argument("--val-every", type=int, default=500)
-    p.add_argument("--val-batches", type=int, default=25)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--lr", action="append", type=stage_rate, metavar="STAGE=LR",
+                   help="override an inverse component's learning rate (a resume may change it)")
+    p.add_argument("--val-every", type=positive_int, default=500, help="steps between validations (default 500)")
+    p.add_argument("--val-batches", type=positive_int, default=25, help="batches per validation (default 25)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps between checkpoints (default 500)")
+    p.add_argument("--num-workers", type=non_negative_int, default=0, help="data-loading worker processes")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue the run in --out from its latest checkpoint (with its settings; more "
+                               "--steps/--epochs, other --lr or intervals are applied and recorded)")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace the run in --out: its best/, checkpoints/, log.jsonl and config.json are "
+                               "removed first (other files stay)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_amp_arg(p)
 
 
 def run_settings(args: argparse.Namespace) -> dict:
-    """The TrainConfig settings of :func:`add_run_args` (and the flags some commands add)."""
-    return dict(loop_settings(args), max_seconds=None if args.max_minutes is None else args.max_minutes * 60.0)
+    """The TrainConfig settings of :func:`add_run_args` (and the flags some commands add). Refuses
+    at once (before any work) an --out that holds another run without --resume or --overwrite;
+    the run itself checks again under its lock."""
+    from modinv.training.run_folder import check_run_folder
+
+    check_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)
+    return dict(loop_settings(args), max_seconds=None if args.max_minutes is None else args.max_minutes * 60.0,
+                overwrite=args.overwrite)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_run_args(p, data_help="samples | folder:PATH | coco:ROOT[:split] | imagenet:ROOT")
     p.add_argument("--stages", nargs="+", help="components to train (default: all)")
     p.add_argument("--augment", action="store_true", help="random crops and flips of training images")
-    p.add_argument("--log-every", type=int, default=10, help="steps between log records")
+    p.add_argument("--log-every", type=positive_int, default=10, help="steps between log records (default 10)")
     p.add_argument("--compile", action="store_true", help="torch.compile each trained component")
     p.add_argument("--no-channels-last", action="store_true", help="keep convolutions in NCHW on CUDA")
     p.set_defaults(handler=run)
@@ -61,20 +89,23 @@ def run(args: argparse.Namespace) -> int:
     from modinv.distributed import init_distributed, shutdown
 
     out = writable_dir(args.out)
+    settings = dict(stages=args.stages, **run_settings(args))
     dist, device = init_distributed(args.device)  # one process per GPU under torchrun
     try:
-        return _train(args, out, dist, device)
+        return _train(args, out, settings, dist, device)
     finally:
         shutdown(dist)
 
 
-def _train(args: argparse.Namespace, out, dist, device) -> int:
+def _train(args: argparse.Namespace, out, settings: dict, dist, device) -> int:
     from modinv.inverse.chain import InverseChain
     from modinv.training.data import split_sources
     from modinv.training.modular import ModularTrainer, TrainConfig
 
     model = model_from_args(args, device=device)
-    variants = parse_assignments(args.variant, what="variant")
+    variants = parse_assignments(args.variant, what="variant", option="--variant")
+    for option, names in (("--stages", args.stages or []), ("--lr", settings["lr"]), ("--variant", variants)):
+        check_stage_names(model, names, option)  # before any work; the engine checks they train
     if args.classic:
         from modinv.training.classic import build_classic_chain
 
@@ -84,7 +115,6 @@ def _train(args: argparse.Namespace, out, dist, device) -> int:
         chain = InverseChain.build(model, arch=args.arch or "default", seed=args.seed, variants=variants)
     train, val = split_sources(args.data, tuple(model.input_size), val_data=args.val_data,
                                val_fraction=args.val_fraction, augment=args.augment, seed=args.seed)
-    settings = dict(stages=args.stages, **run_settings(args))
     run_info = {"data": args.data, "val_data": args.val_data, "val_fraction": args.val_fraction, "augment": args.augment,
                 "arch": chain.arch, "command": "train"}
     if args.classic:

@@ -22,6 +22,8 @@ from modinv.data.coco import CocoSource
 from modinv.data.imagenet import ImageNetSource, imagenet_class_names, imagenet_synsets, resolve_label_map
 from modinv.data.sources import (
     EXTRA_SAMPLES,
+    KNOWN_SAMPLES,
+    MORE_SAMPLES,
     SAMPLE_PHOTOS,
     SOURCE_SPECS,
     SampleSource,
@@ -32,6 +34,8 @@ from modinv.data.sources import (
 
 __all__ = [
     "EXTRA_SAMPLES",
+    "KNOWN_SAMPLES",
+    "MORE_SAMPLES",
     "IMAGE_EXTENSIONS",
     "SAMPLE_PHOTOS",
     "SOURCE_SPECS",

@@ -20,7 +20,7 @@ import torch
 from modinv.data.base import FolderSource, ImageSource, check_size, path_exists, split_root
 
 from modinv.data.coco import DEFAULT_COCO_SPLIT, CocoSource
-from modinv.data.decode import array_to_rgb
+from modinv.data.decode import array_to_rgb, read_image
 from modinv.data.imagenet import ImageNetSource, resolve_label_map
 from modinv.data.transforms import resize_image
 from modinv.errors import ModinvError, brief
@@ -39,37 +39,50 @@ SAMPLE_PHOTOS: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket")
 # Further real images, added by "samples:all": colour, but not everyday scenes (a deep-sky field,
 # a microscopy stain, a retina), and two grayscale photos (converted to RGB).
 EXTRA_SAMPLES: tuple[str, ...] = ("hubble_deep_field", "immunohistochemistry", "retina", "camera", "coins")
+# More freely licensed photos, by name only (not in "samples:all", whose nine the tests size runs by):
+# matplotlib's portrait of Grace Hopper (US Navy photo, public domain; matplotlib.cbook.get_sample_data)
+# and scikit-image's grayscale photos that state a free licence: a wall clock (public domain),
+# lettering on a wall ("text", public domain), a cell (CC0) and brick, grass and gravel textures (CC0).
+MORE_SAMPLES: tuple[str, ...] = ("grace_hopper", "clock", "text", "cell", "brick", "grass", "gravel")
+# the photos of MORE_SAMPLES that come from matplotlib's sample data, not scikit-image: their file names
+MATPLOTLIB_SAMPLES: dict[str, str] = {"grace_hopper": "grace_hopper.jpg"}
+KNOWN_SAMPLES: tuple[str, ...] = SAMPLE_PHOTOS + EXTRA_SAMPLES + MORE_SAMPLES
 
 
 class SampleSource(ImageSource):
-    """Real photographs bundled with scikit-image (no download): see :data:`SAMPLE_PHOTOS`."""
+    """Real photographs bundled with scikit-image or matplotlib (no download): see :data:`SAMPLE_PHOTOS`,
+    :data:`EXTRA_SAMPLES` and :data:`MORE_SAMPLES`."""
 
     kind = "samples"
 
     def __init__(self, names: tuple[str, ...] | list[str] = SAMPLE_PHOTOS, **kw: Any) -> None:
         super().__init__(**kw)
-        known = SAMPLE_PHOTOS + EXTRA_SAMPLES
-        bad = [n for n in names if n not in known]
+        bad = [n for n in names if n not in KNOWN_SAMPLES]
         if bad:
-            raise ModinvError(f"unknown sample photo {bad[0]!r}; valid names: {', '.join(known)}")
+            raise ModinvError(f"unknown sample photo {bad[0]!r}; valid names: {', '.join(KNOWN_SAMPLES)}")
         self.names = list(names)
 
     def _read(self, index: int) -> np.ndarray:
+        name = self.names[index]
+        if name in MATPLOTLIB_SAMPLES:
+            from matplotlib.cbook import get_sample_data
+
+            return read_image(get_sample_data(MATPLOTLIB_SAMPLES[name], asfileobj=False))
         import skimage.data
 
-        return array_to_rgb(getattr(skimage.data, self.names[index])())
+        return array_to_rgb(getattr(skimage.data, name)())
 
 
 def open_source(spec: str, size: tuple[int, int], augment: bool = False, seed: int = 0, **options: Any) -> ImageSource:
     """The image source named by ``spec``, yielding float32 3×H×W images in [0, 1] at ``size``.
 
     Specs: ``samples`` (scikit-image's colour photos, :data:`SAMPLE_PHOTOS`; ``samples:all`` adds
-    :data:`EXTRA_SAMPLES`, ``samples:chelsea,coffee`` picks), ``folder:PATH`` (every image under
-    PATH, recursively, or one image file), ``coco:ROOT[:split]`` (pycocotools; split defaults to
-    val2017; see :class:`CocoSource`), ``imagenet:ROOT[:split]`` (class-per-folder; see
-    :class:`ImageNetSource`). Images are resized to exactly ``size`` = (H, W), ignoring the aspect
-    ratio as the paper's code did. ``augment``/``seed``: seeded random crop + flip (not for COCO).
-    ``options`` go to the source: ``masks``/``include_crowd`` (coco), ``label_map`` (imagenet),
+    :data:`EXTRA_SAMPLES`, ``samples:chelsea,coffee`` picks any of :data:`KNOWN_SAMPLES`),
+    ``folder:PATH`` (every image under PATH, recursively, or one image file), ``coco:ROOT[:split]``
+    (pycocotools; split defaults to val2017; see :class:`CocoSource`), ``imagenet:ROOT[:split]``
+    (class-per-folder; see :class:`ImageNetSource`). Images are resized to exactly ``size`` = (H, W),
+    ignoring the aspect ratio as the paper's code did. ``augment``/``seed``: seeded random crop +
+    flip (not for COCO). ``options`` go to the source: ``masks``/``include_crowd`` (coco), ``label_map`` (imagenet),
     ``limit`` (any: keep the first n items).
     """
     if not isinstance(spec, str) or not spec.strip():
@@ -87,7 +100,7 @@ def open_source(spec: str, size: tuple[int, int], augment: bool = False, seed: i
                 names = tuple(n.strip() for n in rest.split(",") if n.strip())
                 if not names:
                     raise ModinvError(f"image source {spec!r} names no sample photo; valid names: "
-                                      f"{', '.join(SAMPLE_PHOTOS + EXTRA_SAMPLES)}")
+                                      f"{', '.join(KNOWN_SAMPLES)}")
             source: ImageSource = SampleSource(names, **options, **common)
         elif kind in ("folder", "coco", "imagenet"):
             if not rest:
@@ -126,7 +139,7 @@ def load_images(items: str | Path | list[str | Path], size: tuple[int, int]) -> 
     for entry in items:
         path = Path(entry).expanduser()
         exists = path_exists(path, "image")
-        if not exists and str(entry) in SAMPLE_PHOTOS + EXTRA_SAMPLES:
+        if not exists and str(entry) in KNOWN_SAMPLES:
             source: ImageSource = SampleSource([str(entry)], size=size)
         elif not exists:
             raise ModinvError(f"image {path} does not exist (nor is it a sample photo: {', '.join(SAMPLE_PHOTOS)})")

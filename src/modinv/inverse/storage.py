@@ -37,7 +37,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 # What a manifest says about the model and training a chain was made for (the chain's ``layout``).
 LAYOUT_KEYS = ("model", "weights", "stages", "shapes", "input_size", "arch", "training", "classic_stage",
-               "finetune_stage", "lambda", "start_weights", "forward_weights")
+               "finetune_stage", "lambda", "zero_lambda", "start_weights", "forward_weights")
 _ENTRY_KEYS = ("file", "kind", "seed", "variant", "arch", "parameters", "sha256")  # per component, in the manifest
 _DAMAGED = "it is truncated, corrupt or was replaced; save the chain again"
 

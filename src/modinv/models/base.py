@@ -36,6 +36,7 @@ class ModelMeta:
     class/register tokens first, then the patch grid row by row). A stage it leaves out is read from
     its rank (:func:`stage_layout`): N×D tokens, C×H×W maps, D vectors. ``arch="auto"`` inverse
     components are chosen by it (``stage_shapes()`` reports shapes as the tensors are).
+    ``finetune_stage`` is the stage j the paper's λ fine-tuning inverts from (None: the caller names one).
     """
 
     task: str | None = None  # "detection", "classification" or None (no task head)
@@ -46,6 +47,7 @@ class ModelMeta:
     learning_rates: Mapping[str, float] = field(default_factory=dict)  # the paper's per-stage Adam rates
     num_prefix_tokens: int = 0  # class/register tokens before the patch tokens of token stages
     stage_layouts: Mapping[str, str] = field(default_factory=dict)  # stage -> one of LAYOUTS
+    finetune_stage: str | None = None  # the paper's stage j of λ fine-tuning (Eq. 3): its inverse starts there
 
     def __post_init__(self) -> None:
         if self.task is not None and self.task not in TASKS:

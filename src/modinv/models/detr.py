@@ -112,6 +112,7 @@ class DetrStagedModel(StagedModel):
             inverse_family="detr",
             learning_rates=dict(LEARNING_RATES),
             stage_layouts={stage: "tokens" for stage in self.stages},  # pred: one row per query
+            finetune_stage="dec",
         )
 
     @property

@@ -121,6 +121,7 @@ class VitStagedModel(StagedModel):
             learning_rates=dict(LEARNING_RATES),
             num_prefix_tokens=int(vit.num_prefix_tokens),
             stage_layouts={stage: "tokens" for stage in self.stages},
+            finetune_stage="enc",
         )
 
     # -- StagedModel -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -32,6 +32,31 @@ def new_checkpoint_dir(root: Path, step: int) -> Path:
 def save_state(folder: Path, state: dict[str, Any]) -> None:
     """Trainer state (optimisers, step, RNG) next to the components; tensors and plain types only."""
     atomic_write(folder / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+
+def write_checkpoint(root: Path, step: int, save_chain: Callable[[Path], Any], state: dict[str, Any]) -> Path:
+    """Write the checkpoint of ``step`` under ``root`` (``save_chain(folder / "chain")``, then the
+    trainer state) and publish it. Should anything fail (a full disk, Ctrl-C), the half-written
+    folder is removed and the previous checkpoint stays the one a resume starts from."""
+    folder = new_checkpoint_dir(root, step)
+    try:
+        save_chain(folder / "chain")
+        save_state(folder, state)
+        publish(root, folder)
+    except BaseException:
+        discard(root, folder)
+        raise
+    return folder
+
+
+def discard(root: Path, folder: Path) -> None:
+    """Remove a checkpoint folder whose writing failed, unless ``LATEST`` already names it."""
+    try:
+        named = (root / POINTER).read_text().strip()
+    except OSError:
+        named = None
+    if named != folder.name:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def publish(root: Path, folder: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,10 +29,11 @@ class TrainConfig:
     amp: str = "auto"
     num_workers: int = 0
     drop_last: bool = False  # drop each epoch's last, smaller batch
-    channels_last: bool = True  # convolutional components on CUDA
+    channels_last: bool = True  # convolutions in the device's fastest memory format (runtime.conv_memory_format)
     compile: bool = False  # torch.compile each trained component
     max_nonfinite: int = 20  # consecutive skipped updates of one component before the run stops
     stop_on_interrupt: bool = False  # Ctrl-C after a step ends training like the budget (no checkpoint)
+    overwrite: bool = False  # a new run replaces a previous run in its folder (run_folder.RUN_FILES)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,3 +46,32 @@ class TrainConfig:
             raise ModinvError("give exactly one of steps or epochs (or a time budget, max_seconds)")
         if self.max_seconds is not None and not (self.max_seconds > 0 and math.isfinite(self.max_seconds)):
             raise ModinvError(f"the time budget must be a positive number of seconds, got {self.max_seconds}")
+        for name, low in _WHOLE_NUMBERS.items():
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < low):
+                raise ModinvError(f"{name} must be a whole number of at least {low}, got {value!r}")
+        if not (isinstance(self.grad_clip, Real) and self.grad_clip > 0 and math.isfinite(self.grad_clip)):
+            raise ModinvError(f"grad_clip must be a positive number, got {self.grad_clip!r}")
+        for stage, rate in self.lr.items():
+            if isinstance(rate, bool) or not isinstance(rate, Real) or not (rate > 0 and math.isfinite(rate)):
+                raise ModinvError(f"the learning rate of {stage!r} must be a positive number, got {rate!r}")
+
+
+    def trained_stages(self, trainable: list[str]) -> list[str]:
+        """The stages this config trains among the ``trainable`` components of a chain (all by
+        default); one sentence for a stage that cannot train or a learning rate that nothing uses."""
+        stages = list(self.stages or trainable)
+        unknown = [s for s in stages if s not in trainable]
+        if unknown:
+            raise ModinvError(f"no trainable inverse component for stage(s) {', '.join(unknown)}; "
+                              f"trainable ones: {', '.join(trainable) or 'none'}")
+        unused = [s for s in self.lr if s not in stages]
+        if unused:
+            raise ModinvError(f"a learning rate (--lr) is given for {', '.join(map(repr, unused))}, which this run "
+                              f"does not train; it trains {', '.join(stages)}")
+        return stages
+
+
+# Whole-number settings and their least value (steps 0 would save an untrained chain as best/).
+_WHOLE_NUMBERS = {"steps": 1, "epochs": 1, "batch_size": 1, "val_every": 1, "val_batches": 1,
+                  "checkpoint_every": 1, "log_every": 1, "num_workers": 0, "max_nonfinite": 1, "seed": 0}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -35,10 +35,15 @@ def split_sources(data: str, size: tuple[int, int], *, val_data: str | None = No
     return Subset(train, order[n_val:]), Subset(plain, order[:n_val])
 
 
-def usable_batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
+def usable_batches(loader: DataLoader, on_skipped: Callable[[str, str], None] | None = None
+                   ) -> Iterator[dict[str, Any]]:
     """Batches of a loader built with :func:`modinv.data.make_loader`, without empty ones
-    (a batch whose every file was unreadable)."""
+    (a batch whose every file was unreadable); ``on_skipped(path, reason)`` hears of every file
+    a batch skipped."""
     for batch in loader:
+        if on_skipped is not None:
+            for path, reason in batch.get("skipped_files", {}).items():
+                on_skipped(path, reason)
         if batch["image"].shape[0]:
             yield batch
 

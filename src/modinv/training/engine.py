@@ -6,9 +6,10 @@ updates skipped (BatchNorm statistics restored), validation and best-keeping per
 crash-safe checkpoints and bit-identical resume, a time budget, and DDP under ``torchrun``.
 
 A run folder holds ``config.json``, ``log.jsonl`` (one JSON record per logged step, validation,
-skipped update, resume and the stop, with its reason), ``best/`` (each component at its lowest
-validation loss, an :class:`InverseChain` folder; the final weights without validation data) and
-``checkpoints/`` (the latest resumable state).
+skipped update, skipped image file, resume and the stop, with its reason), ``best/`` (each
+component at its lowest validation loss, an :class:`InverseChain` folder; the final weights without
+validation data) and ``checkpoints/`` (the latest resumable state). :meth:`Engine.fit` refuses a
+folder that holds another run or is in use (:mod:`modinv.training.run_folder`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Mapping
+from typing import Any, Callable, ContextManager, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -38,6 +39,7 @@ from modinv.training.data import set_data_epoch, usable_batches
 from modinv.training.objective import Objective, Update
 from modinv.training.optim import default_learning_rate, make_optimizer
 from modinv.training.parallel import mean_over_processes, replica_checksums, wrap_for_training
+from modinv.training.run_folder import describe_changes, open_run_folder
 from modinv.training.sampling import EpochSampler
 
 
@@ -76,14 +78,9 @@ class Engine:
         self.run_info, self.on_record = run_info or {}, on_record
         self.objective = objective
         objective.prepare(self)
-        trainable = [s for s in chain.components.keys() if _has_trainable(chain.components[s])]
-        self.stages = list(config.stages or trainable)
-        unknown = [s for s in self.stages if s not in trainable]
-        if unknown:
-            raise ModinvError(
-                f"no trainable inverse component for stage(s) {', '.join(unknown)}; "
-                f"trainable ones: {', '.join(trainable) or 'none'}"
-            )
+        self.stages = config.trained_stages([s for s in chain.components if _has_trainable(chain.components[s])])
+        if val_data is not None and len(val_data) == 0:
+            raise ModinvError("the validation data set is empty; give one with images, or none to train without")
         self.chain.to(self.device)
         self.amp = amp_dtype(self.device, config.amp)
         self.train_data, self.val_data = train_data, val_data
@@ -95,8 +92,10 @@ class Engine:
         self.nonfinite = {s: 0 for s in self.stages}
         self.best_chain = copy.deepcopy(chain).cpu()
         self.train_modules = {s: wrap_for_training(chain.components[s], self.device, dist, config.channels_last,
-                                                   config.compile) for s in self.stages}
+                                                   config.compile, amp=self.amp) for s in self.stages}
         self.stop_reason: str | None = None
+        self._skipped_logged: set[tuple[str, str]] = set()  # (kind of pass, path) already logged
+        self._resume_changes: dict[str, dict[str, Any]] = {}
         self.seconds = 0.0
         self._started = time.perf_counter()
         self._bar: Any = None
@@ -142,10 +141,20 @@ class Engine:
         if self.on_record is not None:
             self.on_record(record)
 
-    def _write_config(self) -> None:
-        if not self.dist.is_main:
-            return
-        write_json(self.out / "config.json", {
+    def _usable(self, loader: DataLoader, kind: str) -> Iterator[dict[str, Any]]:
+        """The batches of ``loader`` that hold images; every file the loader skipped is logged
+        (event ``skipped_file``, once per run and ``kind`` of pass; the loader summarises each pass)."""
+
+        def log(path: str, reason: str) -> None:
+            if (kind, path) not in self._skipped_logged:
+                self._skipped_logged.add((kind, path))
+                self._log({"step": self.step, "event": "skipped_file", "pass": kind, "path": path, "reason": reason})
+
+        return usable_batches(loader, log)
+
+    def _config_record(self) -> dict[str, Any]:
+        """What ``config.json`` records: the settings that decide the run."""
+        return {
             "model": self.model.name,
             "weights": self.model.weights,
             "stages": self.stages,
@@ -156,7 +165,11 @@ class Engine:
             "train": self.config.to_dict(),
             **self.objective.run_info(),
             **self.run_info,
-        })
+        }
+
+    def _write_config(self) -> None:
+        if self.dist.is_main:
+            write_json(self.out / "config.json", self._config_record())
 
     # -- one step ----------------------------------------------------------------------------------
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
@@ -215,9 +228,10 @@ class Engine:
         return self._validation()[0]
 
     @torch.no_grad()
-    def _validation(self) -> tuple[dict[str, float], dict[str, float]]:
-        if self.val_data is None or len(self.val_data) == 0:
-            return {}, {}
+    def _validation(self) -> tuple[dict[str, float], dict[str, float], int]:
+        """``(loss per stage, further numbers, files skipped)``; one sentence when no image was usable."""
+        if self.val_data is None:
+            return {}, {}, 0
         # Each process scores its own share of the validation items; the sums are reduced.
         n = min(len(self.val_data), self.config.val_batches * self.config.batch_size)
         mine = Subset(self.val_data, list(range(self.dist.rank, n, self.dist.world_size)))
@@ -225,23 +239,29 @@ class Engine:
         for stage in self.stages:
             self.chain.components[stage].eval()
         names = self.objective.metric_names
-        sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=self.device)
-        for batch in usable_batches(make_loader(mine, batch_size=self.rank_batch, shuffle=False)):
+        sums = torch.zeros(len(names) + 2, dtype=torch.float64, device=self.device)  # ..., files read, images
+        loader = make_loader(mine, batch_size=self.rank_batch, shuffle=False)
+        for batch in self._usable(loader, "validation"):
             metrics, size = self.objective.validation_metrics(batch), batch["image"].shape[0]
             for i, name in enumerate(names):
                 sums[i] += float(metrics[name]) * size
             sums[-1] += size
+        sums[-2] += loader.seen
         sums = self.dist.all_reduce_sum(sums)
-        count = float(sums[-1])
-        if count == 0:
-            return {}, {}
-        return self.objective.summarize({name: float(sums[i]) / count for i, name in enumerate(names)})
+        seen, count = int(sums[-2]), float(sums[-1])
+        if count == 0:  # never a loss of 0 nor a silent no-op
+            example = "".join(f", e.g. {p}: {r}" for p, r in list(loader.skipped.items())[:1])
+            raise ModinvError(f"the validation data gave no usable image (all {seen} files read were unusable"
+                              f"{example}); fix or replace the validation data, or train without it")
+        val, parts = self.objective.summarize({name: float(sums[i]) / count for i, name in enumerate(names)})
+        return val, parts, seen - int(count)
 
     def _validate_and_keep_best(self) -> None:
-        val, parts = self._validation()
+        val, parts, skipped = self._validation()
         if not val:
             return
-        self._log({"step": self.step, "event": "validation", "val_loss": val, **({"parts": parts} if parts else {})})
+        self._log({"step": self.step, "event": "validation", "val_loss": val, **({"parts": parts} if parts else {}),
+                   **({"skipped": skipped} if skipped else {})})
         improved = [s for s, v in val.items() if math.isfinite(v) and v < self.best.get(s, {}).get("val_loss", math.inf)]
         for stage in improved:
             self.best[stage] = {"val_loss": val[stage], "step": self.step}
@@ -268,9 +288,6 @@ class Engine:
         if not self.dist.is_main:
             self.dist.barrier()
             return
-        root = self.out / "checkpoints"
-        folder = ckpt.new_checkpoint_dir(root, self.step)
-        self.chain.save(folder / "chain", metrics=self._metrics(), training=self._training_info())
         state = {
             "step": self.step,
             "epoch": self.epoch,
@@ -284,8 +301,8 @@ class Engine:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        ckpt.save_state(folder, state)
-        ckpt.publish(root, folder)
+        ckpt.write_checkpoint(self.out / "checkpoints", self.step, lambda folder: self.chain.save(
+            folder, metrics=self._metrics(), training=self._training_info()), state)
         self.dist.barrier()
 
     def _load_chain(self, folder: Path) -> InverseChain:
@@ -314,6 +331,8 @@ class Engine:
         self.chain.load_state_dict(self._load_chain(folder / "chain").state_dict())
         for s, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][s])
+            for group in o.param_groups:  # this run's rate (a resume may change it), not the checkpoint's
+                group["lr"] = self.lrs[s]
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best, self.nonfinite = state["best"], state["nonfinite"]
         self.objective.load_state_dict(state.get("extra", {}))
@@ -326,15 +345,35 @@ class Engine:
         return True
 
     # -- the loop --------------------------------------------------------------------------------------
-    def fit(self, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    def fit(self, resume: bool = False, progress: bool = True, overwrite: bool | None = None) -> dict[str, Any]:
         """Train until the steps/epochs are done or the time budget is spent; returns the best
-        validation losses per component (``{stage: {"val_loss", "step"}}``)."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        validation losses per component (``{stage: {"val_loss", "step"}}``).
+
+        The run folder is locked while the run writes into it. A folder that holds another run is
+        refused unless ``resume`` (continue from its latest checkpoint; changed settings are
+        refused or, where allowed, applied and logged) or ``overwrite`` (default
+        ``config.overwrite``: the previous run's files are removed first).
+        """
+        overwrite = self.config.overwrite if overwrite is None else overwrite
+        lock, self._resume_changes, removed = open_run_folder(self.out, resume, overwrite, self._config_record(),
+                                                              self.dist, self.device)
+        try:
+            return self._fit(resume, progress, removed)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, resume: bool, progress: bool, removed: list[str]) -> dict[str, Any]:
+        if removed:
+            self._log({"step": 0, "event": "overwrote", "removed": removed})
         # Anything random in training (dropout, ...) draws from torch's generator: a run is
         # reproducible from its seed; a resumed run restores the generator saved with the checkpoint.
         torch.manual_seed(self.config.seed)
         if resume:
             self.resume()
+            if self._resume_changes:
+                warnings.warn(describe_changes(self._resume_changes), stacklevel=3)
+                self._log({"step": self.step, "event": "settings_changed", "changes": self._resume_changes})
         self._write_config()
         self._bar = tqdm(total=self.total_steps, initial=self.step, disable=not (progress and self.dist.is_main),
                          desc="train", unit="step")
@@ -355,13 +394,14 @@ class Engine:
             self._save_best()
         self._log({"step": self.step, "event": "stopped", "reason": self.stop_reason, "time": self.seconds})
         if self.dist.enabled:
-            self._check_replicas_agree()
+            sums = replica_checksums({s: self.chain.components[s] for s in self.stages}, self.dist, self.device)
+            self._log({"step": self.step, "event": "replica_checksums", "checksums": sums})
         return self._metrics()
 
     def _loop(self) -> None:
         while self.stop_reason is None:
             seen = 0
-            for batch in usable_batches(self._loader()):
+            for batch in self._usable(self._loader(), "train"):
                 seen += 1
                 losses = self.train_step(batch)
                 self.step += 1
@@ -401,11 +441,3 @@ class Engine:
             self._validate_and_keep_best()
         if self.step % cfg.checkpoint_every == 0 or final:
             self.save_checkpoint()
-
-    def _check_replicas_agree(self) -> None:
-        """Log a checksum of every trained component on every process; DDP keeps them equal."""
-        sums = replica_checksums({s: self.chain.components[s] for s in self.stages}, self.dist, self.device)
-        self._log({"step": self.step, "event": "replica_checksums", "checksums": sums})
-        differing = [s for s, v in sums.items() if max(v) - min(v) > 1e-6 * max(1.0, abs(v[0]))]
-        if differing:
-            raise ModinvError(f"component weights differ between processes for {', '.join(differing)}")

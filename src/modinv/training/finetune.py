@@ -15,13 +15,14 @@ How the three terms reach the parameters (one forward pass, one backward pass):
   back into x_j is scaled by λ with an identity-forward function (:func:`scale_gradient`), so the
   same reconstruction serves both MSE terms; at λ = 0 x_j is detached.
 - λ = 1: L_OBJ is not even computed: targets are not read, so the result does not depend on them.
-- λ = 0: the forward model is **frozen** (bit-identical weights and buffers, eval mode, no
-  optimiser) and only φ trains: the classic inversion, which is how the paper describes λ = 0
-  ("the classic feature inversion approach, where the forward weights θ are not influenced by the
-  reconstruction loss") and what the project's issue requires ("λ = 0 keeps θ unchanged").
-  Eq. 3 read literally would still train θ on L_OBJ alone at λ = 0 (the paper's λ = 0 ViT reached
-  a different top-1 than the released one, which suggests its code did that); ask for that with
-  ``zero_lambda="task"``.
+- λ = 0 (``zero_lambda="task"``, the default): θ is fine-tuned on L_OBJ alone while φ learns the
+  classic inversion of the changing x_j, which is what the paper did (Eq. 3 at λ = 0; its λ = 0 ViT
+  beat the released model's top-1, so θ did train). x_j is detached before the inverse, so the
+  reconstruction gradient into θ is exactly zero and θ's gradient is the task loss's alone; this is
+  also the recipe of the no-self-attention ViT (cross-entropy only). ``zero_lambda="frozen"`` keeps
+  the forward model frozen instead (bit-identical weights and buffers, eval mode, no optimiser) and
+  trains only φ: the classic inversion of the unmodified model. Which one ran is recorded as
+  ``"zero_lambda"`` in ``config.json`` and in the chain's manifest.
 
 Forward model mode while θ trains (``forward_mode``): ``"dropout"`` (default) puts the model in
 training mode except its BatchNorm layers, which keep their running statistics (DETR's recipe:
@@ -37,8 +38,8 @@ clipped to ``grad_clip``, as in :class:`~modinv.training.classic.ClassicObjectiv
 together or, on a non-finite loss or gradient, none does (the engine's rule).
 
 Outputs in ``OUT/best``: the inverse chain (manifest: ``"training": "finetune"``, ``"lambda"``,
-``"finetune_stage"``) and ``forward.safetensors``, the forward weights of the same step, a state
-dict that ``load_model(name, weights=PATH)`` accepts. "Best" is the lowest validation value of
+``"finetune_stage"``, ``"zero_lambda"``) and ``forward.safetensors``, the forward weights of the
+same step, a state dict that ``load_model(name, weights=PATH)`` accepts. "Best" is the lowest validation value of
 Eq. 3 ((1+λ)·MSE + (1-λ)·L_OBJ; MSE alone where θ is frozen); without validation data, the final
 weights. Checkpoints (``OUT/checkpoints``) carry θ and its optimiser, so ``resume`` continues.
 """
@@ -81,7 +82,7 @@ __all__ = [
     "task_loss",
 ]
 
-ZERO_LAMBDA = ("frozen", "task")
+ZERO_LAMBDA = ("task", "frozen")  # readings of λ = 0, the paper's first
 
 
 @dataclass
@@ -92,7 +93,7 @@ class FinetuneConfig(TrainConfig):
     lam: float = 0.9  # λ in [0, 1]
     theta_lr: float = 1e-5  # Adam learning rate of the forward weights
     forward_mode: str = "dropout"  # "dropout" | "eval" | "train"
-    zero_lambda: str = "frozen"  # at λ = 0: "frozen" θ (classic inversion) or "task" (θ trained on L_OBJ)
+    zero_lambda: str = "task"  # at λ = 0: θ trained on L_OBJ alone (the paper) or "frozen" (unmodified model)
 
 
 class FinetuneObjective(Objective):
@@ -137,6 +138,7 @@ class FinetuneObjective(Objective):
             )
         chain.layout.update({
             "training": "finetune", "lambda": self.lam, "finetune_stage": self.stage,
+            "zero_lambda": self.config.zero_lambda,
             "start_weights": str(getattr(model, "weights", "unknown")),
             "forward_weights": FORWARD_WEIGHTS_FILE,
             # the chain belongs to the fine-tuned weights written next to it
@@ -149,7 +151,8 @@ class FinetuneObjective(Objective):
 
     def run_info(self) -> dict[str, Any]:
         return {"training": "finetune", "lambda": self.lam, "finetune_stage": self.stage,
-                "task": task_kind(self.engine.model), "theta_trains": self.theta_trains}
+                "zero_lambda": self.config.zero_lambda, "task": task_kind(self.engine.model),
+                "theta_trains": self.theta_trains}
 
     def training_info(self) -> dict[str, Any]:
         return {"method": "finetune", "lambda": self.lam, "finetune_stage": self.stage,

@@ -22,15 +22,16 @@ from modinv.training.set_loss import detr_targets, set_loss
 
 FORWARD_MODES = ("dropout", "eval", "train")
 FORWARD_WEIGHTS_FILE = "forward.safetensors"
-# The paper's stage j of the fine-tuning experiment (Section 4.2), until the models' metadata declares
-# it (a ``finetune_stage`` field); other models use their last stage.
-PAPER_FINETUNE_STAGES = {"detr-r50": "dec", "vit-b16": "enc", "vit-b16-noselfattn": "enc"}
 
 
 def default_finetune_stage(model: StagedModel) -> str:
-    """The stage j the paper fine-tuned ``model`` from, else its last stage."""
-    declared = getattr(model.meta, "finetune_stage", None)
-    return declared or PAPER_FINETUNE_STAGES.get(model.name, model.stages[-1])
+    """The stage j the paper fine-tuned ``model`` from, as its metadata declares it (DETR ``dec``,
+    ViT/DeiT ``enc``); one sentence for a model that declares none."""
+    declared = model.meta.finetune_stage
+    if declared is None:
+        raise ModinvError(f"{model.name!r} declares no stage j for λ fine-tuning; pass --stage (one of "
+                          f"{', '.join(model.stages)})")
+    return declared
 
 
 class _ScaleGradient(torch.autograd.Function):

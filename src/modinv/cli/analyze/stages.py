@@ -1,4 +1,4 @@
-"""Per-stage reconstruction error with confidence intervals and the mean-image baseline, side by side (Fig. 4 left)."""
+"""Per-stage reconstruction quality (MSE, PSNR, SSIM, LPIPS) with confidence intervals and the mean-image baseline, side by side (Fig. 4 left)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from modinv.analysis.stages import BASELINE, load_results, stage_errors, stage_errors_figure, unique_label
+from modinv.analysis.evaluate import evaluation_lines
+from modinv.analysis.stages import load_results, stage_errors, stage_errors_figure, unique_label
 from modinv.cli.analyze.common import load_chains, model_and_source, wrote, write_result
 from modinv.cli.common import writable_dir
+from modinv.cli.evaluate import add_metric_args, lpips_from_args
 from modinv.errors import ModinvError
-from modinv.metrics import format_ci
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", nargs="+", metavar="LABEL",
                         help="legend label(s) of this run's chain(s) (default: the model name, plus the chain folder "
                              "when several chains are given)")
+    add_metric_args(parser)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -38,15 +40,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for label, path, chain in zip(labels, args.inverse, load_chains(args, model)):
         chains[unique_label(label, chains)] = chain
         inverse[unique_label(label, inverse)] = str(path)
+    lpips = lpips_from_args(args, model.device)
     result = stage_errors(model, chains, source, compare=compare, batch_size=args.batch, limit=args.limit,
-                          amp=args.amp)
+                          amp=args.amp, metrics=args.metrics, lpips=lpips)
     for label, path in inverse.items():
         result.results[label] |= {"inverse": path, "data": args.data}
     payload = write_result(out, "stages", result, stage_errors_figure)
+    reasons = {name: why for label in chains for name, why in payload["results"][label].get("not_computed", {}).items()}
+    for name, why in reasons.items():  # once, not once per chain
+        print(f"{name.upper()} not computed: {why}")
     for label, entry in payload["results"].items():
         print(label)
-        for stage, r in entry["stages"].items():
-            print(f"  {stage:<8} MSE {format_ci(r, digits=5)}  n={r['n']}")
-        print(f"  {BASELINE:<8} MSE {format_ci(entry['mean_image_baseline'], digits=5)}  (mean image)")
+        print("\n".join(evaluation_lines(entry, indent="  ", baseline="(mean image)")))
     wrote(out, "stages")
     return payload
