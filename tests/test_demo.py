@@ -1,18 +1,21 @@
 """The offline demo (`make demo`): a shortened run on pretrained MobileNetV2 shows what it must show.
 
 The shortened run differs from `make demo` only in length and size: 50 steps at 128×128 instead
-of a 3-minute budget (~650 steps on 2 idle cores) at 224×224 (3× fewer pixels; the stage strides
-4/8/16/32, the held-out split, the batch of 6 crops and the learning rates are the same). It takes
-~15 s on 2 idle CPU cores (40-100 s measured while other jobs shared them).
+of a 3-minute budget (~300 float32 steps on 2 idle cores) at 224×224 (3× fewer pixels; the stage
+strides 4/8/16/32, the 13 training photos, the held-out split, the batch of 6 crops and the learning
+rates are the same). It takes ~40 s on 2 idle CPU cores (2-5 minutes measured while other jobs
+shared them).
 
 What the result must show, and the margins measured (held-out photos chelsea, coffee, camera;
-50 steps; seed 0 with bf16 autocast, the range over seeds 0-2 and float32 in brackets):
-- reconstruction error grows with stage depth: s4 0.009 < s8 0.026 (0.025-0.031) < s16 0.065
-  (0.065-0.078) < s32 0.103 (0.090-0.103). The test compares the means, strictly: with three
-  held-out photos the 95% intervals of the deeper stages are too wide to order stages by them;
-- the earliest stage is far below the mean-image baseline: s4 < 0.5× baseline (measured 0.009-0.010
-  vs 0.040, i.e. ~0.24×; 500 steps at 224×224 reach 0.12×). Components that have not learned to invert
-  sit above it (the untrained chain: 0.066 from every stage, 1.65×);
+50 steps, float32; seed 0, the range over seeds 0-2 in brackets; mean-image baseline 0.040):
+- reconstruction error grows with stage depth: s4 0.010 (0.009-0.010) < s8 0.030 (0.024-0.030)
+  < s16 0.065 (0.059-0.065) < s32 0.087 (0.078-0.098). The test compares the means, strictly: with
+  three held-out photos the 95% intervals of the deeper stages are too wide to order stages by them;
+  PSNR falls with depth likewise;
+- the earliest stage is far below the mean-image baseline: s4 < 0.5× baseline (measured ~0.25×;
+  300 steps at 224×224 reach 0.14×). Components that have not learned to invert sit above it (the
+  untrained chain: 0.066 from every stage, 1.65×); every stage that stays above it gets one line in
+  the report saying why;
 - the pretrained classifier's labels are sensible: chelsea (the cat) gets an ImageNet cat class
   (Egyptian cat, 72-95% at 112-224 px), coffee gets espresso / cup / coffee mug (espresso).
 """
