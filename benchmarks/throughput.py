@@ -33,6 +33,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -147,7 +148,7 @@ def build_setup(name: str, model: modinv.StagedModel, batch: int, seed: int = 0)
     chain = modinv.InverseChain.build(model, arch="default", seed=seed)
     config = TrainConfig(steps=1, batch_size=batch, **options)
     data = torch.utils.data.TensorDataset(torch.zeros(1))  # the steps are driven here, not by fit()
-    trainer = ModularTrainer(model, chain, data, None, "/tmp/modinv-benchmark", config)
+    trainer = ModularTrainer(model, chain, data, None, tempfile.mkdtemp(prefix="modinv-benchmark-"), config)
     if plain_adam:
         trainer.optimizers = {s: make_optimizer(chain.components[s], trainer.lrs[s], fused=False) for s in trainer.stages}
     dtype = trainer.amp or torch.float32
@@ -180,10 +181,27 @@ def count_flops(calls: dict[str, Callable[[], object]], batch: int) -> dict[str,
     return flops
 
 
+def measure_peaks(device: torch.device, say: Callable[[str], None]) -> dict[str, dict[str, float]]:
+    """Matrix-multiply peaks in float32 and bf16 (measured before and after each model: the larger
+    counts, as the load of a shared machine varies)."""
+    peaks = {str(d).removeprefix("torch."): matmul_peak(d, device) for d in (torch.float32, torch.bfloat16)}
+    say("matmul peaks: " + ", ".join(f"{k} {v['flops_per_s'] / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
+    return peaks
+
+
+def add_mfu(result: dict[str, Any], peaks: dict[str, dict[str, float]]) -> None:
+    """MFU of every row: achieved FLOP/s over the matmul peak of the row's compute dtype."""
+    for r in result["rows"]:
+        peak = peaks.get(r["compute_dtype"], {}).get("flops_per_s")
+        r["mfu"] = r["achieved_flops_per_s"] / peak if peak else None
+
+
 def measure_model(model_name: str, batch: int, device: torch.device, configs: list[str], warmup: int, steps: int,
-                  peaks: dict[str, dict[str, float]], say: Callable[[str], None]) -> dict[str, Any]:
-    """Every phase of every configuration, interleaved; the result dictionary for the JSON."""
-    model = modinv.load_model(model_name, weights="random", device=device)
+                  say: Callable[[str], None], input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Every phase of every configuration, interleaved; the result dictionary for the JSON.
+    ``input_size``: (H, W) of the images, None = the model's own."""
+    sized = {"input_size": tuple(input_size)} if input_size else {}
+    model = modinv.load_model(model_name, weights="random", device=device, **sized)
     images = torch.rand(batch, 3, *model.input_size, generator=torch.Generator().manual_seed(0)).to(device)
     setups = [build_setup(name, model, batch) for name in configs]
     calls = {s.name: phases(s, images) for s in setups}
@@ -194,7 +212,7 @@ def measure_model(model_name: str, batch: int, device: torch.device, configs: li
         for phase in names:
             for setup in setups:
                 if rep == 0 and setup.name == "plain" and not flops:
-                    say(f"  counting FLOPs (float32, eager)")
+                    say("  counting FLOPs (float32, eager)")
                     flops = count_flops(calls["plain"], batch)
                 sync(device)
                 with MemoryWatch(device) as watch:
@@ -214,14 +232,13 @@ def measure_model(model_name: str, batch: int, device: torch.device, configs: li
         flops = count_flops(calls[configs[0]], batch)
     rows = []
     for setup in setups:
-        peak = peaks[setup.compute_dtype]["flops_per_s"] if setup.compute_dtype in peaks else None
         for phase in names:
             seconds = statistics.median(setup.times[phase])
             achieved = flops[phase] * batch / seconds
             rows.append({"config": setup.name, "phase": phase, "compute_dtype": setup.compute_dtype,
                          "images_per_s": batch / seconds, "ms_per_batch": seconds * 1e3,
                          "seconds": setup.times[phase], "flops_per_image": flops[phase],
-                         "achieved_flops_per_s": achieved, "mfu": achieved / peak if peak else None,
+                         "achieved_flops_per_s": achieved, "mfu": None,
                          "peak_memory_mb": setup.memory[phase]["peak"],
                          "step_memory_mb": setup.memory[phase]["rise"]})
     plain = {r["phase"]: r["images_per_s"] for r in rows if r["config"] == "plain"}
@@ -281,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="input size (default: each model's own, e.g. 480×640 for DETR-R50)")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
     if len(args.batch) not in (1, len(args.model)):
@@ -293,19 +312,21 @@ def main(argv: list[str] | None = None) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    say("measuring matrix-multiply peaks")
-    peaks = {str(d).removeprefix("torch."): matmul_peak(d, device) for d in (torch.float32, torch.bfloat16)}
     env = {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "cpu_flags": cpu_flags() if device.type == "cpu" else None,
            "cpu_native_bf16": cpu_supports_bf16() if device.type == "cpu" else None,
-           "default_amp_dtype": str(amp_dtype(device, "auto")), "matmul_peaks": peaks,
-           "load_average": list(os.getloadavg()), "warmup": args.warmup, "steps": args.steps,
+           "default_amp_dtype": str(amp_dtype(device, "auto")), "warmup": args.warmup, "steps": args.steps,
            "argv": sys.argv[1:] if argv is None else argv}
-    say(f"peaks: " + ", ".join(f"{k} {v['flops_per_s'] / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
     for model_name, batch in zip(args.model, batches):
+        load_before = list(os.getloadavg())
+        before = measure_peaks(device, say)
         say(f"{model_name} batch {batch}: {' / '.join(args.configs)}, {args.warmup} warm-up + {args.steps} timed")
-        result = measure_model(model_name, batch, device, args.configs, args.warmup, args.steps, peaks, say)
-        result["environment"] = env | {"load_average_after": list(os.getloadavg())}
+        result = measure_model(model_name, batch, device, args.configs, args.warmup, args.steps, say, args.size)
+        after = measure_peaks(device, say)
+        peaks = {k: max(before[k], after[k], key=lambda v: v["flops_per_s"]) for k in before}
+        add_mfu(result, peaks)
+        result["environment"] = env | {"matmul_peaks": peaks, "matmul_peaks_before_after": [before, after],
+                                       "load_average_before": load_before, "load_average_after": list(os.getloadavg())}
         print_table(result)
         out = Path(args.out_dir) / f"{model_name}-{device.type}.json"
         write_json(out, result)

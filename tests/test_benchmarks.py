@@ -1,0 +1,62 @@
+"""benchmarks/throughput.py end to end on a tiny model: both configurations, every phase, FLOPs
+counted once, MFU against the peaks it measured, and the step's speed-up over the plain path.
+
+A smoke test of the measuring machinery, not of speed (no timing is asserted).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture()
+def throughput(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("throughput", BENCHMARKS / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "throughput", module)
+    spec.loader.exec_module(module)
+    real_peak = module.matmul_peak
+    # Small products are enough to exercise the peak measurement; big ones take seconds.
+    monkeypatch.setattr(module, "matmul_peak", lambda dtype, device: real_peak(dtype, device, 0.0, 128))
+    return module
+
+
+def test_throughput_reports_both_paths_with_flops_mfu_and_speedup(throughput, tmp_path, capsys):
+    argv = ["--model", "mobilenet-v2", "--batch", "2", "--size", "32", "32", "--device", "cpu",
+            "--warmup", "0", "--steps", "1", "--out-dir", str(tmp_path)]
+    assert throughput.main(argv) == 0
+    result = json.loads((tmp_path / "mobilenet-v2-cpu.json").read_text())
+    assert result["input_size"] == [32, 32] and result["batch"] == 2
+    rows = {(r["config"], r["phase"]): r for r in result["rows"]}
+    phases = ["frozen forward", "s4⁻¹ alone", "s8⁻¹ alone", "s16⁻¹ alone", "s32⁻¹ alone", "modular step"]
+    assert set(rows) == {(c, p) for c in ("plain", "default") for p in phases}
+    peaks = result["environment"]["matmul_peaks"]
+    assert peaks["float32"]["flops_per_s"] > 0 and peaks["bfloat16"]["flops_per_s"] > 0
+    for (config, phase), row in rows.items():
+        assert row["flops_per_image"] > 0, (config, phase)
+        assert row["flops_per_image"] == rows["plain", phase]["flops_per_image"]  # the same work in both paths
+        assert row["images_per_s"] == pytest.approx(2 / (row["ms_per_batch"] / 1e3))
+        assert row["achieved_flops_per_s"] == pytest.approx(row["flops_per_image"] * row["images_per_s"])
+        assert row["mfu"] == pytest.approx(row["achieved_flops_per_s"] / peaks[row["compute_dtype"]]["flops_per_s"])
+        assert row["peak_memory_mb"] > 0
+        assert row["speedup_vs_plain"] == pytest.approx(row["images_per_s"] / rows["plain", phase]["images_per_s"])
+    # the step is the sum of its parts: its FLOPs are the frozen forward's plus every component's
+    parts = sum(rows["plain", p]["flops_per_image"] for p in phases[:-1])
+    assert rows["plain", "modular step"]["flops_per_image"] == pytest.approx(parts, rel=1e-6)
+    assert result["speedup_vs_plain"] == rows["default", "modular step"]["speedup_vs_plain"]
+    assert result["configs"]["plain"]["amp_dtype"] == "float32"
+    assert "modular step, default vs plain" in capsys.readouterr().out
+
+
+def test_one_batch_per_model_or_one_for_all(throughput):
+    with pytest.raises(SystemExit):
+        throughput.main(["--model", "mobilenet-v2", "vit-b16", "--batch", "1", "2", "3"])
