@@ -79,7 +79,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment", action="store_true", help="random crops and flips of training images")
     p.add_argument("--log-every", type=positive_int, default=10, help="steps between log records (default 10)")
     p.add_argument("--compile", action="store_true", help="torch.compile each trained component")
-    p.add_argument("--no-channels-last", action="store_true", help="keep convolutions in NCHW on CUDA")
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="leave convolution layouts as they come (default: the device's fastest memory format: "
+                        "channels-last on CUDA and bf16 CPUs, NCHW for float32 on CPUs)")
     p.set_defaults(handler=run)
 
 
