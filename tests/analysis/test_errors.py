@@ -61,7 +61,7 @@ def test_detections_and_box_discrepancy(detr) -> None:
     kept = err.filter_detections(pred, 0.7)  # score > 0.7, by descending score
     assert kept["labels"].tolist() == [2, 3] and torch.equal(kept["boxes"], pred["boxes"][[1, 2]])
     with torch.no_grad():
-        dets = err.detections(detr, torch.rand(1, 3, *DETR_SIZE), threshold=0.0)
+        dets = err.detections(detr, detr.trace(torch.rand(1, 3, *DETR_SIZE)), threshold=0.0)
     assert len(dets) == 1 and dets[0]["boxes"].shape == (100, 4) and (dets[0]["scores"].diff() <= 0).all()
     image, recon = torch.zeros(3, 8, 8), torch.zeros(3, 8, 8)
     recon[:, 0:4, 0:2] = 1.0
@@ -105,8 +105,10 @@ class _KnownDetector:
 
     def __init__(self, images: torch.Tensor) -> None:
         self.images = images
+        self.traced = 0
 
     def trace(self, images: torch.Tensor) -> Trace:
+        self.traced += 1
         return Trace({"img": images})
 
     def output(self, trace: Trace) -> dict[str, torch.Tensor]:
@@ -151,8 +153,9 @@ def test_auroc_end_to_end_on_a_constructed_case() -> None:
     source = [{"image": images[k], "boxes": torch.tensor([o[0] for o in objs], dtype=torch.float32),
                "labels": torch.tensor([o[1] for o in objs]), "name": f"img{k}", "index": k, "image_id": k}
               for k, objs in enumerate(OBJECTS)]
-    result = err.detection_error_analysis(_KnownDetector(images), _KnownChain(images), source, batch_size=2,
-                                          progress=False)
+    detector = _KnownDetector(images)
+    result = err.detection_error_analysis(detector, _KnownChain(images), source, batch_size=2, progress=False)
+    assert detector.traced == 1  # one frozen forward feeds the reconstructions and the detections
     assert [o["found"] for o in result.objects] == [True, False, True, False, True]
     assert (result.n_missed, result.n_found) == (2, 3)
     stages = result.stages

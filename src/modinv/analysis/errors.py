@@ -62,11 +62,12 @@ from tqdm.auto import tqdm
 from modinv.analysis.common import (
     AnalysisResult, chain_stages, figure_field, limited_batches, model_record, precision,
 )
+from modinv.analysis.task import trace_detections
 from modinv.errors import ModinvError
 from modinv.figures import plt, save_figure, to_numpy_image
 from modinv.inverse.chain import InverseChain
 from modinv.metrics import as_float_array, auroc, auroc_ci, mean_summary
-from modinv.models.base import StagedModel
+from modinv.models.base import StagedModel, Trace
 from modinv.runtime import autocast
 
 DEFAULT_THRESHOLD = 0.7
@@ -89,13 +90,11 @@ def filter_detections(prediction: Mapping[str, Tensor], threshold: float = DEFAU
     return {k: prediction[k][keep][order] for k in ("boxes", "labels", "scores")}
 
 
-def detections(model: StagedModel, images: Tensor, threshold: float = DEFAULT_THRESHOLD) -> list[dict[str, Tensor]]:
-    """Per image DETR's detections with score > ``threshold`` (:func:`modinv.analysis.task.detr_predictions`:
-    softmax over the 92 logits, no-object dropped, max/argmax = score/COCO category id, boxes xyxy
-    pixels of the input), by descending score."""
-    from modinv.analysis.task import detr_predictions
-
-    return [filter_detections(p, threshold) for p in detr_predictions(model, images)]
+def detections(model: StagedModel, trace: Trace, threshold: float = DEFAULT_THRESHOLD) -> list[dict[str, Tensor]]:
+    """Per image the detector's detections with score > ``threshold``, by descending score, read
+    off a trace already computed (:func:`modinv.analysis.task.trace_detections`: softmax over the
+    logits, no-object dropped, max/argmax = score/COCO category id, boxes xyxy pixels of the input)."""
+    return [filter_detections(p, threshold) for p in trace_detections(model, trace)]
 
 
 def match_objects(gt_boxes: Tensor, gt_labels: Tensor, pred_boxes: Tensor, pred_labels: Tensor, pred_scores: Tensor,
@@ -226,7 +225,7 @@ def detection_error_analysis(
         with autocast(device, dtype):
             trace = model.trace(images)
             recons = {s: chain.reconstruct(trace, s).float().cpu() for s in stages}
-            predictions = detections(model, images, threshold)
+            predictions = detections(model, trace, threshold)  # from the same frozen forward
         images = images.float().cpu()
         for i in range(images.shape[0]):
             gt_boxes, gt_labels = batch["boxes"][i].float(), batch["labels"][i].long()
