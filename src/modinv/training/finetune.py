@@ -62,6 +62,7 @@ from modinv.models.base import IMAGE, Trace
 from modinv.training.classic import classic_path, reconstruct_through
 from modinv.training.engine import Engine, TrainConfig
 from modinv.training.objective import Objective, Update
+from modinv.training.optim import make_optimizer
 from modinv.training.task import (FORWARD_MODES, FORWARD_WEIGHTS_FILE, batch_targets, default_finetune_stage,
                                   forward_state_dict, save_forward_weights, scale_gradient, set_forward_mode,
                                   task_kind, task_loss)
@@ -146,8 +147,7 @@ class FinetuneObjective(Objective):
         })
         if self.theta_trains:
             model.requires_grad_(True)
-            params = [p for p in model.parameters() if p.requires_grad]
-            self.theta_optimizer = torch.optim.Adam(params, lr=self.config.theta_lr)
+            self.theta_optimizer = make_optimizer(model, self.config.theta_lr)  # θ: the largest set, fused Adam
 
     def run_info(self) -> dict[str, Any]:
         return {"training": "finetune", "lambda": self.lam, "finetune_stage": self.stage,
