@@ -31,7 +31,7 @@ def split_sources(data: str, size: tuple[int, int], *, val_data: str | None = No
     if n_val <= 0:
         return train, None
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    plain = open_source(data, size=size, **options)
+    plain = open_source(data, size=size, **options) if augment else train  # read once unless augmented
     return Subset(train, order[n_val:]), Subset(plain, order[:n_val])
 
 
