@@ -207,29 +207,28 @@ def measure_model(model_name: str, batch: int, device: torch.device, configs: li
     calls = {s.name: phases(s, images) for s in setups}
     names = list(calls[configs[0]])
     compile_seconds: dict[str, float] = {}
-    flops: dict[str, float] = {}
+    # Counted once, eagerly, before any timing (the counting run is one more warm-up of that setup;
+    # every setup gets at least one of its own, so the timed steps all start warm).
+    counted = "plain" if "plain" in calls else configs[0]
+    say(f"  counting FLOPs ({counted}, eager)")
+    flops = count_flops(calls[counted], batch)
     for rep in range(warmup + steps):
         for phase in names:
             for setup in setups:
-                if rep == 0 and setup.name == "plain" and not flops:
-                    say("  counting FLOPs (float32, eager)")
-                    flops = count_flops(calls["plain"], batch)
                 sync(device)
                 with MemoryWatch(device) as watch:
                     start = time.perf_counter()
                     calls[setup.name][phase]()
                     sync(device)
                     seconds = time.perf_counter() - start
-                if rep == 0 and setup.trainer.config.compile:
-                    compile_seconds[phase] = seconds
+                if rep == 0 and setup.trainer.config.compile and phase.endswith("alone"):
+                    compile_seconds[phase] = seconds  # a component's first call compiles it
                 if rep >= warmup:
                     setup.times.setdefault(phase, []).append(seconds)
                     old = setup.memory.get(phase, {"peak": 0.0, "rise": 0.0})
                     setup.memory[phase] = {"peak": max(old["peak"], watch.peak),
                                            "rise": max(old["rise"], watch.peak - watch.start)}
                 say(f"  rep {rep}{' (warm-up)' if rep < warmup else ''}  {setup.name:<8} {phase:<16} {seconds:8.2f} s")
-    if not flops:
-        flops = count_flops(calls[configs[0]], batch)
     rows = []
     for setup in setups:
         for phase in names:
@@ -295,13 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, nargs="+", default=[2], help="one for all models, or one per model")
     p.add_argument("--device", default="auto")
     p.add_argument("--configs", nargs="+", default=["plain", "default"], choices=list(CONFIGS))
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per phase and setup first (at least 1)")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="input size (default: each model's own, e.g. 480×640 for DETR-R50)")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1:
+        p.error("--warmup and --steps must be at least 1 (a cold first call is not a step's speed)")
     if len(args.batch) not in (1, len(args.model)):
         p.error("give one --batch for all models or one per model")
     if args.threads:

@@ -32,7 +32,7 @@ def throughput(monkeypatch):
 
 def test_throughput_reports_both_paths_with_flops_mfu_and_speedup(throughput, tmp_path, capsys):
     argv = ["--model", "mobilenet-v2", "--batch", "2", "--size", "32", "32", "--device", "cpu",
-            "--warmup", "0", "--steps", "1", "--out-dir", str(tmp_path)]
+            "--warmup", "1", "--steps", "1", "--out-dir", str(tmp_path)]
     assert throughput.main(argv) == 0
     result = json.loads((tmp_path / "mobilenet-v2-cpu.json").read_text())
     assert result["input_size"] == [32, 32] and result["batch"] == 2
@@ -57,6 +57,9 @@ def test_throughput_reports_both_paths_with_flops_mfu_and_speedup(throughput, tm
     assert "modular step, default vs plain" in capsys.readouterr().out
 
 
-def test_one_batch_per_model_or_one_for_all(throughput):
-    with pytest.raises(SystemExit):
-        throughput.main(["--model", "mobilenet-v2", "vit-b16", "--batch", "1", "2", "3"])
+@pytest.mark.parametrize("argv", [["--model", "mobilenet-v2", "vit-b16", "--batch", "1", "2", "3"],
+                                  ["--model", "mobilenet-v2", "--warmup", "0"]])
+def test_bad_arguments_are_refused(throughput, argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        throughput.main(argv)
+    assert stop.value.code == 2 and "error:" in capsys.readouterr().err
