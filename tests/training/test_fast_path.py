@@ -9,8 +9,9 @@ Tolerances, relative, on the loss of every component: the first step (the same w
 numerics only) within ``*_FIRST_RTOL``, every step of the 20 within ``*_RTOL`` (later steps carry
 the earlier steps' rounding differences, which Adam amplifies: it follows the sign of tiny gradients).
 - float32 fast path (the default on CPUs without native bf16): first step 1e-5 (measured: 0), all
-  steps 1e-2 (measured at most 5e-6 for MobileNet, 4e-3 for ViT bb⁻¹ — from the memory layout, i.e.
-  the kernels' order of sums; fused Adam alone: 1e-6);
+  steps 1e-4 for MobileNet (measured at most 5e-6: fused Adam's rounding, 1e-6 alone, plus the
+  NCHW pinning) and 1e-2 for ViT bb⁻¹ (measured 4e-3: its token grid changes memory layout, i.e.
+  the kernels' order of sums);
 - bf16 autocast: first step 1e-2 (measured 1.3e-3), all steps 0.25 (measured: ViT bb⁻¹ 2.3%,
   MobileNet s4⁻¹ 0.6%, s8⁻¹ 17% — bf16's ~0.3% rounding of gradients sends Adam onto a slightly
   slower path on this tiny problem); the losses themselves are computed in float32.
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = (32, 32)
 STEPS = 20
 STAGES = ["s4", "s8"]
-FLOAT32_FIRST_RTOL, FLOAT32_RTOL = 1e-5, 1e-2
+FLOAT32_FIRST_RTOL, FLOAT32_RTOL, TOKEN_GRID_FLOAT32_RTOL = 1e-5, 1e-4, 1e-2
 BF16_FIRST_RTOL, BF16_RTOL = 1e-2, 0.25
 
 
@@ -89,7 +90,7 @@ def test_token_grid_components_agree_too(vit_small, samples_small, tmp_path):
     plain = _losses(vit_small, [images[:2], images[2:]], tmp_path / "p", True, amp="off", channels_last=False,
                     **settings)
     fast = _losses(vit_small, [images[:2], images[2:]], tmp_path / "f", False, amp="off", **settings)
-    _assert_close(fast, plain, FLOAT32_FIRST_RTOL, FLOAT32_RTOL)
+    _assert_close(fast, plain, FLOAT32_FIRST_RTOL, TOKEN_GRID_FLOAT32_RTOL)
 
 
 def _seen_layouts(component: nn.Module, x: torch.Tensor) -> list[bool]:
