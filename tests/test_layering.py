@@ -26,6 +26,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("modinv.cli", "modinv.__main__"),
 ]
 PACKAGE_ROOT = "modinv"  # `import modinv` / modinv/__init__.py: the public face, may import any layer
+# What a module inside the package may take from the root (which re-exports every layer): the version.
+ROOT_NAMES_ALLOWED = {"modinv.__version__"}
 
 
 def layer_of(module: str) -> int | None:
@@ -58,9 +60,9 @@ def imported_modules(path: Path, name: str | None = None) -> list[tuple[int, str
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            # `from modinv.x import y` may name a submodule y: count the deepest module it names
-            found += [(node.lineno, f"{target}.{alias.name}" if layer_of(f"{target}.{alias.name}") is not None
-                       and target == PACKAGE_ROOT else target) for alias in node.names]
+            # `from modinv import y` names a submodule or a name of the root: report modinv.y
+            found += [(node.lineno, f"{target}.{alias.name}" if target == PACKAGE_ROOT else target)
+                      for alias in node.names]
     return [(line, name) for line, name in found if name == PACKAGE_ROOT or name.startswith(PACKAGE_ROOT + ".")]
 
 
@@ -78,11 +80,12 @@ def test_no_module_imports_a_higher_layer():
             continue
         mine = layer_of(name)
         for line, target in imported_modules(path):
-            theirs = layer_of(target) if target != PACKAGE_ROOT else None
-            if target == PACKAGE_ROOT:
-                # `from modinv import __version__` and the like: the package root re-exports every layer
-                continue
-            if theirs is not None and mine is not None and theirs > mine:
+            theirs = layer_of(target)
+            if theirs is None:  # the package root itself (`import modinv`, `from modinv import X`): every layer
+                if target in ROOT_NAMES_ALLOWED:
+                    continue
+                theirs = len(LAYERS)
+            if mine is not None and theirs > mine:
                 violations.append(f"{path.relative_to(SRC.parent)}:{line} ({name}) imports {target}")
     assert not violations, "lower layers import higher ones:\n" + "\n".join(violations)
 
@@ -112,3 +115,14 @@ def test_the_checker_sees_a_violation(tmp_path):
     found = imported_modules(fake, name="modinv.analysis.probe")
     assert found == [(2, "modinv.cli.common"), (3, "modinv.cli")]
     assert all(layer_of(target) > layer_of("modinv.analysis.probe") for _, target in found)
+
+
+def test_the_checker_sees_the_package_root(tmp_path):
+    """`import modinv` or `from modinv import InverseChain` in a layer reaches every layer; only the
+    version may be taken from the root."""
+    fake = tmp_path / "probe.py"
+    fake.write_text("import modinv\nfrom modinv import InverseChain, __version__\nfrom modinv import data\n")
+    found = imported_modules(fake, name="modinv.models.probe")
+    assert found == [(1, "modinv"), (2, "modinv.InverseChain"), (2, "modinv.__version__"), (3, "modinv.data")]
+    assert [layer_of(t) for _, t in found] == [None, None, None, layer_of("modinv.data")]
+    assert [t for _, t in found if layer_of(t) is None and t not in ROOT_NAMES_ALLOWED] == ["modinv", "modinv.InverseChain"]
