@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any, Callable
 
@@ -119,3 +120,24 @@ def adam_losses():
     """``adam_losses(component, x, target, context, lr, steps=4) -> losses``: a few plain Adam steps
     of one inverse component, for tests that only need to see its loss fall."""
     return _adam_losses
+
+
+@pytest.fixture
+def network_attempts(monkeypatch) -> list[str]:
+    """Every attempt to reach the network during the test (name lookup or connection), each refused
+    as an offline machine refuses it; tests assert the list stays empty (offline paths must not try,
+    retry or wait)."""
+    attempts: list[str] = []
+
+    def refuse(what: str) -> Callable[..., Any]:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            target = args[1] if what == "connect" and len(args) > 1 else args[0] if args else kwargs
+            attempts.append(f"{what} {target}")
+            raise OSError(f"test: network access refused ({what})")
+        return refused
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+    monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
+    monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse("connect"))
+    return attempts

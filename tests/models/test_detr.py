@@ -7,7 +7,6 @@ use an adapter at 128×160 that shares the same DetrForObjectDetection.
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -181,7 +180,7 @@ def test_bad_weights_paths(tmp_path) -> None:
         build(str(tmp_path / "empty"))
 
 
-def test_pretrained_offline_fails_fast(monkeypatch, tmp_path) -> None:
+def test_pretrained_offline_fails_without_touching_the_network(monkeypatch, tmp_path, network_attempts) -> None:
     import huggingface_hub.constants as hub_constants
 
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -190,10 +189,9 @@ def test_pretrained_offline_fails_fast(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)  # read at import time by huggingface_hub
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    start = time.monotonic()
     with pytest.raises(WeightsUnavailableError) as info:
         build("pretrained")
-    assert time.monotonic() - start < 15
+    assert network_attempts == []
     message = str(info.value)
     assert "save_pretrained" in message and ".safetensors" in message and "\n" not in message
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -192,11 +191,10 @@ def test_random_weights_are_seeded_and_files_load(saved, vit, tmp_path):
         torch.testing.assert_close(loaded.output(loaded.trace(x)), vit.output(vit.trace(x)), rtol=0, atol=0)
 
 
-def test_missing_sources_fail_in_one_sentence(offline_hub, tmp_path):
-    t0 = time.monotonic()
+def test_missing_sources_fail_in_one_sentence(offline_hub, tmp_path, network_attempts):
     with pytest.raises(WeightsUnavailableError) as info:
         load_model("hf:modinv-tests/no-such-model", weights="pretrained")
-    assert time.monotonic() - t0 < 30
+    assert network_attempts == []
     assert "\n" not in str(info.value) and "save_pretrained" in str(info.value)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModinvError, match="cannot load the config"):

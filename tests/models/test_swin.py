@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -154,10 +153,9 @@ def test_bad_state_files_raise(tmp_path):
         build(str(tmp_path / "missing.safetensors"), input_size=SMALL, **TINY)
 
 
-def test_pretrained_offline_fails_in_one_sentence(offline_hub):
-    t0 = time.monotonic()
+def test_pretrained_offline_fails_in_one_sentence(offline_hub, network_attempts):
     with pytest.raises(WeightsUnavailableError) as info:
         build("pretrained", input_size=SMALL, **TINY)
-    assert time.monotonic() - t0 < 30
+    assert network_attempts == []
     message = str(info.value)
     assert "\n" not in message and "swin_base_patch4_window7_224" in message and ".safetensors" in message
