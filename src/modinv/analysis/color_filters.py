@@ -32,9 +32,7 @@ from modinv.errors import ModinvError
 FILTERS: tuple[str, ...] = ("red", "green", "blue", "shift120", "shift240", "grayscale")
 HUE_SET: dict[str, float] = {"red": 0.0, "green": 120.0, "blue": 240.0}  # degrees
 HUE_SHIFT: dict[str, float] = {"shift120": 120.0, "shift240": 240.0}  # degrees
-MASKED_FILTERS: tuple[str, ...] = ("red", "green", "blue", "shift120", "shift240")
 WHOLE_IMAGE_FILTERS: tuple[str, ...] = ("grayscale",)
-GRAYSCALE_WEIGHTS: tuple[float, float, float] = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray
 GRAYSCALE_DEFINITION = (
     "Y = 0.2125 R + 0.7154 G + 0.0721 B of the [0, 1] RGB values (skimage.color.rgb2gray, no gamma "
     "linearisation), replicated to 3 channels, on the whole image"

@@ -158,9 +158,6 @@ def flop_counter_mode() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas())
 
 
-_counter = flop_counter_mode
-
-
 def _bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
 
@@ -211,7 +208,7 @@ def training_step_cost(build: Callable[[], nn.Module], loss_of: Callable[[nn.Mod
 
     def step(count: bool = False) -> None:  # count: FLOPs and saved tensors of this step
         optimizer.zero_grad(set_to_none=True)
-        with _counter() if count else contextlib.nullcontext() as counter:
+        with flop_counter_mode() if count else contextlib.nullcontext() as counter:
             with torch.autograd.graph.saved_tensors_hooks(saved.pack, _same) if count else contextlib.nullcontext():
                 loss = loss_of(module)
             if count:
@@ -252,7 +249,7 @@ def _frozen_forward(model: StagedModel, images: Tensor, steps: int,
     trace = model.trace(images, end=last)  # untimed warm-up; also the features every inverse trains on
     out = {}
     for stage in model.all_stages[1: model.stage_index(last) + 1]:
-        with _counter() as counter:
+        with flop_counter_mode() as counter:
             model.trace(images, end=stage)
         seconds = []
         for _ in range(steps):

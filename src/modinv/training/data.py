@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from modinv.data import open_source
@@ -46,12 +45,6 @@ def usable_batches(loader: DataLoader, on_skipped: Callable[[str, str], None] | 
                 on_skipped(path, reason)
         if batch["image"].shape[0]:
             yield batch
-
-
-def image_batches(loader: DataLoader) -> Iterator[Tensor]:
-    """Image tensors of :func:`usable_batches`."""
-    for batch in usable_batches(loader):
-        yield batch["image"]
 
 
 def set_data_epoch(dataset: Dataset | None, epoch: int) -> None:

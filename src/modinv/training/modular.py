@@ -14,11 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modinv.models.base import Trace
-from modinv.training.data import image_batches, set_data_epoch, usable_batches
 from modinv.training.engine import Engine, TrainConfig
 from modinv.training.objective import Objective, Update
 
-__all__ = ["ModularObjective", "ModularTrainer", "TrainConfig", "image_batches", "set_data_epoch", "usable_batches"]
+__all__ = ["ModularObjective", "ModularTrainer", "TrainConfig"]
 
 
 class ModularObjective(Objective):

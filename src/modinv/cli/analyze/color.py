@@ -62,8 +62,6 @@ def load_compare(files: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     compare = load_compare(args.compare)
-    if args.examples < 0:
-        raise ModinvError("--examples must be 0 or more")
     out, model, chain, source = single_chain_inputs(args, "color")
     rsource = None
     if args.robustness:  # open and check it before the long part

@@ -25,8 +25,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"the structure analysis takes two inverse chains (--inverse FD_CHAIN OH_CHAIN, any order), "
             f"got {len(args.inverse)}"
         )
-    if args.examples < 1:
-        raise ModinvError("--examples must be at least 1")
     model, source = model_and_source(args)
     require_pred(model)  # before loading chains that cannot fit it
     chains = load_chains(args, model)
