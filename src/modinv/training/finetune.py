@@ -231,8 +231,7 @@ class FinetuneObjective(Objective):
     def validation_metrics(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         engine = self.engine
         targets = batch_targets(engine.model, batch, engine.device) if self.task_weight > 0 else None
-        with engine.autocast():
-            trace = engine.model.trace(batch["image"].to(engine.device), end=None if targets is not None else self.stage)
+        trace = self.forward_trace(batch["image"], grad=False)
         return {k: v for k, v in self.losses(trace, targets, training=False).items() if k != "total"}
 
     def summarize(self, means: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
