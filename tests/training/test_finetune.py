@@ -53,6 +53,7 @@ def test_lambda_zero_frozen_option_keeps_theta_bit_identical(tmp_path, image_fol
     assert all(torch.equal(before[k], v) for k, v in reloaded.state_dict().items())
     manifest = json.loads((tmp_path / "best" / "manifest.json").read_text())
     assert manifest["training"] == "finetune" and manifest["lambda"] == 0.0
+    assert "classic_stage" not in manifest and manifest["finetune_stage"]  # a fine-tuned chain, not a classic one
     assert manifest["zero_lambda"] == "frozen"
     assert json.loads((tmp_path / "config.json").read_text())["zero_lambda"] == "frozen"
 

@@ -137,6 +137,7 @@ class FinetuneObjective(Objective):
                 f"fine-tuning from {self.stage!r} needs the classic chain of {', '.join(self.path)}; this chain "
                 f"holds {', '.join(chain.stages) or 'nothing'} (build it with build_classic_chain)"
             )
+        chain.layout.pop("classic_stage", None)  # built as a classic chain, now a fine-tuned one
         chain.layout.update({
             "training": "finetune", "lambda": self.lam, "finetune_stage": self.stage,
             "zero_lambda": self.config.zero_lambda,
