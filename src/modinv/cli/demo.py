@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from modinv.cli.common import image_side, non_negative_int, positive_float, positive_int
 from modinv.runtime import AMP_CHOICES
 
 
@@ -25,22 +26,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(inverse/) into --out.",
     )
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    p.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
+    p.add_argument("--minutes", type=positive_float, default=DEFAULT_MINUTES,
                    help=f"training time budget in minutes (default {DEFAULT_MINUTES:g}; loading and evaluation "
                    "add ~30 s)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="pretrained | random | PATH (default: pretrained)")
-    p.add_argument("--steps", type=int, help="stop after this many training steps (reproducible length; the "
+    p.add_argument("--steps", type=positive_int, help="stop after this many training steps (reproducible length; the "
                    "time budget still applies)")
     p.add_argument("--held-out", default=",".join(DEFAULT_HELD_OUT),
                    help="sample photos kept out of training, shown and evaluated "
                    f"(default: {','.join(DEFAULT_HELD_OUT)})")
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+    p.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH,
                    help=f"crops per training step (default {DEFAULT_BATCH})")
     p.add_argument("--arch", default="auto", help="inverse architecture: auto (default) | paper | default")
-    p.add_argument("--seed", type=int, default=0, help="seed of random weights, components, crops (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of random weights, components, crops (default 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="override the model's input size")
+    p.add_argument("--input-size", type=image_side, nargs=2, metavar=("H", "W"), help="override the model's input size")
     p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                    help="bf16 autocast for training: auto (CUDA / bf16-capable CPUs, default), bf16, off")
     p.add_argument("--no-save-chain", action="store_true", help="do not write the trained chain to OUT/inverse")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from modinv.cli.common import add_model_args, model_from_args, parse_assignments, writable_dir
+from modinv.cli.common import (add_model_args, model_from_args, number_in, parse_assignments, positive_float,
+                               writable_dir)
 from modinv.cli.eval_task import add_label_map_arg, task_source_options
 from modinv.cli.train import add_run_args, run_settings
 from modinv.errors import ModinvError
@@ -22,11 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "Writes OUT/best/ (inverse chain + forward.safetensors, loadable with --weights PATH).",
     )
     add_model_args(p)
-    p.add_argument("--lam", type=float, required=True, help="λ in [0, 1] (the paper: 0, 0.1, 0.9, 1)")
+    p.add_argument("--lam", type=number_in(0.0, 1.0), required=True, help="λ in [0, 1] (the paper: 0, 0.1, 0.9, 1)")
     p.add_argument("--stage", help="stage j of the inverse (default: the model's declared one, e.g. dec for DETR, "
                                    "enc for ViT/DeiT; required for models that declare none)")
     add_run_args(p, data_help="coco:ROOT[:split] for detectors, imagenet:ROOT for classifiers")
-    p.add_argument("--theta-lr", type=float, default=1e-5, help="Adam learning rate of the forward weights (default 1e-5)")
+    p.add_argument("--theta-lr", type=positive_float, default=1e-5, help="Adam learning rate of the forward weights (default 1e-5)")
     p.add_argument("--forward-mode", choices=("dropout", "eval", "train"), default="dropout",
                    help="forward model mode while θ trains: dropout on + BatchNorm statistics frozen (default), "
                         "eval, or full train mode")
@@ -43,8 +44,6 @@ def run(args: argparse.Namespace) -> int:
     from modinv.training.finetune import (FORWARD_WEIGHTS_FILE, FinetuneConfig, FinetuneTrainer,
                                           default_finetune_stage, task_kind)
 
-    if not 0.0 <= args.lam <= 1.0:
-        raise ModinvError(f"--lam must be in [0, 1], got {args.lam}")
     out = writable_dir(args.out)
     model = model_from_args(args)
     if args.lam < 1 and (args.lam > 0 or args.zero_lambda == "task"):  # the task loss needs its targets
