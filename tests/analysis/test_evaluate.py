@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from modinv.analysis.evaluate import evaluate_chain, mean_image
+from modinv.analysis.evaluate import evaluate_chain, evaluate_chains, mean_image
 from modinv.inverse.chain import InverseChain
 from modinv.inverse.storage import model_layout
 from modinv.models import from_module
@@ -62,6 +62,23 @@ def test_per_stage_mse_and_mean_image_baseline_equal_a_hand_computation(identity
     assert two["n_images"] == 2
     assert two["stages"]["b"]["mse"] == pytest.approx(float(hand_b[:2].mean()), rel=1e-6)
     assert two["mean_image_baseline"]["mse"] == pytest.approx(float((images[:2] - mean2).pow(2).mean()), rel=1e-6)
+
+
+def test_several_chains_share_one_frozen_forward_per_batch(identity_model, monkeypatch):
+    """Two chains on 3 images in batches of 2: two forwards (one per batch), each result equal to
+    the chain evaluated alone, the baseline the same for both."""
+    first = InverseChain({"a": _Affine(1.0, 0.1), "b": _Affine(0.5, 0.0)}, model_layout(identity_model))
+    second = InverseChain({"a": _Affine(0.8, 0.0)}, model_layout(identity_model))
+    data = _data(3)
+    alone = {"first": evaluate_chain(identity_model, first, data, batch_size=2, progress=False),
+             "second": evaluate_chain(identity_model, second, data, batch_size=2, progress=False)}
+    traced = []
+    original = identity_model.trace
+    monkeypatch.setattr(identity_model, "trace", lambda images, end=None: traced.append(1) or original(images, end))
+    both = evaluate_chains(identity_model, {"first": first, "second": second}, data, batch_size=2, progress=False)
+    assert len(traced) == 2
+    assert list(both["first"]["stages"]) == ["a", "b"] and list(both["second"]["stages"]) == ["a"]
+    assert both == alone
 
 
 # -- every metric, and intervals that stay in range (issue 13 item 2, issue 14 item 7) -----------------

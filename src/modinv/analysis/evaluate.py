@@ -25,7 +25,7 @@ from modinv.runtime import autocast
 # digits printed per metric
 DIGITS = {"mse": 5, "psnr": 2, "ssim": 4, "lpips": 4}
 
-__all__ = ["DIGITS", "evaluate_chain", "evaluation_lines", "mean_image", "metric_text"]
+__all__ = ["DIGITS", "evaluate_chain", "evaluate_chains", "evaluation_lines", "mean_image", "metric_text"]
 
 
 def _batches(source, batch_size: int, limit: int | None) -> Iterable[Tensor]:
@@ -51,7 +51,6 @@ def _too_small_for_ssim(images: Tensor) -> str | None:
     return None
 
 
-@torch.no_grad()
 def evaluate_chain(
     model: StagedModel,
     chain: InverseChain,
@@ -77,14 +76,37 @@ def evaluate_chain(
     baseline scores each image against the data set's mean image. ``amp="off"`` (default):
     float32; "bf16"/"auto" opt in to bf16 autocast (:func:`modinv.analysis.common.precision`).
     """
+    return evaluate_chains(model, {"chain": chain}, source, stages, batch_size, limit, amp, progress, metrics,
+                           lpips)["chain"]
+
+
+@torch.no_grad()
+def evaluate_chains(
+    model: StagedModel,
+    chains: Mapping[str, InverseChain],
+    source,
+    stages: list[str] | None = None,
+    batch_size: int = 8,
+    limit: int | None = None,
+    amp: str = "off",
+    progress: bool = True,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    lpips: Lpips | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_chain` for several chains of one model at once, ``{label: result}``: one pass
+    over the data for the mean image, then one frozen forward per batch feeding every chain, and the
+    baseline scored once (it is the same for all)."""
     wanted = parse_metrics(metrics)
     names = tuple(m for m in METRICS if m in wanted or m == "mse")  # MSE always: "stages" is the MSE
     skipped = not_computed(names, lpips)
-    stages = list(stages or chain_stages(model, chain))
+    chain_stage_lists = {label: list(stages or chain_stages(model, chain)) for label, chain in chains.items()}
     device = model.device
     dtype, used = precision(device, amp)
     reference = mean_image(source, batch_size, limit).to(device)
-    values: dict[str | None, dict[str, list[Tensor]]] = {s: {m: [] for m in names} for s in [*stages, None]}
+    # values[label][stage][metric]; label None / stage None: the mean-image baseline
+    values: dict[str | None, dict[str | None, dict[str, list[Tensor]]]] = {
+        label: {s: {m: [] for m in names} for s in chain_stage_lists[label]} for label in chains
+    } | {None: {None: {m: [] for m in names}}}
     n_images = 0
     for images in tqdm(_batches(source, batch_size, limit), desc="evaluate", disable=not progress):
         if "ssim" in names and "ssim" not in skipped and (why := _too_small_for_ssim(images)):
@@ -93,19 +115,26 @@ def evaluate_chain(
         images = images.to(device)
         with autocast(device, dtype):
             trace = model.trace(images)
-        recons: dict[str | None, Tensor] = {None: reference.expand_as(images).contiguous()}  # None: the mean-image baseline
-        for stage in stages:
-            with autocast(device, dtype):
-                recons[stage] = chain.reconstruct(trace, stage)
-        for stage, recon in recons.items():
+        recons: list[tuple[str | None, str | None, Tensor]] = [(None, None, reference.expand_as(images).contiguous())]
+        for label, chain in chains.items():
+            for stage in chain_stage_lists[label]:
+                with autocast(device, dtype):
+                    recons.append((label, stage, chain.reconstruct(trace, stage)))
+        for label, stage, recon in recons:
             for name, v in image_metrics(recon.float(), images.float(), computed, lpips).items():
-                values[stage][name].append(v)
+                values[label][stage][name].append(v)
         n_images += images.shape[0]
-    summaries = {
-        m: {"stages": {s: summarize_metric(m, torch.cat(values[s][m])) for s in stages},
-            "mean_image_baseline": summarize_metric(m, torch.cat(values[None][m]))}
-        for m in names if m not in skipped
-    }
+    baseline = {m: summarize_metric(m, torch.cat(values[None][None][m])) for m in names if m not in skipped}
+    return {label: _result(model, {m: {"stages": {s: summarize_metric(m, torch.cat(values[label][s][m]))
+                                                  for s in chain_stage_lists[label]},
+                                       "mean_image_baseline": baseline[m]} for m in baseline},
+                           wanted, skipped, n_images, used)
+            for label in chains}
+
+
+def _result(model: StagedModel, summaries: dict[str, dict[str, Any]], wanted: Sequence[str],
+            skipped: Mapping[str, str], n_images: int, used: str) -> dict[str, Any]:
+    """One chain's :func:`evaluate_chain` dictionary from its per-metric summaries."""
     per_metric = {m: r for m, r in summaries.items() if m in wanted}
     mse = summaries["mse"]
     return {

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from modinv.analysis.common import AnalysisResult, interval_record, precision
-from modinv.analysis.evaluate import evaluate_chain
+from modinv.analysis.evaluate import evaluate_chains
 from modinv.errors import ModinvError
 from modinv.fileio import read_json
 from modinv.figures import save_figure
@@ -100,10 +100,9 @@ def stage_errors(
     if not isinstance(chains, Mapping):
         chains = {label or model.name: chains}
     results: dict[str, dict[str, Any]] = {}
-    for name, chain in chains.items():
-        entry = evaluate_chain(model, chain, source, stages=list(stages) if stages else None,
-                               batch_size=batch_size, limit=limit, amp=amp, progress=progress, metrics=metrics,
-                               lpips=lpips)
+    entries = evaluate_chains(model, chains, source, stages=list(stages) if stages else None, batch_size=batch_size,
+                              limit=limit, amp=amp, progress=progress, metrics=metrics, lpips=lpips) if chains else {}
+    for name, entry in entries.items():
         results[unique_label(name, results)] = entry | {"label": name}
     for name, entry in (compare or {}).items():
         results[unique_label(name, results)] = dict(entry)
