@@ -93,6 +93,16 @@ def limited_batches(source, batch_size: int, limit: int | None) -> Iterator[dict
             return
 
 
+def unique_label(label: str, taken: Mapping[str, Any]) -> str:
+    """``label``, or ``"label (2)"``, ``"label (3)"``, ... when ``taken`` has it already."""
+    if label not in taken:
+        return label
+    k = 2
+    while f"{label} ({k})" in taken:
+        k += 1
+    return f"{label} ({k})"
+
+
 def chain_stages(model, chain) -> list[str]:
     """The model's stages (in processing order) from which ``chain`` reconstructs an image: every
     stage whose components down to the image it holds, or for a classic or fine-tuned chain its one

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from modinv.analysis.common import AnalysisResult, interval_record, precision
+from modinv.analysis.common import AnalysisResult, interval_record, precision, unique_label
 from modinv.analysis.evaluate import evaluate_chains
 from modinv.errors import ModinvError
 from modinv.fileio import read_json
@@ -47,7 +47,7 @@ from modinv.models.base import StagedModel
 BASELINE = "mean"
 
 __all__ = ["StageErrors", "entry_metrics", "load_results", "panel_metrics", "stage_errors", "stage_errors_figure",
-           "stage_errors_plot", "stage_order", "unique_label"]
+           "stage_errors_plot", "stage_order"]
 
 
 @dataclass
@@ -239,12 +239,3 @@ def load_results(path: str | Path) -> dict[str, dict[str, Any]]:
             raise ModinvError(f"{str(path)!r}: {exc}") from None
     return out
 
-
-def unique_label(label: str, taken: Mapping[str, Any]) -> str:
-    """``label``, or ``"label (2)"``, ``"label (3)"``, ... when ``taken`` has it already."""
-    if label not in taken:
-        return label
-    k = 2
-    while f"{label} ({k})" in taken:
-        k += 1
-    return f"{label} ({k})"

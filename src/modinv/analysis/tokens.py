@@ -44,7 +44,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from modinv.analysis.common import AnalysisResult, figure_field, interval_record, limited_batches, model_record, precision
+from modinv.analysis.common import (
+    AnalysisResult, figure_field, interval_record, limited_batches, model_record, precision, unique_label,
+)
 from modinv.analysis.token_noise import (
     DEFAULT_FRACTION,
     NOISE_MODES,
@@ -123,11 +125,7 @@ def _label_chains(chains: Mapping[str, InverseChain] | Sequence[InverseChain]) -
         return dict(chains)
     out: dict[str, InverseChain] = {}
     for chain in chains:
-        label = str(chain.component_meta.get("bb", {}).get("variant", "chain"))
-        k, unique = 2, label
-        while unique in out:
-            unique, k = f"{label} ({k})", k + 1
-        out[unique] = chain
+        out[unique_label(str(chain.component_meta.get("bb", {}).get("variant", "chain")), out)] = chain
     return out
 
 

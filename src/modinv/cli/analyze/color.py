@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from modinv.analysis.common import unique_label
 from modinv.analysis.color import check_classification_source, color_analysis, color_robustness, task_of
 from modinv.analysis.color_figures import color_figure, pairwise_figure, robustness_figure
 from modinv.analysis.color_filters import FILTERS
@@ -53,9 +54,7 @@ def load_compare(files: Sequence[str]) -> dict[str, dict[str, Any]]:
         data = read_compare_file(file)
         if not isinstance(data, Mapping) or not isinstance(data.get("pairwise_mse"), Mapping):
             raise ModinvError(f"{str(file)!r} is not a color.json of `modinv analyze color` (no 'pairwise_mse')")
-        label = str(data.get("label") or data.get("model") or Path(file).stem)
-        while label in out:
-            label += "'"
+        label = unique_label(str(data.get("label") or data.get("model") or Path(file).stem), out)
         out[label] = {k: data.get(k) for k in ("label", "model", "weights", "pairwise_mse", "robustness", "n_units")}
     return out
 

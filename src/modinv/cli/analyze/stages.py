@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from modinv.analysis.evaluate import evaluation_lines
-from modinv.analysis.stages import load_results, stage_errors, stage_errors_figure, unique_label
+from modinv.analysis.common import unique_label
+from modinv.analysis.stages import load_results, stage_errors, stage_errors_figure
 from modinv.cli.analyze.common import load_chains, model_and_source, wrote, write_result
 from modinv.cli.common import writable_dir
 from modinv.cli.evaluate import add_metric_args, lpips_from_args
