@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from modinv.errors import ModinvError
-from modinv.fileio import atomic_write, os_error_sentence, read_json, sha256_file, to_json, write_json
+from modinv.fileio import atomic_write, atomic_write_text, os_error_sentence, read_json, sha256_file, to_json, write_json
 from modinv.inverse.card import is_generated, model_card
 from modinv.inverse.registry import build_component, upgrade_config
 from modinv.models.base import IMAGE, StagedModel
@@ -278,7 +278,7 @@ def save_chain(path: str | os.PathLike, components: Mapping[str, nn.Module],
         readme = directory / "README.md"  # the model card; a card a person wrote is kept
         if not readme.is_file() or is_generated(readme.read_text(encoding="utf-8", errors="replace")):
             card = model_card(manifest, written)
-            stage_write(readme, lambda t: t.write_text(card, encoding="utf-8"))
+            stage_write(readme, lambda t: atomic_write_text(t, card))  # synced like the others
         stage_write(directory / MANIFEST, lambda t: write_json(t, manifest))
         for tmp, final in staged:
             os.replace(tmp, final)
