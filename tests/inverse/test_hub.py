@@ -290,7 +290,7 @@ def test_cli_push_offline_is_one_sentence(tiny_chain, hub_cache, capsys):
     assert "\n" not in err and "HF_HUB_OFFLINE" in err
 
 
-# -- wiring done by the lead (notes/hub_wiring.md): these pass once it is in place -----------------------
+# -- the chain's own methods and the CLI reach the hub -------------------------------------------------
 
 
 def test_chain_methods_delegate_to_the_hub(tiny, tiny_chain, hub_cache):
