@@ -7,7 +7,6 @@ use an adapter at 128×160 that shares the same DetrForObjectDetection.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 import pytest
 import torch
@@ -294,3 +295,11 @@ def test_no_self_attention_is_trainable(noattn_small):
     finally:
         model.zero_grad(set_to_none=True)
         model.freeze()
+
+
+@pytest.mark.parametrize("size,message", [((224.7, 224), "must be (height, width) in pixels"),
+                                          ((0, 32), "must be positive"),
+                                          ((32, 33), "whole 16-pixel patches")])
+def test_input_sizes_are_whole_positive_patch_multiples(size, message):
+    with pytest.raises(ModinvError, match=re.escape(message)):
+        load_model("vit-b16", weights="random", input_size=size)

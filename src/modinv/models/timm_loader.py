@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from modinv.data.base import check_size
 from modinv.errors import ModinvError, brief
 from modinv.models.weights import from_hub, is_path, load_into, load_state_file, seeded
 
@@ -30,11 +31,8 @@ def check_input_size(input_size: Any, multiple: int, what: str, requirement: str
     """``(H, W)`` from ``input_size``, or one sentence when it is not two positive multiples of
     ``multiple`` (the model's patch size times its downsampling): "``what`` needs an input size
     ``requirement``" (default: made of whole ``multiple``-pixel cells)."""
-    try:
-        h, w = (int(s) for s in input_size)
-    except (TypeError, ValueError):
-        raise ModinvError(f"input_size must be (H, W), got {input_size!r}") from None
-    if h <= 0 or w <= 0 or h % multiple or w % multiple:
+    h, w = check_size(input_size)  # two positive whole numbers (224.7 is refused, not truncated)
+    if h % multiple or w % multiple:
         requirement = requirement or f"made of whole {multiple}-pixel cells"
         raise ModinvError(f"{what} needs an input size {requirement}, got {h}×{w}")
     return h, w
