@@ -86,7 +86,7 @@ def test_detr_class_names_are_coco_category_ids_then_no_object(detr):
 
 
 def test_stage_layouts_are_checked_and_inferred():
-    with pytest.raises(ValueError, match="stage layouts"):
+    with pytest.raises(modinv.errors.ModinvError, match="stage layouts"):
         ModelMeta(stage_layouts={"bb": "chw"})
     assert [stage_layout({}, "s", shape) for shape in ((197, 768), (64, 8, 8), (1000,))] == ["tokens", "nchw", "vector"]
     assert stage_layout({"s": "nhwc"}, "s", (7, 7, 1024)) == "nhwc"

@@ -51,10 +51,10 @@ class ModelMeta:
 
     def __post_init__(self) -> None:
         if self.task is not None and self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS} or None, got {self.task!r}")
+            raise ModinvError(f"task must be one of {', '.join(TASKS)} or None, got {self.task!r}")
         bad = {s: v for s, v in self.stage_layouts.items() if v not in LAYOUTS}
         if bad:
-            raise ValueError(f"stage layouts must be one of {LAYOUTS}, got {bad}")
+            raise ModinvError(f"stage layouts must be one of {', '.join(LAYOUTS)}, got {bad}")
 
 
 def stage_layout(layouts: Mapping[str, str], stage: str, shape: tuple[int, ...]) -> str:

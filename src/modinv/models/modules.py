@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from modinv.errors import ModinvError, brief
-from modinv.models.base import IMAGE, LAYOUTS, TASKS, ModelMeta, StagedModel, Trace, stage_layout
+from modinv.models.base import IMAGE, LAYOUTS, ModelMeta, StagedModel, Trace, stage_layout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,9 +63,8 @@ def _close(name: str, options: Sequence[str]) -> str:
 
 def _meta(task: str | None, class_names: Sequence[str] | None, mean: Sequence[float] | None,
           std: Sequence[float] | None, num_prefix_tokens: int, stage_layouts: Mapping[str, str]) -> ModelMeta:
-    """The declared metadata of a module-staged model, with one-sentence errors for bad values."""
-    if task is not None and task not in TASKS:
-        raise ModinvError(f"task must be one of {', '.join(TASKS)} or None, got {task!r}")
+    """The declared metadata of a module-staged model, with one-sentence errors for bad values
+    (the task is checked by :class:`ModelMeta` itself)."""
     if class_names is not None and (isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names)):
         raise ModinvError("class_names must be a sequence of strings, one per class index")
     return ModelMeta(
