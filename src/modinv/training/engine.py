@@ -174,12 +174,14 @@ class Engine:
     # -- one step ----------------------------------------------------------------------------------
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
         """One optimisation step on a collated batch: every update of the objective, in order."""
-        losses: dict[str, float] = {}
+        losses: dict[str, Tensor] = {}
         for update in self.objective.updates(batch):
             losses.update(self._apply(update))
-        return losses
+        # Read back once, after every update is queued: a read per update would make an accelerator
+        # finish each optimiser step before the next component's forward could be queued.
+        return {k: float(v) for k, v in losses.items()}
 
-    def _apply(self, update: Update) -> dict[str, float]:
+    def _apply(self, update: Update) -> dict[str, Tensor]:
         components = [self.chain.components[s] for s in update.stages]
         for component in components:
             component.train()
@@ -209,7 +211,7 @@ class Engine:
                 optimizer.zero_grad(set_to_none=True)
             norm = torch.stack([n.detach().float().cpu() for n in norms]).norm()
             self._skip_update(update.name, float(loss.detach()), float(norm))
-        return {k: float(v.detach()) for k, v in logged.items()}
+        return {k: v.detach() for k, v in logged.items()}
 
     def _skip_update(self, stage: str, loss: float, grad_norm: float) -> None:
         self.nonfinite[stage] += 1
