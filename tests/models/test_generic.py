@@ -31,7 +31,7 @@ def _check_exact(model, images: torch.Tensor) -> None:
     with torch.no_grad():
         trace = model.trace(images)
         assert tuple(trace.stages) == model.all_stages
-        own = model.net(model.normalise(images))
+        own = model.net(model.normalize(images))
         torch.testing.assert_close(model.output(trace), own, atol=ATOL, rtol=1e-5)
         for s, t in itertools.combinations(model.all_stages, 2):
             rerun = model.run(trace, s, t)

@@ -9,7 +9,7 @@ stage, which is what the token-noise and intermediate-layer analyses rely on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +130,17 @@ class StagedModel(nn.Module):
     input_size: tuple[int, int]
     weights: str = "random"
     meta: ModelMeta = ModelMeta()
+
+    # -- input normalisation, shared by the adapters ---------------------------------------------
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """The per-channel input normalisation that :meth:`normalize` applies, as buffers that
+        follow the model across devices and stay out of its state dict."""
+        for name, value in (("mean", mean), ("std", std)):
+            self.register_buffer(name, torch.tensor(value, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """[0, 1] images -> the input the wrapped network expects (:meth:`set_normalization`)."""
+        return (images - self.mean) / self.std
 
     # -- what adapters implement -------------------------------------------------------------
     def prepare(self, images: Tensor) -> dict[str, Any]:

@@ -102,8 +102,7 @@ class DetrStagedModel(StagedModel):
         self.detr = detr
         self.input_size = _check_input_size(input_size)
         # Constants of the preprocessing, not weights: kept out of the state dict.
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.set_normalization(IMAGENET_MEAN, IMAGENET_STD)
         self.meta = ModelMeta(
             task="detection",
             class_names=logit_names(detr.config),
@@ -134,10 +133,6 @@ class DetrStagedModel(StagedModel):
             "grid": (h, w),
             "image_size": tuple(int(s) for s in images.shape[-2:]),
         }
-
-    def normalize(self, images: Tensor) -> Tensor:
-        """[0, 1] images -> the ImageNet-normalised pixel values DETR expects."""
-        return (images - self.mean) / self.std
 
     def step(self, stage: str, x: Tensor, context: dict[str, Any]) -> Tensor:
         if stage == "bb":

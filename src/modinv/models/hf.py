@@ -108,8 +108,7 @@ class HfStagedModel(StagedModel):
         self._layers, self._index = _recorded_layers(net)
         self.hidden_indices = [0] + _indices(indices, len(self._layers))
         self.stages = (EMBEDDINGS,) + tuple(f"h{i}" for i in self.hidden_indices[1:])
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.set_normalization(mean, std)
         self._maps: dict[int, tuple[int, int]] = {}  # hidden index -> (H, W) of hierarchical models
         self._context: dict[str, Any] = {}
         self._embedding_params: list[nn.Parameter] = []
@@ -122,9 +121,6 @@ class HfStagedModel(StagedModel):
         )
 
     # -- the forward pass with hooks -------------------------------------------------------------
-    def normalize(self, images: Tensor) -> Tensor:
-        return (images - self.mean) / self.std
-
     def _call(self, images: Tensor) -> Any:
         return self.net(pixel_values=self.normalize(images), **self._call_options)
 

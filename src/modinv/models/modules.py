@@ -157,10 +157,7 @@ class ModuleStagedModel(StagedModel):
                 raise ModinvError(f"{label} must hold 3 values (one per RGB channel), got {list(value)}")
         if std is not None and any(float(s) == 0 for s in std):
             raise ModinvError(f"std must be non-zero, got {list(std)}")
-        mean_t = torch.tensor(mean if mean is not None else (0.0,) * 3, dtype=torch.float32)
-        std_t = torch.tensor(std if std is not None else (1.0,) * 3, dtype=torch.float32)
-        self.register_buffer("mean", mean_t.view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", std_t.view(1, 3, 1, 1), persistent=False)
+        self.set_normalization(mean if mean is not None else (0.0,) * 3, std if std is not None else (1.0,) * 3)
         self._context = dict(context or {})
         self._assignment: dict[str, list[tuple[str, list[str]]]] = {}
         self._ranks: dict[str, int] = {}  # stage -> per-sample rank of its output
@@ -170,10 +167,6 @@ class ModuleStagedModel(StagedModel):
     # -- helpers --------------------------------------------------------------------------------
     def _module(self, stage: str) -> nn.Module:
         return self.net.get_submodule(self.stage_paths[stage])
-
-    def normalise(self, images: Tensor) -> Tensor:
-        """Images in [0, 1] -> the wrapped module's input."""
-        return (images - self.mean) / self.std
 
     def _forward(self, x: Tensor, hooks: dict[str, Callable]) -> Any:
         handles = [self._module(s).register_forward_hook(h) for s, h in hooks.items()]
@@ -332,7 +325,7 @@ class ModuleStagedModel(StagedModel):
         for stage in wanted:
             hooks[stage] = capture(stage)
         try:
-            self._forward(self.normalise(self._image(stages)), hooks)
+            self._forward(self.normalize(self._image(stages)), hooks)
         except _StopForward:
             pass
         missing = [s for s in wanted if s not in captured]
@@ -343,7 +336,7 @@ class ModuleStagedModel(StagedModel):
     def output(self, trace: Trace) -> Any:
         """The wrapped module's own output, computed from the last stage of ``trace``."""
         last = self.stages[-1]
-        return self._forward(self.normalise(self._image(trace.stages)), {last: self._replace_hook(last, trace[last])})
+        return self._forward(self.normalize(self._image(trace.stages)), {last: self._replace_hook(last, trace[last])})
 
 
 def from_module(

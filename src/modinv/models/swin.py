@@ -58,8 +58,7 @@ class SwinStagedModel(StagedModel):
         self.input_size = tuple(int(s) for s in swin.patch_embed.img_size)
         mean, std = pretrained_normalisation(swin, TIMM_NAME)
         # Derived from the config, not weights: kept out of the state dict.
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.set_normalization(mean, std)
         classes = int(getattr(swin, "num_classes", 0))
         self.meta = ModelMeta(
             task="classification" if classes else None,
@@ -68,10 +67,6 @@ class SwinStagedModel(StagedModel):
             learning_rates={stage: LEARNING_RATE for stage in self.stages},
             num_prefix_tokens=0, stage_layouts={stage: "nhwc" for stage in self.stages},
         )
-
-    def normalize(self, images: Tensor) -> Tensor:
-        """[0, 1] images -> the input the timm model expects."""
-        return (images - self.mean) / self.std
 
     def step(self, stage: str, x: Tensor, context: dict[str, Any]) -> Tensor:
         if stage == "bb":

@@ -109,8 +109,7 @@ class VitStagedModel(StagedModel):
         architecture = (getattr(vit, "pretrained_cfg", None) or {}).get("architecture", type(vit).__name__)
         mean, std = pretrained_normalisation(vit, architecture)
         # Derived from the config, not weights: kept out of the state dict.
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.set_normalization(mean, std)
         classes = int(getattr(vit, "num_classes", 0) or 0)
         self.meta = ModelMeta(
             task="classification" if classes else None,
@@ -138,10 +137,6 @@ class VitStagedModel(StagedModel):
         """Patch grid, number of prefix tokens and the position embedding of every ``bb`` token."""
         pos = token_position_embedding(self.vit).to(device=images.device)
         return {"grid": self.grid, "num_prefix_tokens": self.num_prefix_tokens, "pos_embed": pos}
-
-    def normalize(self, images: Tensor) -> Tensor:
-        """[0, 1] images -> the input the timm model expects."""
-        return (images - self.mean) / self.std
 
     def attention_mask(self, num_tokens: int, device: Any = None) -> Tensor | None:
         """The mask passed to every block: None for standard self-attention."""
