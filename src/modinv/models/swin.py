@@ -31,9 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from modinv.data.imagenet import imagenet_class_names
 from modinv.models.base import ModelMeta, StagedModel, Trace
-from modinv.models.timm_loader import check_input_size, create_timm_model, pretrained_normalisation
+from modinv.models.timm_loader import check_input_size, classifier_meta, create_timm_model, pretrained_normalisation
 
 TIMM_NAME = "swin_base_patch4_window7_224"
 NAME = "swin-b"
@@ -59,10 +58,8 @@ class SwinStagedModel(StagedModel):
         mean, std = pretrained_normalisation(swin, TIMM_NAME)
         # Derived from the config, not weights: kept out of the state dict.
         self.set_normalization(mean, std)
-        classes = int(getattr(swin, "num_classes", 0))
         self.meta = ModelMeta(
-            task="classification" if classes else None,
-            class_names=imagenet_class_names() if classes == 1000 else None,
+            **classifier_meta(swin),
             mean=mean, std=std, inverse_family="swin",
             learning_rates={stage: LEARNING_RATE for stage in self.stages},
             num_prefix_tokens=0, stage_layouts={stage: "nhwc" for stage in self.stages},

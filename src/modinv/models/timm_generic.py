@@ -27,10 +27,9 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
-from modinv.data.imagenet import imagenet_class_names
 from modinv.errors import ModinvError
 from modinv.models.modules import ModuleStagedModel
-from modinv.models.timm_loader import create_timm_model
+from modinv.models.timm_loader import classifier_meta, create_timm_model
 
 
 def _check_name(timm_name: str) -> None:
@@ -115,12 +114,10 @@ def build(
     mean, std = pcfg.get("mean"), pcfg.get("std")
     if input_size is None:
         input_size = tuple(pcfg.get("input_size", (3, 224, 224))[-2:])
-    classes = int(getattr(net, "num_classes", 0) or 0)
     context = _token_context(net)
     model = ModuleStagedModel(
         net, stages, input_size, mean=mean, std=std, name=f"timm:{source}",
-        task="classification" if classes > 0 else None,
-        class_names=imagenet_class_names() if classes == 1000 else None,
+        **classifier_meta(net),
         num_prefix_tokens=int(getattr(net, "num_prefix_tokens", 0) or 0),
         stage_layouts=_map_layout(net), context=context,
     )

@@ -23,6 +23,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from modinv.data.base import check_size
+from modinv.data.imagenet import imagenet_class_names
 from modinv.errors import ModinvError, brief
 from modinv.models.weights import from_hub, is_path, load_into, load_state_file, seeded
 
@@ -44,6 +45,14 @@ def pretrained_normalisation(net: nn.Module, timm_name: str) -> tuple[tuple[floa
     if "mean" not in cfg or "std" not in cfg:
         raise ModinvError(f"timm model {timm_name!r} carries no normalisation in its pretrained config")
     return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+
+
+def classifier_meta(net: nn.Module) -> dict[str, Any]:
+    """``task`` and ``class_names`` of :class:`~modinv.models.base.ModelMeta` for a timm network: a
+    classifier when it has a head, with the ImageNet class names when the head has 1000 classes."""
+    classes = int(getattr(net, "num_classes", 0) or 0)
+    return {"task": "classification" if classes > 0 else None,
+            "class_names": imagenet_class_names() if classes == 1000 else None}
 
 
 def how_to_supply(timm_name: str) -> str:

@@ -35,10 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from modinv.data.imagenet import imagenet_class_names
 from modinv.errors import ModinvError
 from modinv.models.base import ModelMeta, StagedModel, Trace
-from modinv.models.timm_loader import check_input_size, create_timm_model, pretrained_normalisation
+from modinv.models.timm_loader import check_input_size, classifier_meta, create_timm_model, pretrained_normalisation
 
 TIMM_NAME = "vit_base_patch16_224"
 DEIT_TIMM_NAME = "deit3_base_patch16_224"
@@ -110,10 +109,8 @@ class VitStagedModel(StagedModel):
         mean, std = pretrained_normalisation(vit, architecture)
         # Derived from the config, not weights: kept out of the state dict.
         self.set_normalization(mean, std)
-        classes = int(getattr(vit, "num_classes", 0) or 0)
         self.meta = ModelMeta(
-            task="classification" if classes else None,
-            class_names=imagenet_class_names() if classes == 1000 else None,
+            **classifier_meta(vit),
             mean=mean,
             std=std,
             inverse_family="vit",
