@@ -5,6 +5,12 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread(one_thread):
+    """Every test here runs with one intra-op thread (see ``one_thread``)."""
+    yield
+
+
 @pytest.fixture
 def offline_hub(monkeypatch, tmp_path):
     """The Hugging Face hub offline with an empty cache, so that no local copy can answer.

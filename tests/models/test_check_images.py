@@ -17,11 +17,6 @@ from modinv.errors import ModinvError
 SIZE = (32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads(one_thread):
-    yield
-
-
 @pytest.fixture(scope="module", params=["mobilenet-v2", "vit-b16"])
 def model(request) -> modinv.StagedModel:
     """A torchvision-module model and a timm token model (their own image paths), random, 32×32."""

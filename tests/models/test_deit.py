@@ -19,11 +19,6 @@ SMALL = (32, 32)
 PATCHES = 4  # 2×2 at 32×32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads(one_thread):
-    yield
-
-
 def _images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, *SMALL, generator=torch.Generator().manual_seed(seed))
 

@@ -16,11 +16,6 @@ TOKENS = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4, 
               intermediate_size=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads(one_thread):
-    yield
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """save_pretrained folders of tiny random models: a ViT classifier (with a preprocessor config),

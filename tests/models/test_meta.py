@@ -31,11 +31,6 @@ LAYOUT = {"detr-r50": "tokens", "vit-b16": "tokens", "vit-b16-noselfattn": "toke
           "swin-b": "nhwc", "mobilenet-v2": "nchw", "timm:resnet18": "nchw"}  # of every stage
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads(one_thread):
-    yield
-
-
 def _model(name: str, detr: modinv.StagedModel) -> modinv.StagedModel:
     if name == "detr-r50":
         return detr  # the root conftest's, built once per session

@@ -15,11 +15,6 @@ SMALL = (64, 64)  # 16×16 patch grid -> 8×8 -> 4×4 -> 2×2
 TINY = {"embed_dim": 16, "depths": (1, 1, 3, 1), "num_heads": (1, 2, 2, 4), "window_size": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads(one_thread):
-    yield
-
-
 def _images(n: int, size=SMALL, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, *size, generator=torch.Generator().manual_seed(seed))
 

@@ -24,11 +24,6 @@ CASES = {  # name -> (layout of every stage, the stages' per-sample shapes)
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads(one_thread):
-    yield
-
-
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request):
     return request.param, load_model(request.param, weights="random", seed=0, input_size=SIZE)
