@@ -18,6 +18,12 @@ def vit_small() -> modinv.StagedModel:
 
 
 @pytest.fixture(scope="module")
+def mobilenet() -> modinv.StagedModel:
+    """MobileNet-V2 with seeded random weights at 32×32: stages s4..s32 down to 1×1, small and fast."""
+    return modinv.load_model("mobilenet-v2", weights="random", input_size=SMALL)
+
+
+@pytest.fixture(scope="module")
 def samples_small():
     """The four sample photos at 32×32."""
     return open_source("samples", size=SMALL)

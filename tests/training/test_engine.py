@@ -23,11 +23,6 @@ SIZE = (32, 32)
 STEPS = 1000
 
 
-@pytest.fixture(scope="module")
-def mobilenet():
-    return modinv.load_model("mobilenet-v2", weights="random", input_size=SIZE)
-
-
 def _records(out) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 

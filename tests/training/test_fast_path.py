@@ -40,11 +40,6 @@ BF16_FIRST_RTOL, BF16_RTOL = 1e-2, 0.25
 
 
 @pytest.fixture(scope="module")
-def mobilenet() -> modinv.StagedModel:
-    return modinv.load_model("mobilenet-v2", weights="random", input_size=SIZE)
-
-
-@pytest.fixture(scope="module")
 def batches() -> list[torch.Tensor]:
     images = torch.stack([item["image"] for item in open_source("samples", size=SIZE)])
     return [images[:2], images[2:]]
