@@ -1,14 +1,19 @@
-"""The package's layers (DESIGN.md, "Layers of the code") stay one-way: nothing imports a layer above it.
+"""The package's layers (DESIGN.md, "Layers of the code") stay one-way: nothing imports a layer above it,
+and no module imports itself back through others (no import cycle, inside a layer either).
 
 Every ``import`` / ``from ... import`` under ``src/modinv`` is read with ``ast`` (imports inside
-functions too: a lazy import is still a dependency), and each module's layer is compared with the
-layer of what it imports. Modules of one layer may import each other.
+functions and under ``TYPE_CHECKING`` too: a lazy import is still a dependency), and each module's
+layer is compared with the layer of what it imports. The import graph of all modules must have no
+strongly connected component of more than one module.
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+import networkx as nx
 
 import modinv
 
@@ -19,7 +24,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("modinv.errors", "modinv.fileio", "modinv.runtime", "modinv.distributed", "modinv.figures"),
     ("modinv.data",),
     ("modinv.models",),
-    ("modinv.inverse", "modinv.hub"),
+    ("modinv.inverse",),
+    ("modinv.hub",),  # wraps InverseChain for the Hugging Face hub; the chain never imports it
     ("modinv.training", "modinv.metrics"),
     ("modinv.analysis",),
     ("modinv.demo",),
@@ -126,3 +132,63 @@ def test_the_checker_sees_the_package_root(tmp_path):
     assert found == [(1, "modinv"), (2, "modinv.InverseChain"), (2, "modinv.__version__"), (3, "modinv.data")]
     assert [layer_of(t) for _, t in found] == [None, None, None, layer_of("modinv.data")]
     assert [t for _, t in found if layer_of(t) is None and t not in ROOT_NAMES_ALLOWED] == ["modinv", "modinv.InverseChain"]
+
+
+# -- import cycles -------------------------------------------------------------------------------------
+
+def all_modules() -> dict[str, Path]:
+    """Dotted name -> file of every module under ``src/modinv`` (packages by their ``__init__``)."""
+    return {module_name(p): p for p in SRC.rglob("*.py")}
+
+
+def module_edges(path: Path, name: str, modules: Iterable[str]) -> set[str]:
+    """The modules ``name`` imports: ``from a.b import c`` is ``a.b.c`` when that is a module, else
+    ``a.b``. A name taken from the package root that ROOT_NAMES_ALLOWED lists (the version) is its
+    own node with no imports, not the root (which imports every layer)."""
+    known = set(modules)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    edges = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            edges |= {alias.name for alias in node.names if alias.name in known}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - (node.level - 1)] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:
+                taken = f"{target}.{alias.name}"
+                if taken in known or taken in ROOT_NAMES_ALLOWED:
+                    edges.add(taken)
+                elif target in known:
+                    edges.add(target)
+    edges.discard(name)
+    return edges
+
+
+def import_cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """Every set of modules that import each other (directly or through others), sorted."""
+    g = nx.DiGraph()
+    g.add_nodes_from(graph)
+    g.add_edges_from((a, b) for a, targets in graph.items() for b in targets)
+    return sorted(sorted(c) for c in nx.strongly_connected_components(g) if len(c) > 1)
+
+
+def import_graph(modules: Mapping[str, Path]) -> dict[str, set[str]]:
+    return {name: module_edges(path, name, modules) for name, path in modules.items()}
+
+
+def test_no_import_cycles():
+    cycles = import_cycles(import_graph(all_modules()))
+    assert not cycles, "modules that import each other (break each cycle):\n" + "\n".join(map(" <-> ".join, cycles))
+
+
+def test_the_cycle_check_sees_a_planted_cycle(tmp_path):
+    """A lazy import inside a function and one under TYPE_CHECKING close cycles too."""
+    (tmp_path / "a.py").write_text("def f():\n    from modinv.metrics.b import g\n")
+    (tmp_path / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from modinv.metrics import c\n")
+    (tmp_path / "c.py").write_text("from . import a\nfrom modinv import __version__\n")
+    (tmp_path / "d.py").write_text("from modinv.metrics import a\n")  # imports into the cycle, not part of it
+    modules = {f"modinv.metrics.{n}": tmp_path / f"{n}.py" for n in "abcd"}
+    graph = import_graph(modules)
+    assert graph["modinv.metrics.c"] == {"modinv.metrics.a", "modinv.__version__"}
+    assert import_cycles(graph) == [["modinv.metrics.a", "modinv.metrics.b", "modinv.metrics.c"]]
+    assert import_cycles({**graph, "modinv.metrics.c": {"modinv.__version__"}}) == []

@@ -21,8 +21,6 @@ import numpy as np
 from scipy import stats
 from torch import Tensor
 
-from modinv.metrics.intervals import as_float_array
-
 BOOTSTRAP_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0
 _SLACK = 1e-5  # float32 rounding tolerated at a bound
@@ -37,6 +35,15 @@ CI_METHODS = {
     "degenerate": "no spread to estimate (one value, or all values equal): the interval is [mean, mean]",
     "undefined": "no interval (no values, or a value is infinite: the mean is infinite)",
 }
+
+
+def as_float_array(values: Iterable[float] | Tensor | np.ndarray) -> np.ndarray:
+    """``values`` as a flat float64 numpy array (tensors detached and moved to the CPU)."""
+    if isinstance(values, Tensor):
+        return values.detach().cpu().double().numpy().ravel()
+    if not isinstance(values, np.ndarray):
+        values = list(values)
+    return np.asarray(values, dtype=np.float64).ravel()
 
 
 def _student_t(x: np.ndarray, confidence: float) -> list[float]:
@@ -94,4 +101,4 @@ def summarize_in_range(values: Iterable[float] | Tensor | np.ndarray, low: float
     return out | {"ci95": [min(lo, mean), max(hi, mean)], "ci_method": method}
 
 
-__all__ = ["BOOTSTRAP_RESAMPLES", "CI_METHODS", "summarize_in_range"]
+__all__ = ["BOOTSTRAP_RESAMPLES", "CI_METHODS", "as_float_array", "summarize_in_range"]

@@ -9,16 +9,9 @@ import numpy as np
 from scipy import stats
 from torch import Tensor
 
+from modinv.metrics.bounded import as_float_array, summarize_in_range
+
 CI_METHOD = "95% Student-t confidence interval of the mean over images"
-
-
-def as_float_array(values: Iterable[float] | Tensor | np.ndarray) -> np.ndarray:
-    """``values`` as a flat float64 numpy array (tensors detached and moved to the CPU)."""
-    if isinstance(values, Tensor):
-        return values.detach().cpu().double().numpy().ravel()
-    if not isinstance(values, np.ndarray):
-        values = list(values)
-    return np.asarray(values, dtype=np.float64).ravel()
 
 
 def summarize(
@@ -38,8 +31,6 @@ def summarize(
     (The key is ``mse`` because most summaries are of per-image MSEs; it is the mean of ``values``.)
     """
     if math.isfinite(low) or math.isfinite(high):
-        from modinv.metrics.bounded import summarize_in_range  # bounded.py imports this module
-
         bounded = summarize_in_range(values, low, high, confidence)
         return {"mse": bounded["mean"], **bounded}
     x = as_float_array(values)

@@ -15,14 +15,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Mapping, Protocol, Sequence
 
+import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-if TYPE_CHECKING:
-    from modinv.training.config import TrainConfig
-    from modinv.training.engine import Engine
+from modinv.distributed import DistContext
+from modinv.inverse.chain import InverseChain
+from modinv.models.base import StagedModel, Trace
+from modinv.training.config import TrainConfig
+
+
+class EngineView(Protocol):
+    """What an objective may use of the engine that runs it (the engine imports this module, so
+    objectives see it through this protocol rather than its class)."""
+
+    model: StagedModel
+    chain: InverseChain
+    config: TrainConfig
+    dist: DistContext
+    device: torch.device
+    out: Path
+    stages: list[str]
+    step: int
+
+    def frozen_trace(self, images: Tensor, end: str | None = None) -> Trace:
+        """The frozen forward pass of a batch, without gradients, in the run's precision."""
+
+    def module(self, stage: str, training: bool = True) -> nn.Module:
+        """The component of ``stage`` as training (or, ``training=False``, validation) calls it."""
+
+    def autocast(self) -> ContextManager:
+        """Autocast in the run's training precision."""
 
 
 @dataclass
@@ -47,14 +72,14 @@ class Objective:
     """Base class: the hooks the engine calls, with the defaults of a plain inverse-training run."""
 
     method: str | None = None  # recorded with each trained component ("classic", "finetune")
-    engine: "Engine"
+    engine: EngineView
 
     @classmethod
-    def from_config(cls, config: "TrainConfig") -> "Objective":
+    def from_config(cls, config: TrainConfig) -> "Objective":
         """The objective a trainer class builds from its config (the config's extra fields)."""
         return cls()
 
-    def prepare(self, engine: "Engine") -> None:
+    def prepare(self, engine: EngineView) -> None:
         """Bind to ``engine`` (model, chain, config, dist are set; stages and optimisers not yet):
         check that the chain fits the objective and mark its layout."""
         self.engine = engine
