@@ -16,6 +16,7 @@ from PIL import Image
 
 import modinv
 from modinv import hub
+from modinv.inverse import remote
 from modinv.cli import main
 from modinv.errors import ModinvError
 from modinv.fileio import read_json
@@ -137,7 +138,7 @@ def test_from_pretrained_reads_the_hub_cache_first(tiny, tiny_chain, hub_cache, 
     snap = cache_repo(hub_cache, "user/tiny", tiny_chain)
     # online, but the cache answers: the network is never asked
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "host_reachable", lambda *a, **k: pytest.fail("the network was asked"))
+    monkeypatch.setattr(remote, "host_reachable", lambda *a, **k: pytest.fail("the network was asked"))
     chain = hub.from_pretrained("user/tiny", tiny)
     expected = modinv.InverseChain.load(tiny_chain, tiny)
     assert chain.stages == expected.stages and states_equal(chain, expected)
@@ -170,7 +171,7 @@ def test_offline_unknown_id_fails_fast_in_one_sentence(tiny, hub_cache, network_
 def test_unreachable_hub_fails_fast_in_one_sentence(hub_cache, monkeypatch, network_attempts):
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     asked = []
-    monkeypatch.setattr(hub, "host_reachable", lambda host, *a, **k: asked.append(host) or False)
+    monkeypatch.setattr(remote, "host_reachable", lambda host, *a, **k: asked.append(host) or False)
     with pytest.raises(ModinvError) as exc:
         hub.snapshot("hf:user/missing@v2")
     assert asked == ["huggingface.co"] and network_attempts == []  # one reachability probe, then no download tries
@@ -277,7 +278,7 @@ def test_push_refuses_what_is_no_chain(tmp_path):
 
 def test_cli_push(tiny_chain, monkeypatch, capsys):
     api = FakeApi()
-    monkeypatch.setattr(hub, "_online_api", lambda token: api)
+    monkeypatch.setattr(remote, "_online_api", lambda token: api)
     assert main(["push", str(tiny_chain.parent), "user/tiny", "--private", "--message", "first"]) == 0  # RUN -> RUN/best
     assert "https://huggingface.co/user/tiny" in capsys.readouterr().out
     assert set(api.files) == expected_files(tiny_chain) and api.calls[0][2]["private"] is True

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from modinv.errors import ModinvError
 from modinv.inverse import auto
 from modinv.inverse.registry import build_component, paper_specs_of
+from modinv.inverse.remote import hub_label, is_hub_spec, is_local, parse_hub_id, push_to_hub, resolve_chain_spec, snapshot
 from modinv.inverse.storage import (
     fmt_shape,
     layout_mismatch,
@@ -221,8 +222,6 @@ class InverseChain(nn.Module):
         Its metadata (seed, variant, training, metrics) comes along. Returns the chain."""
         self.previous(stage)
         if isinstance(component, (str, os.PathLike)):
-            from modinv.hub import resolve_chain_spec
-
             component = resolve_chain_spec(component)
             manifest = read_manifest(component)
             why = layout_mismatch(manifest, self.layout)
@@ -386,19 +385,22 @@ class InverseChain(nn.Module):
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Upload this chain with its model card to hub repository ``repo_id``; returns its URL
-        (``kwargs``: token, private, commit_message; see :func:`modinv.hub.push_to_hub`)."""
-        from modinv.hub import push_to_hub
-
+        (``kwargs``: token, private, commit_message; see :func:`modinv.inverse.remote.push_to_hub`)."""
         return push_to_hub(self, repo_id, **kwargs)
 
     @classmethod
     def from_pretrained(cls, repo_id_or_path: str | os.PathLike, model: StagedModel | None = None,
-                        **kwargs: Any) -> "InverseChain":
+                        revision: str | None = None, token: str | None = None, **load_kwargs: Any) -> "InverseChain":
         """A chain by hub id (``user/name``, ``hf:user/name[@revision]``; local cache first) or folder,
-        checked against ``model`` as :meth:`load` checks a folder (see :func:`modinv.hub.from_pretrained`)."""
-        from modinv.hub import from_pretrained
-
-        return from_pretrained(repo_id_or_path, model, **kwargs)
+        checked against ``model`` as :meth:`load` checks a folder (``load_kwargs`` go to :meth:`load`)."""
+        if is_local(repo_id_or_path):
+            return cls.load(Path(repo_id_or_path), model, **load_kwargs)
+        folder = snapshot(repo_id_or_path, revision, token=token)
+        try:
+            return cls.load(folder, model, **load_kwargs)
+        except ModinvError as exc:  # name the hub id, not the cache folder it was read from
+            spec = hub_label(*parse_hub_id(str(repo_id_or_path), revision))
+            raise ModinvError(str(exc).replace(str(folder), spec)) from None
 
     def _per_stage(self, extra: Mapping[str, Any] | None, name: str) -> dict[str, Mapping[str, Any]]:
         if not extra:
@@ -421,10 +423,8 @@ class InverseChain(nn.Module):
         other weights only warn). ``components={"enc": OTHER_DIR}`` takes those stages' components
         from other saved chains of the same layout (e.g. trained with other seeds).
         """
-        from modinv.hub import from_pretrained, is_hub_spec  # "hf:user/name": through the hub cache
-
-        if is_hub_spec(path):  # errors then name the hub id, not the cache folder
-            return from_pretrained(path, model, map_location=map_location, components=components)
+        if is_hub_spec(path):  # "hf:user/name": through the hub cache; errors name the hub id, not the cache
+            return cls.from_pretrained(path, model, map_location=map_location, components=components)
         if map_location is None:
             map_location = model.device if model is not None else "cpu"
         directory = Path(path)
