@@ -8,7 +8,7 @@
 
 from modinv.errors import ModinvError, WeightsUnavailableError
 from modinv.models.base import IMAGE, StagedModel, Trace
-from modinv.models.registry import available_models, load_model
+from modinv.models.registry import available_models, list_models, load_model
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ __all__ = [
     "Trace",
     "WeightsUnavailableError",
     "available_models",
+    "list_models",
     "load_model",
 ]
 

@@ -12,6 +12,7 @@ from modinv.errors import ModinvError
 # subcommand -> module in this package (each imported when the parser is built)
 COMMANDS: dict[str, str] = {
     "info": "info",
+    "models": "models",
     "train": "train",
     "evaluate": "evaluate",
     "reconstruct": "reconstruct",
@@ -25,17 +26,21 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or of ``command`` alone (importing only its module)."""
     parser = argparse.ArgumentParser(prog="modinv", description="Modular feature inversion of vision models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
-        importlib.import_module(f"modinv.cli.{module}").add_parser(sub)
+        if command is None or name == command:
+            importlib.import_module(f"modinv.cli.{module}").add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors print one sentence (no traceback) and exit with status 2."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None  # a known command: import only its module
+    args = build_parser(command).parse_args(argv)
     try:
         status = args.handler(args)
         return status if isinstance(status, int) else 0  # analyses return their numbers

@@ -4,9 +4,12 @@ Every component kind has one build function taking JSON-able keyword arguments. 
 returns carries ``config = {"kind": kind, **all arguments}``, so ``build_component(module.config)``
 rebuilds the same architecture (the weights come from a safetensors file).
 
-Component families live one per file, ``modinv.inverse.<family>``, listed in :data:`FAMILIES`: a new
-family is its file (``@register`` builders, and ``paper_specs`` if the paper has components for it)
-plus one entry there. A model names its family in ``model.meta.inverse_family``.
+Component families live one per module: modinv's own are ``modinv.inverse.<family>`` (listed in
+:data:`FAMILIES`); another package's are the module its model family declares
+(``Family(inverse_family="mine", inverse_module="my_package.inverse")``, found through the
+``modinv.models`` entry points) or registers with :func:`register_inverse_family`. A family module
+holds ``@register`` builders, and ``paper_specs`` if it has paper components. A model names its
+family in ``model.meta.inverse_family``.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 from modinv.errors import ModinvError
+from modinv.models.registry import families as model_families
 
 Builder = Callable[..., nn.Module]
 _KINDS: dict[str, Builder] = {}  # kind -> builder
 # Arguments a kind gained after chains were saved with it, and the value an old config (without the
 # argument) implies: register(kind, legacy={...}); upgrade_config() fills them in on load.
 _LEGACY: dict[str, dict[str, Any]] = {}
-# The families: modules modinv.inverse.<family> whose import registers their kinds (on first look-up).
+# modinv's own families: modules modinv.inverse.<family> whose import registers their kinds (on first look-up).
 FAMILIES = ("detr", "vit", "swin", "auto")
+_REGISTERED_FAMILIES: dict[str, str] = {}  # family -> module, from register_inverse_family
 
 
 def _jsonable(obj: Any) -> Any:
@@ -70,16 +75,35 @@ def register(kind: str, legacy: Mapping[str, Any] | None = None) -> Callable[[Bu
     return wrap
 
 
+def register_inverse_family(family: str, module: str) -> None:
+    """Make ``family`` (what a model's ``meta.inverse_family`` names) the components of ``module``,
+    whose import registers its kinds; for families no model family declares."""
+    if family in family_modules() and family_modules()[family] != module:
+        raise ModinvError(f"the inverse family {family!r} is {family_modules()[family]} already")
+    _REGISTERED_FAMILIES[family] = module
+
+
+def family_modules() -> dict[str, str]:
+    """Every inverse family and its module: modinv's own, those model families declare (plugins
+    included) and those registered with :func:`register_inverse_family`."""
+    found = {name: f"modinv.inverse.{name}" for name in FAMILIES}
+    for family in model_families().values():
+        if family.inverse_family and family.inverse_module:
+            found.setdefault(family.inverse_family, family.inverse_module)
+    return {**_REGISTERED_FAMILIES, **found}
+
+
 def _load_families() -> None:
-    for name in FAMILIES:
-        importlib.import_module(f"modinv.inverse.{name}")
+    for module in family_modules().values():
+        importlib.import_module(module)
 
 
 def family_module(family: str) -> ModuleType:
-    """The module ``modinv.inverse.<family>`` of a family listed in :data:`FAMILIES`."""
-    if family not in FAMILIES:
-        raise ModinvError(f"unknown inverse family {family!r}; known families: {', '.join(FAMILIES)}")
-    return importlib.import_module(f"modinv.inverse.{family}")
+    """The module of an inverse family (``modinv.inverse.<family>`` for modinv's own)."""
+    modules = family_modules()
+    if family not in modules:
+        raise ModinvError(f"unknown inverse family {family!r}; known families: {', '.join(modules)}")
+    return importlib.import_module(modules[family])
 
 
 def paper_specs_of(family: str) -> Callable[..., dict[str, dict[str, Any]]]:

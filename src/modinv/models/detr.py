@@ -33,19 +33,21 @@ fit: nothing is silently left at random.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import DetrConfig, DetrForObjectDetection
-from transformers.masking_utils import create_bidirectional_mask
 
 from modinv.data.coco import coco_category_names
 from modinv.errors import ModinvError
 from modinv.models.base import ModelMeta, StagedModel, Trace
+from modinv.models.family import Family, register_family
 from modinv.models.timm_loader import check_input_size
 from modinv.models.weights import guarded_download, load_state_file, seeded
+
+if TYPE_CHECKING:  # transformers' modeling code loads on first use, not when the family is listed
+    from transformers import DetrConfig, DetrForObjectDetection
 
 NAME = "detr-r50"
 HUB_ID = "facebook/detr-resnet-50"
@@ -73,6 +75,13 @@ __all__ = [
     "build",
     "split_pred",
 ]
+
+
+def create_bidirectional_mask(**kwargs: Any) -> Any:
+    """transformers' ``create_bidirectional_mask``, imported on first use."""
+    from transformers.masking_utils import create_bidirectional_mask as create
+
+    return create(**kwargs)
 
 
 def logit_names(config: DetrConfig) -> tuple[str, ...]:
@@ -221,11 +230,15 @@ def _config() -> DetrConfig:
     """The architecture of facebook/detr-resnet-50: timm ResNet-50 backbone (built without
     pretrained weights), 6+6 layers, d 256, 100 queries, 91 labels (92 logits with no-object)
     named by COCO category id as in the hub's config."""
+    from transformers import DetrConfig
+
     id2label = dict(enumerate(coco_category_names()))
     return DetrConfig(use_timm_backbone=True, backbone="resnet50", num_labels=NUM_LABELS, id2label=id2label)
 
 
 def _random(seed: int) -> DetrForObjectDetection:
+    from transformers import DetrForObjectDetection
+
     with seeded(seed):
         return DetrForObjectDetection(_config())
 
@@ -265,6 +278,8 @@ def _from_path(path: str, seed: int) -> DetrForObjectDetection:
 def _load(name: str | None, source: str, **kwargs: Any) -> DetrForObjectDetection:
     """``DetrForObjectDetection.from_pretrained`` in float32, requiring every weight to fit (it
     would otherwise initialise missing ones at random)."""
+    from transformers import DetrForObjectDetection
+
     detr, info = DetrForObjectDetection.from_pretrained(
         name, output_loading_info=True, dtype=torch.float32, weights_only=True, **kwargs
     )
@@ -296,3 +311,11 @@ def build(
     else:
         detr = _from_path(weights, seed)
     return DetrStagedModel(detr, size).eval()
+
+
+register_family(Family(
+    name=NAME, builder=build, summary=f"DETR with a ResNet-50 backbone ({HUB_ID}), COCO detection",
+    task="detection", stages=DetrStagedModel.stages, input_size=DEFAULT_INPUT_SIZE,
+    stage_shapes={"bb": (300, 256), "enc": (300, 256), "dec": (100, 256), "pred": (100, NUM_CLASSES_WITH_NO_OBJECT + NUM_BOX_COORDS)},
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, weights=(f"Hugging Face hub {HUB_ID}",), inverse_family="detr",
+))

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from modinv.errors import ModinvError, WeightsUnavailableError, brief
 from modinv.fileio import read_json
 from modinv.models.base import IMAGE, ModelMeta, StagedModel, Trace
+from modinv.models.family import Family, register_family
 from modinv.models.modules import IMAGENET_MEAN, IMAGENET_STD
 from modinv.models.weights import from_hub, is_path, load_into, load_state_file, seeded
 
@@ -345,3 +346,8 @@ def build(weights: str = "pretrained", seed: int = 0, source: str = "",
     mean, std = _normalisation(source)
     model = HfStagedModel(net.float().eval(), hidden_states, size, mean, std, f"hf:{source}", names)
     return model.freeze()
+
+
+register_family(Family(name="hf:", builder=build,
+                       summary="any Hugging Face transformers vision model (hub id or folder), staged at its hidden states",
+                       weights=("the hub repository or save_pretrained folder named",)))

@@ -39,6 +39,7 @@ import torch
 from modinv.data.imagenet import imagenet_class_names
 from modinv.errors import WeightsUnavailableError
 from modinv.fileio import sha256_file
+from modinv.models.family import Family, register_family
 from modinv.models.modules import IMAGENET_MEAN, IMAGENET_STD, ModuleStagedModel
 from modinv.models.weights import guarded_download, is_path, load_into, load_state_file, seeded
 
@@ -146,3 +147,11 @@ def build(
         load_into(net, load_state_file(weights), str(weights))
     return ModuleStagedModel(net, STAGES, input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, name=NAME,
                              task="classification", class_names=imagenet_class_names())
+
+
+register_family(Family(
+    name=NAME, builder=build, summary="MobileNet-V2 (torchvision), ImageNet classifier; pretrained weights work offline",
+    task="classification", stages=tuple(STAGES), input_size=(224, 224),
+    stage_shapes={"s4": (24, 56, 56), "s8": (32, 28, 28), "s16": (96, 14, 14), "s32": (1280, 7, 7)},
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, weights=(f"torchvision {FILE_NAME} (or the {OFFLINE_PACKAGE} package)",),
+))

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from modinv.models.base import ModelMeta, StagedModel, Trace
+from modinv.models.family import Family, register_family
 from modinv.models.timm_loader import check_input_size, classifier_meta, create_timm_model, pretrained_normalisation
 
 TIMM_NAME = "swin_base_patch4_window7_224"
@@ -105,3 +106,11 @@ def build(weights: str | os.PathLike = "pretrained", seed: int = 0, input_size=(
     options = {k: v for k, v in timm_options.items() if k in known}
     swin = create_timm_model(TIMM_NAME, weights, seed, adapter_prefix="swin.", img_size=size, **options)
     return SwinStagedModel(swin, name=NAME).freeze()
+
+
+register_family(Family(
+    name=NAME, builder=build, summary=f"Swin-B (timm {TIMM_NAME}), ImageNet classifier",
+    task="classification", stages=("bb", "s1", "s2", "s3", "s4"), input_size=(224, 224),
+    stage_shapes={"bb": (56, 56, 128), "s1": (56, 56, 128), "s2": (28, 28, 256), "s3": (14, 14, 512), "s4": (7, 7, 1024)},
+    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), weights=(f"timm {TIMM_NAME}",), inverse_family="swin",
+))

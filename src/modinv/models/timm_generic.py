@@ -28,6 +28,7 @@ import difflib
 from collections.abc import Sequence
 
 from modinv.errors import ModinvError
+from modinv.models.family import Family, register_family
 from modinv.models.modules import ModuleStagedModel
 from modinv.models.timm_loader import classifier_meta, create_timm_model
 
@@ -124,3 +125,7 @@ def build(
     model.feature_info = [dict(info[i]) for i in chosen]
     model.timm_name = source
     return model
+
+
+register_family(Family(name="timm:", builder=build, summary="any timm model, staged at its feature maps (f<i>)",
+                       weights=("timm's pretrained weights of the model",)))
