@@ -15,7 +15,8 @@ from inverse_fakes import FakeVit, detr_context, frozen, images, n_params
 
 from modinv.errors import ModinvError
 from modinv.inverse import InverseChain, build_component, component_kinds
-from modinv.inverse.registry import FAMILIES, family_module, paper_specs_of, upgrade_config
+from modinv.inverse import registry as inverse_registry
+from modinv.inverse.registry import FAMILIES, family_module, paper_specs_of, register_inverse_family, upgrade_config
 
 # -- the paper's components: shapes ------------------------------------------------------------------
 
@@ -179,6 +180,16 @@ def test_families_are_one_file_each():
         family_module("nope")
     with pytest.raises(ModinvError, match="has no paper components"):
         paper_specs_of("auto")
+
+
+def test_a_family_registers_its_components_without_editing_families(monkeypatch):
+    """Another package's family: its module, by name (a model family may declare it instead)."""
+    monkeypatch.setattr(inverse_registry, "_REGISTERED_FAMILIES", {})
+    register_inverse_family("mine", "modinv.inverse.swin")  # a module that registers kinds and has paper_specs
+    assert family_module("mine").__name__ == "modinv.inverse.swin" and "mine" not in FAMILIES
+    assert paper_specs_of("mine") is family_module("swin").paper_specs
+    with pytest.raises(ModinvError, match="the inverse family 'vit' is modinv.inverse.vit already"):
+        register_inverse_family("vit", "my_package.inverse")
 
 
 # -- the analytic ViT bb⁻¹ ---------------------------------------------------------------------------------

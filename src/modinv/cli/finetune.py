@@ -39,10 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modinv.training.classic import build_classic_chain
-    from modinv.training.data import split_sources
-    from modinv.training.finetune import (FORWARD_WEIGHTS_FILE, FinetuneConfig, FinetuneTrainer,
-                                          default_finetune_stage, task_kind)
+    from modinv.training.entry import train
+    from modinv.training.finetune import FORWARD_WEIGHTS_FILE, task_kind
 
     out = writable_dir(args.out)
     model = model_from_args(args)
@@ -54,24 +52,20 @@ def run(args: argparse.Namespace) -> int:
                 raise ModinvError(
                     f"with λ = {args.lam:g} {model.name} trains on {what}: pass {needed}:ROOT sources, not {spec!r}"
                 )
-    stage = args.stage or default_finetune_stage(model)
-    model.stage_index(stage)  # a clear error for an unknown stage
-    chain = build_classic_chain(model, stage, arch=args.arch or "default", seed=args.seed,
-                                variants=parse_assignments(args.variant, what="variant"))
     options = {}
     for spec in (args.data, args.val_data):
         if spec:
             options.update(task_source_options(spec, args.label_map))
-    train, val = split_sources(args.data, tuple(model.input_size), val_data=args.val_data,
-                               val_fraction=args.val_fraction, seed=args.seed, **options)
-    config = FinetuneConfig(stage=stage, lam=args.lam, theta_lr=args.theta_lr, forward_mode=args.forward_mode,
-                            zero_lambda=args.zero_lambda, **run_settings(args))
-    run_info = {"data": args.data, "val_data": args.val_data, "val_fraction": args.val_fraction,
-                "arch": chain.arch, "command": "finetune", "source_options": options}
-    trainer = FinetuneTrainer(model, chain, train, val, out, config, run_info=run_info)
-    best = trainer.fit(resume=args.resume, progress=not args.no_progress)
-    record = best.get(stage)
-    theta_trains = trainer.objective.theta_trains
+    settings = dict(lam=args.lam, theta_lr=args.theta_lr, forward_mode=args.forward_mode,
+                    zero_lambda=args.zero_lambda, **run_settings(args))
+    result = train(model, args.data, out, method="finetune", stage=args.stage, settings=settings,
+                   arch=args.arch or "default", variants=parse_assignments(args.variant, what="variant"),
+                   val_data=args.val_data, val_fraction=args.val_fraction, source_options=options,
+                   run_info={"command": "finetune", "source_options": options}, resume=args.resume,
+                   progress=not args.no_progress)
+    stage = result.trainer.config.stage
+    record = result.best.get(stage)
+    theta_trains = result.trainer.objective.theta_trains
     what = "(1+λ)·MSE + (1-λ)·task loss" if theta_trains else "image MSE"
     if record:
         print(f"λ = {args.lam:g}, {stage}->img: best validation {what} {record['val_loss']:.5f} at step {record['step']}")

@@ -100,43 +100,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, out, settings: dict, dist, device) -> int:
-    from modinv.inverse.chain import InverseChain
-    from modinv.training.data import split_sources
-    from modinv.training.modular import ModularTrainer, TrainConfig
+    from modinv.training.entry import train
 
     model = model_from_args(args, device=device)
     variants = parse_assignments(args.variant, what="variant", option="--variant")
     for option, names in (("--stages", args.stages or []), ("--lr", settings["lr"]), ("--variant", variants)):
         check_stage_names(model, names, option)  # before any work; the engine checks they train
-    if args.classic:
-        from modinv.training.classic import build_classic_chain
-
-        model.stage_index(args.classic)  # a clear error for an unknown stage
-        chain = build_classic_chain(model, args.classic, arch=args.arch or "default", seed=args.seed, variants=variants)
-    else:
-        chain = InverseChain.build(model, arch=args.arch or "default", seed=args.seed, variants=variants)
-    train, val = split_sources(args.data, tuple(model.input_size), val_data=args.val_data,
-                               val_fraction=args.val_fraction, augment=args.augment, seed=args.seed)
-    run_info = {"data": args.data, "val_data": args.val_data, "val_fraction": args.val_fraction, "augment": args.augment,
-                "arch": chain.arch, "command": "train"}
-    if args.classic:
-        from modinv.training.classic import ClassicConfig, ClassicTrainer
-
-        trainer = ClassicTrainer(model, chain, train, val, out, ClassicConfig(stage=args.classic, **settings),
-                                 run_info=run_info, dist=dist)
-    else:
-        trainer = ModularTrainer(model, chain, train, val, out, TrainConfig(**settings), run_info=run_info, dist=dist)
-    best = trainer.fit(resume=args.resume, progress=not args.no_progress)
+    result = train(model, args.data, out, method="classic" if args.classic else "modular", stage=args.classic,
+                   settings=settings, arch=args.arch or "default", variants=variants, val_data=args.val_data,
+                   val_fraction=args.val_fraction, augment=args.augment, run_info={"command": "train"}, dist=dist,
+                   resume=args.resume, progress=not args.no_progress)
     if not dist.is_main:
         return 0
     if args.classic:
-        record = best.get(args.classic)
+        record = result.best.get(args.classic)
         if record:
             print(f"classic {args.classic}->img: best validation image MSE {record['val_loss']:.5f} at step {record['step']}")
     else:
-        for stage, record in best.items():
+        for stage, record in result.best.items():
             print(f"{stage}⁻¹: best validation loss {record['val_loss']:.5f} at step {record['step']}")
-    if trainer.stop_reason == "time budget":
-        print(f"stopped by the time budget after {trainer.step} steps")
+    if result.stop_reason == "time budget":
+        print(f"stopped by the time budget after {result.steps} steps")
     print(f"inverse chain written to {out / 'best'}")
     return 0

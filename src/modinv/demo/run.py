@@ -56,19 +56,92 @@ class _Progress:
                      f"loss {text}")
 
 
-def _train(trainer, say: Callable[[str], None], budget_s: float) -> dict[str, Any]:
-    """Run the engine (``trainer.fit``) until its time budget or step limit; Ctrl-C after the first
-    step ends training there (the components keep what they learned; the reports are written)."""
+def _train(net, chain, source, out: Path, settings: dict[str, Any], say: Callable[[str], None],
+           budget_s: float) -> dict[str, Any]:
+    """Train ``chain`` on ``source`` through :func:`modinv.training.train` until its time budget or
+    step limit; Ctrl-C after the first step ends training there (the components keep what they
+    learned; the reports are written)."""
+    from modinv.training import train
+
     progress = _Progress(say, budget_s)
-    trainer.on_record = progress
-    trainer.fit(progress=False)
+    trainer = train(net, source, out, settings=settings, chain=chain, progress=False, on_record=progress).trainer
     if trainer.stop_reason == "interrupt":
         say(f"  interrupted after step {trainer.step}; writing the reports")
+    say(f"trained {trainer.step} steps in {trainer.seconds:.0f} s "
+        f"({trainer.seconds / max(trainer.step, 1):.2f} s/step, stopped by {trainer.stop_reason})")
     history = progress.history
     epochs = trainer.epoch + (trainer.batch_in_epoch > 0)  # epochs begun
     return {"steps": trainer.step, "epochs": epochs, "seconds": trainer.seconds,
             "seconds_per_step": trainer.seconds / max(trainer.step, 1), "stopped_by": trainer.stop_reason,
-            "final_loss": history[-1]["loss"] if history else {}, "history": history}
+            "final_loss": history[-1]["loss"] if history else {}, "history": history,
+            "learning_rates": dict(trainer.lrs)}
+
+
+def _load_model(model: str, weights: str, seed: int, dev, input_size: tuple[int, int] | None,
+                say: Callable[[str], None]) -> tuple[Any, bool, str]:
+    """``(model, whether its weights are random, the sentence saying which weights it has)``."""
+    from modinv.models.registry import load_model
+
+    say(f"loading {model} ({weights} weights) on {dev}")
+    net = load_model(model, weights=weights, seed=seed, device=dev,
+                     **({"input_size": tuple(input_size)} if input_size else {}))
+    is_random, statement = weights_statement(net.name, str(weights), seed)
+    if is_random:
+        say("NOTE: " + statement)
+    return net, is_random, statement
+
+
+def _check_options(minutes: float, steps: int | None, batch_size: int) -> None:
+    if not (minutes > 0 and math.isfinite(minutes)):
+        raise ModinvError(f"minutes must be a positive number, got {minutes}")
+    if steps is not None and steps < 1:
+        raise ModinvError(f"steps must be at least 1, got {steps}")
+    if batch_size < 2:
+        raise ModinvError(f"batch size must be at least 2 (the components use BatchNorm), got {batch_size}")
+
+
+def _training_settings(net, chain, batch_size: int, steps: int | None, budget_s: float, seed: int, amp: str,
+                       lr: dict[str, float] | None, lr_scale: float) -> dict[str, Any]:
+    """The demo's TrainConfig settings: ``lr_scale`` × the default rates where ``lr`` names none."""
+    from modinv.training.optim import default_learning_rate
+
+    rates = {s: float((lr or {}).get(s, lr_scale * default_learning_rate(net, s, chain.components[s])))
+             for s in chain.stages}
+    # the engine's run folder (config.json, log.jsonl, best/, one final checkpoint) is OUT/training
+    return dict(steps=steps, max_seconds=budget_s, batch_size=batch_size, seed=seed, lr=rates, amp=amp,
+                drop_last=True, log_every=1, checkpoint_every=10**9, stop_on_interrupt=True,
+                overwrite=True)  # a demo run replaces the previous one in OUT
+
+
+def _evaluate(net, chain, held: list[str], train_photos: list[str], metrics, lpips_weights: str | None,
+              dev) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], torch.Tensor]:
+    """``(evaluation, labels of the held-out photos, labels of the training photos, held-out images)``."""
+    from modinv.analysis.evaluate import evaluate_chain
+    from modinv.metrics import load_lpips
+
+    size = tuple(net.input_size)
+    held_source = open_source("samples:" + ",".join(held), size=size)
+    seen_source = open_source("samples:" + ",".join(train_photos), size=size)
+    lpips = load_lpips(lpips_weights, device=dev) if "lpips" in metrics else None
+    evaluation = {
+        key: evaluate_chain(net, chain, source, amp="off", progress=False, metrics=metrics, lpips=lpips)
+        | {"photos": names}
+        for key, source, names in (("held_out", held_source, held), ("train_photos", seen_source, train_photos))
+    }
+    images = torch.stack([held_source[i]["image"] for i in range(len(held_source))])
+    train_images = torch.stack([seen_source[i]["image"] for i in range(len(seen_source))])
+    return evaluation, top_labels(net, images, held), top_labels(net, train_images, train_photos), images
+
+
+def _figure(net, chain, images: torch.Tensor, labels: list[dict[str, Any]], out: Path) -> Path:
+    """The reconstruction grid of the held-out photos, each row titled with the model's top label."""
+    from modinv.analysis.reconstruct import reconstruction_figure
+
+    row_titles = [
+        f"{lab['photo']}\n{lab['label']} {lab['probability']:.0%}" if lab["label"] is not None else lab["photo"]
+        for lab in labels
+    ]
+    return reconstruction_figure(net, chain, images, out / "reconstructions.png", row_titles=row_titles)
 
 
 def run_demo(
@@ -106,93 +179,77 @@ def run_demo(
     :mod:`modinv.training.optim`). ``metrics``: the image metrics reported (default MSE, PSNR,
     SSIM, LPIPS; LPIPS where its AlexNet weights are found: ``lpips_weights`` or the torch hub cache).
     """
-    from modinv.analysis.evaluate import evaluate_chain
-    from modinv.analysis.reconstruct import reconstruction_figure
     from modinv.inverse.chain import InverseChain
-    from modinv.metrics import load_lpips, parse_metrics
-    from modinv.models.registry import load_model
+    from modinv.metrics import parse_metrics
     from modinv.runtime import amp_dtype, resolve_device
-    from modinv.training.modular import ModularTrainer, TrainConfig
-    from modinv.training.optim import default_learning_rate
 
     say = log or (lambda _msg: None)
     t0 = time.perf_counter()
-    if not (minutes > 0 and math.isfinite(minutes)):
-        raise ModinvError(f"minutes must be a positive number, got {minutes}")
-    if steps is not None and steps < 1:
-        raise ModinvError(f"steps must be at least 1, got {steps}")
-    if batch_size < 2:
-        raise ModinvError(f"batch size must be at least 2 (the components use BatchNorm), got {batch_size}")
+    _check_options(minutes, steps, batch_size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train_photos, held = split_photos(held_out, photos)
     metrics = parse_metrics(metrics)
     dev = resolve_device(device)
-    options = {"input_size": tuple(input_size)} if input_size else {}
-
-    say(f"loading {model} ({weights} weights) on {dev}")
-    net = load_model(model, weights=weights, seed=seed, device=dev, **options)
-    is_random, statement = weights_statement(net.name, str(weights), seed)
-    if is_random:
-        say("NOTE: " + statement)
-    size = tuple(net.input_size)
+    net, is_random, statement = _load_model(model, weights, seed, dev, input_size, say)
     chain = InverseChain.build(net, arch=arch, seed=seed)
-    inverse_params = {s: sum(p.numel() for p in chain.components[s].parameters()) for s in chain.stages}
-
     crops = max(1, math.ceil(batch_size / len(train_photos)))
-    train_source = DecodedSamples(train_photos * crops, size=size, augment=True, seed=seed,
+    train_source = DecodedSamples(train_photos * crops, size=tuple(net.input_size), augment=True, seed=seed,
                                    spec="samples:" + ",".join(train_photos))
-    rates = {s: float((lr or {}).get(s, lr_scale * default_learning_rate(net, s, chain.components[s])))
-             for s in chain.stages}
     budget = minutes * 60.0
-    # the engine's run folder (config.json, log.jsonl, best/, one final checkpoint) is OUT/training
-    config = TrainConfig(steps=steps, max_seconds=budget, batch_size=batch_size, seed=seed, lr=rates, amp=amp,
-                         drop_last=True, log_every=1, checkpoint_every=10**9, stop_on_interrupt=True,
-                         overwrite=True)  # a demo run replaces the previous one in OUT
-    trainer = ModularTrainer(net, chain, train_source, None, out / "training", config)
-    dtype = amp_dtype(dev, amp)
+    settings = _training_settings(net, chain, batch_size, steps, budget, seed, amp, lr, lr_scale)
+    precision = "bf16 autocast" if amp_dtype(dev, amp) is not None else "float32"
     load_seconds = time.perf_counter() - t0
-    say(f"training {', '.join(s + '⁻¹' for s in chain.stages)} ({arch} arch, {sum(inverse_params.values()):,} "
+    say(f"training {', '.join(s + '⁻¹' for s in chain.stages)} ({arch} arch, {_parameters(chain):,} "
         f"parameters) on {len(train_photos)} photos ({', '.join(train_photos)}), random crops + flips, batch "
-        f"{batch_size}, {'bf16 autocast' if dtype else 'float32'}; budget "
-        f"{budget:.0f} s" + (f" or {steps} steps" if steps else ""))
-    training = _train(trainer, say, budget)
-    say(f"trained {training['steps']} steps in {training['seconds']:.0f} s "
-        f"({training['seconds_per_step']:.2f} s/step, stopped by {training['stopped_by']})")
+        f"{batch_size}, {precision}; budget {budget:.0f} s" + (f" or {steps} steps" if steps else ""))
+    training = _train(net, chain, train_source, out / "training", settings, say, budget)
     chain.eval()
 
-    held_source = open_source("samples:" + ",".join(held), size=size)
-    seen_source = open_source("samples:" + ",".join(train_photos), size=size)
-    lpips = load_lpips(lpips_weights, device=dev) if "lpips" in metrics else None
-    evaluation = {
-        key: evaluate_chain(net, chain, source, amp="off", progress=False, metrics=metrics, lpips=lpips)
-        | {"photos": names}
-        for key, source, names in (("held_out", held_source, held), ("train_photos", seen_source, train_photos))
-    }
-    images = torch.stack([held_source[i]["image"] for i in range(len(held_source))])
-    labels = top_labels(net, images, held)
-    train_images = torch.stack([seen_source[i]["image"] for i in range(len(seen_source))])
-    train_labels = top_labels(net, train_images, train_photos)
-    row_titles = [
-        f"{lab['photo']}\n{lab['label']} {lab['probability']:.0%}" if lab["label"] is not None else lab["photo"]
-        for lab in labels
-    ]
-    figure = reconstruction_figure(net, chain, images, out / "reconstructions.png", row_titles=row_titles)
+    evaluation, labels, train_labels, images = _evaluate(net, chain, held, train_photos, metrics, lpips_weights, dev)
+    figure = _figure(net, chain, images, labels, out)
     if save_chain:
-        chain.save(out / "inverse", training={"steps": training["steps"], "seconds": round(training["seconds"], 1),
-                                              "batch_size": batch_size, "seed": seed,
-                                              "data": "samples:" + ",".join(train_photos) + " (augmented)"},
-                   metrics={s: {"held_out_mse": evaluation["held_out"]["stages"][s]["mse"]} for s in chain.stages})
+        _save_chain(chain, out / "inverse", training, batch_size, seed, train_photos, evaluation)
+    report = _report(net, chain, str(weights), seed, statement, is_random, train_photos, held, crops, training,
+                     dict(minutes_budget=minutes, steps_limit=steps, batch_size=batch_size, precision=precision,
+                          device=str(dev)),
+                     evaluation, labels, train_labels,
+                     files={"figure": figure.name, "inverse_chain": "inverse" if save_chain else None},
+                     load_seconds=load_seconds)
+    report["timing"]["total_seconds"] = round(time.perf_counter() - t0, 2)
+    write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", report_markdown(report))
+    say(summary(report))
+    say(f"wrote {out / 'reconstructions.png'}, {out / 'report.json'}, {out / 'report.md'}")
+    return report
 
-    report = {
+
+def _save_chain(chain, folder: Path, training: dict[str, Any], batch_size: int, seed: int,
+                train_photos: list[str], evaluation: dict[str, Any]) -> None:
+    """The trained chain, with how it was trained and its held-out MSE per stage."""
+    chain.save(folder, training={"steps": training["steps"], "seconds": round(training["seconds"], 1),
+                                 "batch_size": batch_size, "seed": seed,
+                                 "data": "samples:" + ",".join(train_photos) + " (augmented)"},
+               metrics={s: {"held_out_mse": evaluation["held_out"]["stages"][s]["mse"]} for s in chain.stages})
+
+
+def _parameters(chain) -> int:
+    return sum(p.numel() for s in chain.stages for p in chain.components[s].parameters())
+
+
+def _report(net, chain, weights: str, seed: int, statement: str, is_random: bool, train_photos: list[str],
+            held: list[str], crops: int, training: dict[str, Any], run: dict[str, Any], evaluation: dict[str, Any],
+            labels: list, train_labels: list, *, files: dict[str, Any], load_seconds: float) -> dict[str, Any]:
+    """The demo's report (``report.json``); ``run``: the budget, limit, batch, precision and device."""
+    return {
         "model": net.name,
-        "weights": str(weights),
+        "weights": weights,
         "weights_are_random": is_random,
         "weights_statement": statement,
         "arch": chain.arch,
         "stages": list(chain.stages),
-        "input_size": list(size),
-        "inverse_parameters": inverse_params,
+        "input_size": list(net.input_size),
+        "inverse_parameters": {s: sum(p.numel() for p in chain.components[s].parameters()) for s in chain.stages},
         "data": {
             "source": PHOTO_SOURCE,
             "train_photos": train_photos,
@@ -204,17 +261,17 @@ def run_demo(
             "crops_per_photo_per_epoch": crops,
         },
         "training": {
-            "minutes_budget": minutes,
-            "steps_limit": steps,
+            "minutes_budget": run["minutes_budget"],
+            "steps_limit": run["steps_limit"],
             "steps": training["steps"],
             "epochs": training["epochs"],
-            "batch_size": batch_size,
+            "batch_size": run["batch_size"],
             "seconds": round(training["seconds"], 2),
             "seconds_per_step": round(training["seconds_per_step"], 4),
             "stopped_by": training["stopped_by"],
-            "learning_rates": dict(trainer.lrs),
-            "precision": "bf16 autocast" if dtype is not None else "float32",
-            "device": str(dev),
+            "learning_rates": training["learning_rates"],
+            "precision": run["precision"],
+            "device": run["device"],
             "seed": seed,
             "final_loss": training["final_loss"],
             "loss_history": training["history"],
@@ -224,13 +281,7 @@ def run_demo(
         "error_unit": "mean squared error per image in [0, 1] pixel space",
         "labels": labels,
         "train_photo_labels": train_labels,
-        "files": {"figure": figure.name, "inverse_chain": "inverse" if save_chain else None},
+        "files": files,
         "timing": {"load_seconds": round(load_seconds, 2), "total_seconds": None},
         "host": {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()},
     }
-    report["timing"]["total_seconds"] = round(time.perf_counter() - t0, 2)
-    write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", report_markdown(report))
-    say(summary(report))
-    say(f"wrote {out / 'reconstructions.png'}, {out / 'report.json'}, {out / 'report.md'}")
-    return report

@@ -5,9 +5,12 @@
   :mod:`modinv.inverse.vit`; a model names its family in ``model.meta.inverse_family``;
 - :mod:`modinv.inverse.auto`: components for any staged model from its stage shapes (``arch="auto"``);
 - :mod:`modinv.inverse.registry`: ``build_component(config)`` rebuilds a component from its JSON
-  config; ``FAMILIES`` lists the family files;
+  config; ``FAMILIES`` lists modinv's family files, a plugin's come from its model family
+  (``inverse_module``) or :func:`~modinv.inverse.registry.register_inverse_family`;
 - :mod:`modinv.inverse.chain`: :class:`InverseChain` (build, reconstruct, replace, parameter counts);
-- :mod:`modinv.inverse.storage`: the saved chain folder (safetensors + JSON, manifest, checksums).
+- :mod:`modinv.inverse.storage`: the saved chain folder (safetensors + JSON, manifest, checksums);
+- :mod:`modinv.inverse.remote`: chain folders to and from the Hugging Face hub (:mod:`modinv.hub`
+  wraps it for chains).
 """
 
 from modinv.inverse.chain import InverseChain

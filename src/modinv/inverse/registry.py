@@ -78,8 +78,9 @@ def register(kind: str, legacy: Mapping[str, Any] | None = None) -> Callable[[Bu
 def register_inverse_family(family: str, module: str) -> None:
     """Make ``family`` (what a model's ``meta.inverse_family`` names) the components of ``module``,
     whose import registers its kinds; for families no model family declares."""
-    if family in family_modules() and family_modules()[family] != module:
-        raise ModinvError(f"the inverse family {family!r} is {family_modules()[family]} already")
+    known = family_modules().get(family)
+    if known is not None and known != module:
+        raise ModinvError(f"the inverse family {family!r} is {known} already")
     _REGISTERED_FAMILIES[family] = module
 
 
@@ -90,7 +91,7 @@ def family_modules() -> dict[str, str]:
     for family in model_families().values():
         if family.inverse_family and family.inverse_module:
             found.setdefault(family.inverse_family, family.inverse_module)
-    return {**_REGISTERED_FAMILIES, **found}
+    return found | {name: module for name, module in _REGISTERED_FAMILIES.items() if name not in found}
 
 
 def _load_families() -> None:
