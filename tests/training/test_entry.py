@@ -34,7 +34,7 @@ def test_train_a_modular_run_and_a_classic_one(mobilenet, tmp_path):
 
     classic = modinv.training.train(mobilenet, "samples", tmp_path / "classic", method="classic", stage="s8",
                                     settings=SETTINGS, arch="auto", progress=False)
-    assert classic.chain.stages == ("s4", "s8") and set(classic.best) == {"s8"}
+    assert classic.chain.stages == ("s4", "s8") and "s8" in classic.best
     assert classic.chain.layout["training"] == "classic"
 
 
