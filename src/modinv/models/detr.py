@@ -316,6 +316,7 @@ def build(
 register_family(Family(
     name=NAME, builder=build, summary=f"DETR with a ResNet-50 backbone ({HUB_ID}), COCO detection",
     task="detection", stages=DetrStagedModel.stages, input_size=DEFAULT_INPUT_SIZE,
-    stage_shapes={"bb": (300, 256), "enc": (300, 256), "dec": (100, 256), "pred": (100, NUM_CLASSES_WITH_NO_OBJECT + NUM_BOX_COORDS)},
+    stage_shapes={"bb": (300, 256), "enc": (300, 256), "dec": (100, 256),  # 15×20 tokens, 100 queries
+                  "pred": (100, NUM_CLASSES_WITH_NO_OBJECT + NUM_BOX_COORDS)},
     mean=IMAGENET_MEAN, std=IMAGENET_STD, weights=(f"Hugging Face hub {HUB_ID}",), inverse_family="detr",
 ))

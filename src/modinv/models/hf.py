@@ -349,5 +349,5 @@ def build(weights: str = "pretrained", seed: int = 0, source: str = "",
 
 
 register_family(Family(name="hf:", builder=build,
-                       summary="any Hugging Face transformers vision model (hub id or folder), staged at its hidden states",
+                       summary="any Hugging Face transformers vision model (hub id or folder), at its hidden states",
                        weights=("the hub repository or save_pretrained folder named",)))

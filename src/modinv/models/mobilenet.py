@@ -150,7 +150,7 @@ def build(
 
 
 register_family(Family(
-    name=NAME, builder=build, summary="MobileNet-V2 (torchvision), ImageNet classifier; pretrained weights work offline",
+    name=NAME, builder=build, summary="MobileNet-V2 (torchvision), ImageNet classifier; its weights work offline",
     task="classification", stages=tuple(STAGES), input_size=(224, 224),
     stage_shapes={"s4": (24, 56, 56), "s8": (32, 28, 28), "s16": (96, 14, 14), "s32": (1280, 7, 7)},
     mean=IMAGENET_MEAN, std=IMAGENET_STD, weights=(f"torchvision {FILE_NAME} (or the {OFFLINE_PACKAGE} package)",),

@@ -48,7 +48,8 @@ def _register_plugin(obj: Any, label: str) -> None:
         return
     found = [obj] if isinstance(obj, Family) else obj
     if not isinstance(found, (list, tuple)) or not all(isinstance(f, Family) for f in found):
-        raise ModinvError(f"the entry point {label} gives {type(obj).__name__}, not a module, a Family or a list of them")
+        raise ModinvError(f"the entry point {label} gives {type(obj).__name__}, not a module, a Family or a list of "
+                          "them")
     for family in found:
         register_family(family)
 

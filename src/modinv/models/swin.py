@@ -111,6 +111,7 @@ def build(weights: str | os.PathLike = "pretrained", seed: int = 0, input_size=(
 register_family(Family(
     name=NAME, builder=build, summary=f"Swin-B (timm {TIMM_NAME}), ImageNet classifier",
     task="classification", stages=("bb", "s1", "s2", "s3", "s4"), input_size=(224, 224),
-    stage_shapes={"bb": (56, 56, 128), "s1": (56, 56, 128), "s2": (28, 28, 256), "s3": (14, 14, 512), "s4": (7, 7, 1024)},
+    stage_shapes={"bb": (56, 56, 128), "s1": (56, 56, 128), "s2": (28, 28, 256), "s3": (14, 14, 512),
+                  "s4": (7, 7, 1024)},
     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), weights=(f"timm {TIMM_NAME}",), inverse_family="swin",
 ))

@@ -233,14 +233,17 @@ def build_no_self_attention(
     return _build(NAME_NO_SELF_ATTENTION, weights, seed, input_size, self_attention=False)
 
 
+
 _VIT_SHAPES = {"bb": (197, 768), "enc": (197, 768)}  # 1 class token + 14×14 patches of 768 at 224×224
-_REGISTRY_COMMON = dict(task="classification", stages=VitStagedModel.stages, stage_shapes=_VIT_SHAPES,
-                        input_size=(224, 224), inverse_family="vit")
+_DECLARED = dict(task="classification", stages=VitStagedModel.stages, stage_shapes=_VIT_SHAPES, input_size=(224, 224),
+                 inverse_family="vit")
+_VIT_NORMALISATION = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), weights=(f"timm {TIMM_NAME}",))
 register_family(Family(name=NAME, builder=build, summary=f"ViT-B/16 (timm {TIMM_NAME}), ImageNet classifier",
-                       mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), weights=(f"timm {TIMM_NAME}",), **_REGISTRY_COMMON))
+                       **_VIT_NORMALISATION, **_DECLARED))
 register_family(Family(name=NAME_NO_SELF_ATTENTION, builder=build_no_self_attention,
                        summary="ViT-B/16 whose patch tokens attend only to themselves (for fine-tuning)",
-                       mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), weights=(f"timm {TIMM_NAME}",), **_REGISTRY_COMMON))
-register_family(Family(name=DEIT_NAME, builder=build_deit, summary=f"DeiT III B/16 (timm {DEIT_TIMM_NAME}), ImageNet classifier",
+                       **_VIT_NORMALISATION, **_DECLARED))
+register_family(Family(name=DEIT_NAME, builder=build_deit,
+                       summary=f"DeiT III B/16 (timm {DEIT_TIMM_NAME}), ImageNet classifier",
                        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), weights=(f"timm {DEIT_TIMM_NAME}",),
-                       **_REGISTRY_COMMON))
+                       **_DECLARED))
