@@ -48,6 +48,7 @@ def _offline_weights_installed() -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not _offline_weights_installed(),
     reason=f"the pretrained MobileNetV2 weights come from the {OFFLINE_WEIGHTS_PACKAGE} package, which is not "
@@ -100,6 +101,7 @@ def test_demo_on_pretrained_mobilenet_shows_depth_ordering_and_sensible_labels(t
     assert all(0 < lab["probability"] <= 1 for lab in labels.values())
 
 
+@pytest.mark.slow
 def test_demo_on_random_vit_says_weights_are_random(tmp_path, capsys):
     """The transformer path end to end through the command, stopped by its (tiny) time budget."""
     out = tmp_path / "vit"

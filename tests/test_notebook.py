@@ -33,6 +33,7 @@ def _pretrained_weights_installed() -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs_every_cell(tmp_path, monkeypatch):
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     code = [c for c in notebook.cells if c.cell_type == "code"]

@@ -10,7 +10,7 @@ from modinv.errors import ModinvError, WeightsUnavailableError
 from modinv.models.base import IMAGE, StagedModel, Trace
 from modinv.models.registry import available_models, list_models, load_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written (pyproject reads it)
 
 __all__ = [
     "IMAGE",

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import modinv
@@ -35,6 +36,7 @@ def _losses(run_dir) -> list[float]:
     return [r["loss"][STAGE] for r in records if "loss" in r]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     _run([sys.executable, "-m", "modinv", "train", *ARGS, "--out", str(single)])

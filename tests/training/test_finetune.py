@@ -193,6 +193,7 @@ def test_lambda_weights_the_gradients_as_eq3(tmp_path, image_folder):
     assert torch.allclose(grads[0.25][1], grads[1.0][1])  # φ: same MSE gradient whatever λ
 
 
+@pytest.mark.slow
 def test_no_self_attention_vit_finetunes_with_cross_entropy(tmp_path, image_folder):
     """A few steps of the finetune command change vit-b16-noselfattn's weights and lower its CE.
 

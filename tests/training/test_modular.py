@@ -18,6 +18,7 @@ SMALL_DETR = (64, 96)  # 2×3 token grid: every DETR component at a CPU-friendly
 SMALL_VIT = (32, 32)  # 2×2 patches + class token
 
 
+@pytest.mark.slow  # the paper components at full width: 79 M (DETR bb⁻¹), 85 M (ViT enc⁻¹) parameters
 @pytest.mark.parametrize(
     "name,size,lr",
     [("detr-r50", SMALL_DETR, {"enc": 1e-2}), ("vit-b16", SMALL_VIT, {})],

@@ -37,6 +37,7 @@ def _other_patch_tokens_move(model: modinv.StagedModel, images: torch.Tensor, to
     return moved, not torch.allclose(edited[:, :prefix], trace["enc"][:, :prefix], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_no_self_attention_recipe_reports_top1_before_and_after(tmp_path, image_folder):
     data = f"imagenet:{image_folder}"
     before, after, run = tmp_path / "top1_before.json", tmp_path / "top1_after.json", tmp_path / "nosa"

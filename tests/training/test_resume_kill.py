@@ -131,6 +131,7 @@ def _chain_tensors(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {stage: load_file(str(folder / f"{stage}.safetensors")) for stage in manifest["components"]}
 
 
+@pytest.mark.slow
 def test_sigkilled_training_resumes_to_the_same_weights(tmp_path):
     started = time.monotonic()
     reference = _start(tmp_path / "reference")  # runs alongside the killed and the resumed run
