@@ -132,7 +132,7 @@ def run_demo(
 
     say(f"loading {model} ({weights} weights) on {dev}")
     net = load_model(model, weights=weights, seed=seed, device=dev, **options)
-    is_random, statement = weights_statement(net.name, str(weights), seed)
+    is_random, statement = weights_statement(net.name, str(weights), seed, net.meta.weights_note)
     if is_random:
         say("NOTE: " + statement)
     size = tuple(net.input_size)
