@@ -168,5 +168,5 @@ def test_tokens_need_token_stages() -> None:
     from modinv.data import open_source
 
     mnet = modinv.load_model("mobilenet-v2", weights="random", seed=0, input_size=(32, 32))
-    with pytest.raises(ModinvError, match="'bb' and 'enc'"):
+    with pytest.raises(ModinvError, match="tokens needs two token stages on one patch grid; mobilenet-v2 declares none"):
         tok.token_noise_analysis(mnet, [], open_source("samples", size=(32, 32)), progress=False)
