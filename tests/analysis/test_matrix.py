@@ -287,3 +287,14 @@ def test_analysis_on_family(analysis, name, family, sources, tmp_path):
     assert message == f"{analysis} needs {role}; {model.name} declares none"
     assert len(re.findall(r"[.;]\s+[A-Z]", message)) == 0  # one sentence
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_cli_refuses_before_reading_chains_or_data(main, tmp_path, capsys):
+    """``modinv analyze layers`` on a model without layer stacks: exit 2 with the role's sentence,
+    although neither the chain folder nor the data exist (nothing was read)."""
+    rc = main("layers", "--model", "mobilenet-v2", "--weights", "random", "--device", "cpu", "--input-size", "32",
+              "32", "--inverse", str(tmp_path / "no-chain"), "--data", f"folder:{tmp_path / 'no-data'}",
+              "--out", str(tmp_path / "out"))
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == (
+        f"modinv analyze: error: layers needs {LAYERS}; mobilenet-v2 declares none")
