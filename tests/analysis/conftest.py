@@ -76,6 +76,12 @@ def _slim_vit_chain(model) -> InverseChain:
 
 
 @pytest.fixture(scope="session")
+def slim_vit_chain() -> Callable[[modinv.StagedModel], InverseChain]:
+    """``slim_vit_chain(model)``: the paper's bb⁻¹ and a one-block enc⁻¹ for a ViT-family model."""
+    return _slim_vit_chain
+
+
+@pytest.fixture(scope="session")
 def chains(tmp_path_factory, detr, vit) -> dict[str, Path]:
     """Saved chain folders: ``detr`` (slim, every stage, FD pred⁻¹), ``detr_local`` (local bb⁻¹ only),
     ``vit`` (slim bb⁻¹ and enc⁻¹)."""

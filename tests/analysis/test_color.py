@@ -154,7 +154,7 @@ def test_robustness_runs_each_full_image_filter_and_none(monkeypatch):
     with pytest.raises(ModinvError, match="class-labelled"):
         color_robustness(vit, source=types.SimpleNamespace(kind="coco"))
     # the task is the model's declared one, never guessed from its name
-    with pytest.raises(ModinvError, match="declares no task"):
+    with pytest.raises(ModinvError, match="needs a task .detection or classification. with a task metric; .* declares none"):
         color_robustness(types.SimpleNamespace(name="detr-r50", meta=ModelMeta(), device=cpu), source=None)
 
 

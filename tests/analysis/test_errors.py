@@ -15,6 +15,7 @@ from modinv.errors import ModinvError
 from modinv.inverse.chain import InverseChain
 from modinv.metrics import auroc_ci
 from modinv.models.base import ModelMeta, Trace
+from modinv.models.detr import postprocess
 
 DETR_SIZE = (64, 96)
 
@@ -47,10 +48,10 @@ def test_matching_hand_made() -> None:
     # pred 1 (0.95) takes GT 0 first; pred 0 finds GT 0 taken and GT 1 at IoU 0; pred 2 has the wrong
     # class; pred 3 overlaps GT 2 at IoU 1/3 < 0.5
     assert m["found"].tolist() == [True, False, False]
-    assert m["pred"].tolist() == [1, -1, -1] and m["iou"][0] == pytest.approx(0.9)
+    assert m["prediction"].tolist() == [1, -1, -1] and m["iou"][0] == pytest.approx(0.9)
     boxes[3] = torch.tensor([0, 0, 10, 20])  # IoU exactly 0.5 matches (COCO: >=)
     m = err.match_objects(gt, gt_labels, boxes, labels, scores)
-    assert m["found"].tolist() == [True, False, True] and m["pred"].tolist() == [1, -1, 3]
+    assert m["found"].tolist() == [True, False, True] and m["prediction"].tolist() == [1, -1, 3]
     empty = err.match_objects(gt, gt_labels, boxes[:0], labels[:0], scores[:0])
     assert not empty["found"].any()
 
@@ -124,6 +125,11 @@ class _KnownDetector:
                     logits[b, q, label], logits[b, q, NO_OBJECT] = 10.0, -10.0
                     boxes[b, q] = torch.tensor([(x0 + x1) / 2 / W, (y0 + y1) / 2 / H, (x1 - x0) / W, (y1 - y0) / H])
         return {"logits": logits, "pred_boxes": boxes}
+
+    def detections(self, trace: Trace, sizes=None) -> list[dict[str, torch.Tensor]]:
+        """The role a detector declares: DETR's own post-processing of these outputs."""
+        out = self.output(trace)
+        return postprocess(out["logits"], out["pred_boxes"], torch.tensor([[H, W]] * out["logits"].shape[0]))
 
 
 class _KnownChain:

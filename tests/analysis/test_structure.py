@@ -120,4 +120,4 @@ def test_structure_cli(detr, chains, fd_oh, coco, main, tmp_path, capsys):
     assert rc == 2 and "one FD and one OH" in capsys.readouterr().err
     rc = main("structure", "--model", "mobilenet-v2", "--input-size", "32", "32",
               "--inverse", str(fd), str(oh), *args)
-    assert rc == 2 and "has no 'pred' stage" in capsys.readouterr().err
+    assert rc == 2 and "structure needs a prediction stage with class and box outputs; mobilenet-v2 declares none" in capsys.readouterr().err

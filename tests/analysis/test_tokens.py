@@ -156,8 +156,11 @@ def test_cli_tokens_detr_two_chains(cli, chains, common_args, read_outputs, tmp_
 
 def test_cli_tokens_vit(cli, chains, common_args, read_outputs, tmp_path) -> None:
     out = tmp_path / "tokens_vit"
-    cli("tokens", *common_args("vit-b16", VIT_SIZE, [chains["vit"]], "samples", out), "--noise", "unit")
+    cli("tokens", *common_args("vit-b16", VIT_SIZE, [chains["vit"]], "samples", out), "--noise", "unit",
+        "--token-stages", "bb", "enc")
     result = read_outputs(out, "tokens")
+    assert result["conditions"]["enc_man+"] == {"manipulated": "bb", "reconstructed_from": "enc"}
+    assert result["window"] == {"bb": None, "enc": None}  # global attention
     assert result["n_tokens"] == 4 and result["num_prefix_tokens"] == 1 and result["patch_size"] == [16, 16]
     assert result["position_embedding"]["bb"] and not result["position_embedding"]["enc"]
     assert result["noise"]["mode"] == "unit" and list(result["results"]) == ["standard"]
@@ -168,5 +171,5 @@ def test_tokens_need_token_stages() -> None:
     from modinv.data import open_source
 
     mnet = modinv.load_model("mobilenet-v2", weights="random", seed=0, input_size=(32, 32))
-    with pytest.raises(ModinvError, match="'bb' and 'enc'"):
+    with pytest.raises(ModinvError, match="tokens needs two token stages on one patch grid; mobilenet-v2 declares none"):
         tok.token_noise_analysis(mnet, [], open_source("samples", size=(32, 32)), progress=False)

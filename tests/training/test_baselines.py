@@ -15,6 +15,7 @@ from modinv.analysis.task import classification_top1, detection_ap, detr_predict
 from modinv.cli import main
 from modinv.data import open_source
 from modinv.models.base import Trace
+from modinv.models.detr import postprocess
 from modinv.training.set_loss import detr_targets
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # root conftest: one intra-op thread for these small passes
@@ -50,6 +51,11 @@ class _FakeDetr:
             logits[b, :n, NO_OBJECT] = -10.0
             boxes[b, :n] = target["boxes"] + torch.tensor([self.shift, 0.0, 0.0, 0.0])
         return {"logits": logits, "pred_boxes": boxes}
+
+    def detections(self, trace, sizes):
+        """The role a detector declares: DETR's own post-processing of these outputs."""
+        out = self.output(trace)
+        return postprocess(out["logits"], out["pred_boxes"], sizes)
 
 
 def test_detection_ap_on_constructed_predictions(tiny_coco):

@@ -49,11 +49,11 @@ from modinv.analysis.color_filters import (
     perturbations,
 )
 from modinv.analysis.common import (
-    AnalysisResult, chain_stages, figure_field, interval_record, model_record, precision,
+    AnalysisResult, AnalysisRun, RunOptions, chain_stages, figure_field, interval_record, model_record, precision,
 )
 from modinv.errors import ModinvError
+from modinv.models.roles import missing_role
 from modinv.metrics import summarize
-from modinv.runtime import autocast
 
 CI_OVER = "units (image x category)"
 INPUT = "input"
@@ -134,29 +134,19 @@ def resolve_categories(source, categories: Iterable[str | int] | None) -> dict[i
     return out
 
 
-def _units(source, chosen: dict[int, str] | None, batch_size: int, limit: int | None, min_area: float,
-           counts: dict[str, int]):
-    """(image 3×H×W, mask H×W, category id, image name) for every chosen category in every image."""
-    from modinv.data import make_loader
-
+def _units(run: AnalysisRun, source, chosen: dict[int, str] | None, min_area: float, counts: dict[str, int]):
+    """(image 3×H×W, mask H×W, category id, category name, image name) for every chosen category in
+    every image of ``run.batches(source)``."""
     names = dict(getattr(source, "categories", {}) or {})
-    seen = 0
-    for batch in make_loader(source, batch_size=batch_size, shuffle=False):
+    why = ("the color analysis needs object masks and category labels: use a COCO source "
+           "(--data coco:ROOT[:split]) opened with masks")
+    for batch in run.batches(source, ("masks", "labels"), why, bar=False):
         counts["unreadable"] += int(batch.get("skipped", 0))
-        if batch["image"].shape[0] and "masks" not in batch:
-            raise ModinvError(
-                "the color analysis needs object masks and category labels: use a COCO source "
-                "(--data coco:ROOT[:split]) opened with masks"
-            )
         for i in range(batch["image"].shape[0]):
-            if limit is not None and seen >= limit:
-                return
-            seen += 1
             counts["images"] += 1
             labels, masks = batch["labels"][i], batch["masks"][i]
-            present = [int(c) for c in torch.unique(labels).tolist()]
             used = False
-            for cid in present:
+            for cid in [int(c) for c in torch.unique(labels).tolist()]:
                 if chosen is not None and cid not in chosen:
                     continue
                 mask = masks[labels == cid].bool().any(0)
@@ -165,11 +155,81 @@ def _units(source, chosen: dict[int, str] | None, batch_size: int, limit: int | 
                     counts["small_masks"] += 1
                     continue
                 used = True
-                yield batch["image"][i], mask, cid, names.get(cid, str(cid)), str(batch["name"][i])
+                yield batch["image"][i].cpu(), mask, cid, names.get(cid, str(cid)), str(batch["name"][i])
             if not used:
                 counts["images_without_units"] += 1
-        if limit is not None and seen >= limit:
-            return
+
+
+class _Color:
+    """The per-group step of :func:`color_analysis` (a group: the units of one forward pass) and its
+    result builder."""
+
+    def __init__(self, run: AnalysisRun, chain, filters: tuple[str, ...], stages: list[str], n_examples: int) -> None:
+        self.run, self.model, self.chain = run, run.model, chain
+        self.filters, self.stages, self.n_examples = filters, stages, n_examples
+        self.units: list[dict[str, Any]] = []
+        self.examples: list[dict[str, Any]] = []
+
+    def __call__(self, group: list[tuple]) -> None:
+        batch = torch.stack([perturbations(img, mask, self.filters) for img, mask, *_ in group])  # U×F×3×H×W
+        u, f = batch.shape[:2]
+        with self.run.autocast():
+            trace = self.model.trace(batch.flatten(0, 1).to(self.run.device))
+            recons = {s: self.chain.reconstruct(trace, s).float().cpu().unflatten(0, (u, f)) for s in self.stages}
+        values = {INPUT: pairwise_mse(list(batch.transpose(0, 1)))}
+        values |= {s: pairwise_mse(list(r.transpose(0, 1))) for s, r in recons.items()}
+        for k, (image, mask, cid, cname, name) in enumerate(group):
+            self.units.append({"image": name, "category": cname, "category_id": cid,
+                               "mask_fraction": float(mask.float().mean()),
+                               **{key: float(v[k]) for key, v in values.items()}})
+            if len(self.examples) < self.n_examples:
+                j = len(self.examples) % f
+                self.examples.append({"image": name, "category": cname, "filter": self.filters[j], "original": image,
+                                      "perturbed": batch[k, j],
+                                      "reconstructions": {s: recons[s][k, j] for s in self.stages}})
+
+    def feed(self, units, per_pass: int) -> None:
+        """Run the units in groups of ``per_pass`` under a tqdm bar."""
+        group: list[tuple] = []
+        with tqdm(desc="color", unit="unit", disable=not self.run.options.progress) as bar:
+            for unit in units:
+                group.append(unit)
+                if len(group) == per_pass:
+                    self(group)
+                    bar.update(len(group))
+                    group = []
+            if group:
+                self(group)
+                bar.update(len(group))
+
+    def result(self, chosen: dict[int, str] | None, counts: dict[str, int]) -> ColorResult:
+        units, keys = self.units, [INPUT] + self.stages
+        per_category: dict[str, dict[str, Any]] = {}
+        for cname in dict.fromkeys(u["category"] for u in units):
+            mine = [u for u in units if u["category"] == cname]
+            per_category[cname] = {key: summarize([u[key] for u in mine], low=0.0, high=1.0) for key in keys}
+        pairwise = {key: summarize([u[key] for u in units], low=0.0, high=1.0) for key in keys}
+        filters = self.filters
+        return ColorResult(
+            **model_record(self.model), label=self.model.name, filters=list(filters),
+            masked_filters=[f for f in filters if f not in WHOLE_IMAGE_FILTERS],
+            whole_image_filters=[f for f in filters if f in WHOLE_IMAGE_FILTERS],
+            stages=self.stages, pairwise_mse=pairwise, ci=interval_record(pairwise, per_category, over=CI_OVER),
+            per_category=per_category, units=units, n_units=len(units), n_images=counts["images"],
+            skipped={k: v for k, v in counts.items() if k != "images"},
+            categories={str(k): v for k, v in chosen.items()} if chosen else "all present",
+            precision=self.run.precision,
+            examples=[{k: e[k] for k in ("image", "category", "filter")} for e in self.examples],
+            figure_data=self.examples,
+        )
+
+
+def _check_filters(filters: tuple[str, ...]) -> None:
+    bad = [f for f in filters if f not in FILTERS]
+    if bad:
+        raise ModinvError(f"unknown color filter(s) {bad}; valid: {', '.join(FILTERS)}")
+    if len(filters) < 2 or len(set(filters)) != len(filters):
+        raise ModinvError("the pairwise MSE needs at least 2 distinct filters")
 
 
 @torch.no_grad()
@@ -197,83 +257,19 @@ def color_analysis(
     Returns a :class:`ColorResult`; its ``figure_data`` holds the example tensors of Fig. 6.
     """
     filters = tuple(filters)
-    bad = [f for f in filters if f not in FILTERS]
-    if bad:
-        raise ModinvError(f"unknown color filter(s) {bad}; valid: {', '.join(FILTERS)}")
-    if len(filters) < 2 or len(set(filters)) != len(filters):
-        raise ModinvError("the pairwise MSE needs at least 2 distinct filters")
+    _check_filters(filters)
     stages = list(stages or chain_stages(model, chain))
     if not stages:
         raise ModinvError(f"the inverse chain reconstructs no stage of {model.name!r}")
     chosen = resolve_categories(source, categories)
-    device = model.device
-    dtype, used = precision(device, amp)
-    per_pass = max(1, batch_size // len(filters))
+    run = AnalysisRun(model, "color", RunOptions(max(batch_size, 1), limit, amp, progress=progress))
     counts = {"images": 0, "unreadable": 0, "small_masks": 0, "images_without_units": 0}
-    units: list[dict[str, Any]] = []
-    examples: list[dict[str, Any]] = []
-
-    def flush(group: list[tuple]) -> None:
-        batch = torch.stack([perturbations(img, mask, filters) for img, mask, *_ in group])  # U×F×3×H×W
-        u, f = batch.shape[:2]
-        flat = batch.flatten(0, 1).to(device)
-        with autocast(device, dtype):
-            trace = model.trace(flat)
-        recons = {}
-        for stage in stages:
-            with autocast(device, dtype):
-                recons[stage] = chain.reconstruct(trace, stage).float().cpu().unflatten(0, (u, f))
-        values = {INPUT: pairwise_mse(list(batch.transpose(0, 1)))}
-        values |= {s: pairwise_mse(list(r.transpose(0, 1))) for s, r in recons.items()}
-        for k, (image, mask, cid, cname, name) in enumerate(group):
-            units.append({"image": name, "category": cname, "category_id": cid,
-                          "mask_fraction": float(mask.float().mean()),
-                          **{key: float(v[k]) for key, v in values.items()}})
-            if len(examples) < n_examples:
-                j = len(examples) % f
-                examples.append({"image": name, "category": cname, "filter": filters[j], "original": image,
-                                 "perturbed": batch[k, j], "reconstructions": {s: recons[s][k, j] for s in stages}})
-
-    group: list[tuple] = []
-    bar = tqdm(desc="color", unit="unit", disable=not progress)
-    for unit in _units(source, chosen, max(batch_size, 1), limit, min_area, counts):
-        group.append(unit)
-        if len(group) == per_pass:
-            flush(group)
-            bar.update(len(group))
-            group = []
-    if group:
-        flush(group)
-        bar.update(len(group))
-    bar.close()
-    if not units:
+    step = _Color(run, chain, filters, stages, n_examples)
+    step.feed(_units(run, source, chosen, min_area, counts), max(1, batch_size // len(filters)))
+    if not step.units:
         wanted = "the chosen categories" if chosen else "any category"
         raise ModinvError(f"no object masks of {wanted} in the {counts['images']} image(s) read: nothing to perturb")
-    keys = [INPUT] + stages
-    per_category: dict[str, dict[str, Any]] = {}
-    for cname in dict.fromkeys(u["category"] for u in units):
-        mine = [u for u in units if u["category"] == cname]
-        per_category[cname] = {key: summarize([u[key] for u in mine], low=0.0, high=1.0) for key in keys}
-    pairwise = {key: summarize([u[key] for u in units], low=0.0, high=1.0) for key in keys}
-    return ColorResult(
-        **model_record(model),
-        label=model.name,
-        filters=list(filters),
-        masked_filters=[f for f in filters if f not in WHOLE_IMAGE_FILTERS],
-        whole_image_filters=[f for f in filters if f in WHOLE_IMAGE_FILTERS],
-        stages=stages,
-        pairwise_mse=pairwise,
-        ci=interval_record(pairwise, per_category, over=CI_OVER),
-        per_category=per_category,
-        units=units,
-        n_units=len(units),
-        n_images=counts["images"],
-        skipped={k: v for k, v in counts.items() if k != "images"},
-        categories={str(k): v for k, v in chosen.items()} if chosen else "all present",
-        precision=used,
-        examples=[{k: e[k] for k in ("image", "category", "filter")} for e in examples],
-        figure_data=examples,
-    )
+    return step.result(chosen, counts)
 
 
 def task_of(model) -> str:
@@ -281,8 +277,7 @@ def task_of(model) -> str:
     "classification" (top-1); a model that declares none has no task metric to measure."""
     task = getattr(getattr(model, "meta", None), "task", None)
     if task not in TASK_METRICS:
-        raise ModinvError(f"{model.name!r} declares no task (detection or classification): "
-                          "there is no task metric to measure under recoloring")
+        raise missing_role("color --robustness", "a task (detection or classification) with a task metric", model)
     return task
 
 

@@ -1,4 +1,10 @@
-"""Helpers shared by the analyses: limited data batches and the base of their result objects.
+"""The analysis skeleton and helpers shared by the analyses.
+
+One run-options object (:class:`RunOptions`: batch, limit, precision, device, progress) and one
+batch iterator under the reported precision (:class:`AnalysisRun`: float32 unless the options ask
+for bf16 autocast) serve every analysis; an analysis is a per-batch step (``step(batch)``, fed by
+:meth:`AnalysisRun.feed`) plus a result builder. :mod:`modinv.analysis.registry` lists the analyses
+(what ``modinv analyze`` is built from) with the roles each needs.
 
 Every analysis returns a dataclass derived from :class:`AnalysisResult`: its numbers as fields,
 and what its figure needs in the field ``figure_data`` (declared with :func:`figure_field`), which
@@ -7,8 +13,9 @@ and what its figure needs in the field ``figure_data`` (declared with :func:`fig
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Iterator
 
 import torch
@@ -17,7 +24,7 @@ from torch import Tensor
 from modinv.errors import ModinvError
 from modinv.fileio import finite_or_null
 from modinv.metrics import CI_METHODS
-from modinv.runtime import amp_dtype
+from modinv.runtime import amp_dtype, autocast
 
 
 def figure_field(default: Any = None) -> Any:
@@ -117,3 +124,66 @@ def chain_stages(model, chain) -> list[str]:
             continue
         out.append(stage)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How an analysis runs: ``batch_size`` images per forward pass, at most ``limit`` images,
+    ``amp`` ("off": float32, every reported number's default; "bf16"/"auto": bf16 autocast where
+    native), ``device`` (None: the model's), ``progress`` (a tqdm bar)."""
+
+    batch_size: int = 8
+    limit: int | None = None
+    amp: str = "off"
+    device: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ModinvError(f"limit must be a positive number of images, got {self.limit}")
+        if self.batch_size < 1:
+            raise ModinvError(f"the batch size must be a positive number of images, got {self.batch_size}")
+
+
+class AnalysisRun:
+    """One analysis over a data source: the model's device, the reported precision, the batches.
+
+    ``run.batches(source)`` yields the source's batches (at most ``limit`` images; ``"image"`` moved
+    to the device) under a tqdm bar named ``name``; ``with run.autocast():`` computes under the
+    precision the result records as ``run.precision``; ``run.feed(source, step)`` calls ``step(batch)``
+    for every batch and returns the number of images seen.
+    """
+
+    def __init__(self, model, name: str, options: RunOptions | None = None) -> None:
+        self.model, self.name = model, name
+        self.options = options or RunOptions()
+        self.device = torch.device(self.options.device) if self.options.device else model.device
+        self.dtype, self.precision = precision(self.device, self.options.amp)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The reported precision: a no-op for float32, else autocast to ``dtype``."""
+        return autocast(self.device, self.dtype)
+
+    def batches(self, source, require: tuple[str, ...] = (), why: str = "",
+                bar: bool = True) -> Iterator[dict[str, Any]]:
+        """The batches of ``source``; one sentence (``why``) when one lacks a key of ``require``;
+        ``bar=False``: no progress bar here (the analysis counts its own units)."""
+        from tqdm.auto import tqdm
+
+        opts = self.options
+        for batch in tqdm(limited_batches(source, opts.batch_size, opts.limit), desc=self.name,
+                          disable=not (opts.progress and bar)):
+            if require and not all(k in batch for k in require):
+                raise ModinvError(why or f"the {self.name} analysis needs items with {', '.join(require)}")
+            yield {**batch, "image": batch["image"].to(self.device)}
+
+    def feed(self, source, step: Callable[[dict[str, Any]], None], **checks: Any) -> int:
+        """``step(batch)`` for every batch of :meth:`batches`; the number of images (one sentence
+        when the source yields none)."""
+        n = 0
+        for batch in self.batches(source, **checks):
+            step(batch)
+            n += batch["image"].shape[0]
+        if not n:
+            raise ModinvError("the image source yielded no images")
+        return n

@@ -52,15 +52,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from modinv.analysis.common import (
-    AnalysisResult, chain_stages, figure_field, limited_batches, model_record, precision,
+    AnalysisResult, AnalysisRun, RunOptions, chain_stages, figure_field, model_record,
 )
 from modinv.analysis.task import trace_detections
 from modinv.errors import ModinvError
@@ -68,7 +67,7 @@ from modinv.figures import plt, save_figure, to_numpy_image
 from modinv.inverse.chain import InverseChain
 from modinv.metrics import as_float_array, auroc, auroc_ci, mean_summary
 from modinv.models.base import StagedModel, Trace
-from modinv.runtime import autocast
+from modinv.models.roles import missing_role
 
 DEFAULT_THRESHOLD = 0.7
 IOU_THRESHOLD = 0.5
@@ -103,7 +102,7 @@ def match_objects(gt_boxes: Tensor, gt_labels: Tensor, pred_boxes: Tensor, pred_
 
     Predictions by descending score (ties: in the given order) each take the unmatched ground truth
     of the same label with the highest IoU, if that IoU >= ``iou_threshold``. Returns ``{"found":
-    bool G, "pred": int64 G (matched prediction index, -1), "iou": float G (0 when missed)}``.
+    bool G, "prediction": int64 G (matched prediction index, -1), "iou": float G (0 when missed)}``.
     """
     from torchvision.ops import box_iou
 
@@ -112,7 +111,7 @@ def match_objects(gt_boxes: Tensor, gt_labels: Tensor, pred_boxes: Tensor, pred_
     matched = torch.full((g,), -1, dtype=torch.int64)
     ious = torch.zeros(g)
     if g == 0 or pred_boxes.shape[0] == 0:
-        return {"found": found, "pred": matched, "iou": ious}
+        return {"found": found, "prediction": matched, "iou": ious}
     iou = box_iou(pred_boxes.float().cpu(), gt_boxes.float().cpu())
     iou[pred_labels.cpu()[:, None] != gt_labels.cpu()[None, :]] = -1.0
     for p in torch.argsort(pred_scores.cpu(), descending=True, stable=True).tolist():
@@ -121,7 +120,7 @@ def match_objects(gt_boxes: Tensor, gt_labels: Tensor, pred_boxes: Tensor, pred_
         best = int(candidates.argmax())
         if candidates[best] >= iou_threshold:
             found[best], matched[best], ious[best] = True, p, float(candidates[best])
-    return {"found": found, "pred": matched, "iou": ious}
+    return {"found": found, "prediction": matched, "iou": ious}
 
 
 # -- discrepancy -----------------------------------------------------------------------------------------
@@ -149,13 +148,6 @@ def box_discrepancy(image: Tensor, reconstruction: Tensor, boxes: Tensor) -> tup
 
 # -- the analysis ----------------------------------------------------------------------------------------
 
-def _batches(source, batch_size: int, limit: int | None) -> Iterable[dict[str, Any]]:
-    for batch in limited_batches(source, batch_size, limit):
-        if "boxes" not in batch:
-            raise ModinvError("the detection-error analysis needs ground-truth boxes: use a COCO source (coco:ROOT)")
-        yield batch
-
-
 def _category_names(model: StagedModel, source) -> dict[int, str]:
     """Class index -> name: the model's declared class names (placeholders such as ``LABEL_12``,
     ``N/A`` and the no-object class left out), then the source's categories on top."""
@@ -170,7 +162,7 @@ def _category_names(model: StagedModel, source) -> dict[int, str]:
 @dataclasses.dataclass(kw_only=True)
 class DetectionErrorResult(AnalysisResult):
     """The numbers of ``errors.json``; ``figure_data``: ``{"rows": [{"name", "image", "recons" {stage},
-    "gt" [(box, name, found)], "pred" [(box, name, score)]}], "stages", "threshold"}``."""
+    "gt" [(box, name, found)], "predictions" [(box, name, score)]}], "stages", "threshold"}``."""
 
     analysis: str = "errors"
     model: str
@@ -193,6 +185,84 @@ class DetectionErrorResult(AnalysisResult):
     figure_data: dict[str, Any] = figure_field()
 
 
+def _object_record(batch: dict[str, Any], i: int, j: int, pred: dict[str, Tensor], match: dict[str, Tensor],
+                   per_stage: dict[str, tuple], names: dict[int, str]) -> dict[str, Any]:
+    """One ground-truth object ``j`` of image ``i`` of ``batch``: its box, whether it was found, its
+    per-stage discrepancies."""
+    box = [float(v) for v in batch["boxes"][i][j]]
+    label, p = int(batch["labels"][i][j]), int(match["prediction"][j])
+    return {
+        "image": str(batch["name"][i]),
+        "image_id": int(batch["image_id"][i]) if "image_id" in batch else None,
+        "index": int(batch["index"][i]),
+        "category_id": label,
+        "category": names.get(label, str(label)),
+        "box": box,
+        "area": max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0),
+        "found": bool(match["found"][j]),
+        "matched_score": float(pred["scores"][p]) if p >= 0 else None,
+        "matched_iou": float(match["iou"][j]) if p >= 0 else None,
+        "discrepancy": {s: float(v[0][j]) for s, v in per_stage.items()},
+        "relative": {s: _number(v[1][j]) for s, v in per_stage.items()},
+    }
+
+
+class _DetectionErrors:
+    """The per-batch step of :func:`detection_error_analysis` and its result builder."""
+
+    def __init__(self, run: AnalysisRun, chain: InverseChain, stages: list[str], names: dict[int, str],
+                 threshold: float, iou_threshold: float, figure_images: int) -> None:
+        self.run, self.model, self.chain, self.stages, self.names = run, run.model, chain, stages, names
+        self.threshold, self.iou_threshold, self.figure_images = threshold, iou_threshold, figure_images
+        self.objects: list[dict[str, Any]] = []
+        self.figure: dict[str, Any] = {"rows": [], "stages": stages, "threshold": threshold}
+
+    def __call__(self, batch: dict[str, Any]) -> None:
+        with self.run.autocast():
+            trace = self.model.trace(batch["image"])
+            recons = {s: self.chain.reconstruct(trace, s).float().cpu() for s in self.stages}
+            predictions = detections(self.model, trace, self.threshold)  # from the same frozen forward
+        images = batch["image"].float().cpu()
+        for i in range(images.shape[0]):
+            gt_boxes, gt_labels, pred = batch["boxes"][i].float(), batch["labels"][i].long(), predictions[i]
+            match = match_objects(gt_boxes, gt_labels, pred["boxes"], pred["labels"], pred["scores"], self.iou_threshold)
+            per_stage = {s: box_discrepancy(images[i], recons[s][i], gt_boxes) for s in self.stages}
+            self.objects += [_object_record(batch, i, j, pred, match, per_stage, self.names)
+                             for j in range(gt_boxes.shape[0])]
+            if len(self.figure["rows"]) < self.figure_images:
+                self.figure["rows"].append(self._figure_row(batch, i, images[i], recons, pred, match))
+
+    def _figure_row(self, batch, i: int, image: Tensor, recons, pred, match) -> dict[str, Any]:
+        name = lambda label: self.names.get(int(label), str(int(label)))  # noqa: E731
+        return {"name": str(batch["name"][i]), "image": image, "recons": {s: recons[s][i] for s in self.stages},
+                "gt": [(b, name(l), bool(f)) for b, l, f in
+                       zip(batch["boxes"][i].tolist(), batch["labels"][i].tolist(), match["found"].tolist())],
+                "predictions": [(b, name(l), float(sc)) for b, l, sc in
+                         zip(pred["boxes"].tolist(), pred["labels"].tolist(), pred["scores"].tolist())]}
+
+    def _stage(self, s: str, missed: list[dict], found: list[dict]) -> dict[str, Any]:
+        rel_m, rel_f = _finite([o["relative"][s] for o in missed]), _finite([o["relative"][s] for o in found])
+        a = missed_auroc(rel_m, rel_f)
+        return {"auroc": a, "auroc_ci95": auroc_ci(a, len(rel_m), len(rel_f)),
+                "auroc_raw": missed_auroc([o["discrepancy"][s] for o in missed], [o["discrepancy"][s] for o in found]),
+                "n_missed": len(missed), "n_found": len(found),
+                "relative_missed": _mean_summary(rel_m), "relative_found": _mean_summary(rel_f)}
+
+    def result(self, n_images: int) -> DetectionErrorResult:
+        missed = [o for o in self.objects if not o["found"]]
+        found = [o for o in self.objects if o["found"]]
+        small = missed_auroc([-o["area"] for o in missed], [-o["area"] for o in found])
+        return DetectionErrorResult(
+            **model_record(self.model), n_images=n_images, threshold=self.threshold,
+            iou_threshold=self.iou_threshold, stages={s: self._stage(s, missed, found) for s in self.stages},
+            baselines={"small_box": {"auroc": small, "auroc_ci95": auroc_ci(small, len(missed), len(found)),
+                                     "n_missed": len(missed), "n_found": len(found),
+                                     "score": "minus the box area (small objects are missed more often)"}},
+            n_objects=len(self.objects), n_missed=len(missed), n_found=len(found), objects=self.objects,
+            precision=self.run.precision, figure_data=self.figure,
+        )
+
+
 @torch.no_grad()
 def detection_error_analysis(
     model: StagedModel,
@@ -209,90 +279,15 @@ def detection_error_analysis(
     """Found/missed ground-truth objects, their per-stage box discrepancy and its AUROC; the numbers of
     ``errors.json``, and in ``figure_data`` the first ``figure_images`` images for :func:`detection_error_figure`."""
     if model.meta.task != "detection":
-        raise ModinvError(f"the detection-error analysis needs a detector; {model.name!r} declares task "
-                          f"{model.meta.task!r}")
+        raise missing_role("errors", "a detector's post-processing of raw outputs into detections", model)
     stages = chain_stages(model, chain)
     if not stages:
         raise ModinvError(f"the inverse chain reconstructs from no stage of {model.name}")
-    names = _category_names(model, source)
-    device = model.device
-    dtype, used = precision(device, amp)
-    objects: list[dict[str, Any]] = []
-    figure: dict[str, Any] = {"rows": [], "stages": stages, "threshold": threshold}
-    n_images = 0
-    for batch in tqdm(_batches(source, batch_size, limit), desc="errors", disable=not progress):
-        images = batch["image"].to(device)
-        with autocast(device, dtype):
-            trace = model.trace(images)
-            recons = {s: chain.reconstruct(trace, s).float().cpu() for s in stages}
-            predictions = detections(model, trace, threshold)  # from the same frozen forward
-        images = images.float().cpu()
-        for i in range(images.shape[0]):
-            gt_boxes, gt_labels = batch["boxes"][i].float(), batch["labels"][i].long()
-            pred = predictions[i]
-            match = match_objects(gt_boxes, gt_labels, pred["boxes"], pred["labels"], pred["scores"], iou_threshold)
-            per_stage = {s: box_discrepancy(images[i], recons[s][i], gt_boxes) for s in stages}
-            name = str(batch["name"][i])
-            for j in range(gt_boxes.shape[0]):
-                box = [float(v) for v in gt_boxes[j]]
-                p = int(match["pred"][j])
-                objects.append({
-                    "image": name,
-                    "image_id": int(batch["image_id"][i]) if "image_id" in batch else None,
-                    "index": int(batch["index"][i]),
-                    "category_id": int(gt_labels[j]),
-                    "category": names.get(int(gt_labels[j]), str(int(gt_labels[j]))),
-                    "box": box,
-                    "area": max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0),
-                    "found": bool(match["found"][j]),
-                    "matched_score": float(pred["scores"][p]) if p >= 0 else None,
-                    "matched_iou": float(match["iou"][j]) if p >= 0 else None,
-                    "discrepancy": {s: float(per_stage[s][0][j]) for s in stages},
-                    "relative": {s: _number(per_stage[s][1][j]) for s in stages},
-                })
-            if len(figure["rows"]) < figure_images:
-                figure["rows"].append({
-                    "name": name, "image": images[i], "recons": {s: recons[s][i] for s in stages},
-                    "gt": [(b, names.get(int(l), str(int(l))), bool(f))
-                           for b, l, f in zip(gt_boxes.tolist(), gt_labels.tolist(), match["found"].tolist())],
-                    "pred": [(b, names.get(int(l), str(int(l))), float(sc))
-                             for b, l, sc in zip(pred["boxes"].tolist(), pred["labels"].tolist(), pred["scores"].tolist())],
-                })
-        n_images += images.shape[0]
-    if not n_images:
-        raise ModinvError("the image source yielded no images")
-    missed = [o for o in objects if not o["found"]]
-    found = [o for o in objects if o["found"]]
-    per_stage_result = {}
-    for s in stages:
-        rel_m, rel_f = _finite([o["relative"][s] for o in missed]), _finite([o["relative"][s] for o in found])
-        a = missed_auroc(rel_m, rel_f)
-        per_stage_result[s] = {
-            "auroc": a,
-            "auroc_ci95": auroc_ci(a, len(rel_m), len(rel_f)),
-            "auroc_raw": missed_auroc([o["discrepancy"][s] for o in missed], [o["discrepancy"][s] for o in found]),
-            "n_missed": len(missed),
-            "n_found": len(found),
-            "relative_missed": _mean_summary(rel_m),
-            "relative_found": _mean_summary(rel_f),
-        }
-    small = missed_auroc([-o["area"] for o in missed], [-o["area"] for o in found])
-    return DetectionErrorResult(
-        **model_record(model),
-        n_images=n_images,
-        threshold=threshold,
-        iou_threshold=iou_threshold,
-        stages=per_stage_result,
-        baselines={"small_box": {"auroc": small, "auroc_ci95": auroc_ci(small, len(missed), len(found)),
-                                 "n_missed": len(missed), "n_found": len(found),
-                                 "score": "minus the box area (small objects are missed more often)"}},
-        n_objects=len(objects),
-        n_missed=len(missed),
-        n_found=len(found),
-        objects=objects,
-        precision=used,
-        figure_data=figure,
-    )
+    run = AnalysisRun(model, "errors", RunOptions(batch_size, limit, amp, progress=progress))
+    step = _DetectionErrors(run, chain, stages, _category_names(model, source), threshold, iou_threshold,
+                            figure_images)
+    why = "the detection-error analysis needs ground-truth boxes: use a COCO source (coco:ROOT)"
+    return step.result(run.feed(source, step, require=("boxes",), why=why))
 
 
 def missed_auroc(missed: Sequence[float], found: Sequence[float]) -> float:
@@ -342,7 +337,7 @@ def detection_error_figure(result: DetectionErrorResult, path: str | Path, title
             if i == 0:
                 ax.set_title(columns[j], fontsize=9)
             if j == 1:
-                for box, name, score in row["pred"]:
+                for box, name, score in row["predictions"]:
                     _box(ax, box, PRED_COLOR, 1.5, f"{name} {score:.2f}", Rectangle)
             else:
                 for box, name, found in row["gt"]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from modinv.analysis.common import chain_stages, interval_record, limited_batches, precision
+from modinv.analysis.common import AnalysisRun, RunOptions, chain_stages, interval_record, limited_batches
 from modinv.errors import ModinvError
 from modinv.inverse.chain import InverseChain
 from modinv.metrics import (
@@ -20,7 +19,6 @@ from modinv.metrics import (
 )
 from modinv.metrics.image import SSIM_SETTINGS
 from modinv.models.base import StagedModel
-from modinv.runtime import autocast
 
 # digits printed per metric
 DIGITS = {"mse": 5, "psnr": 2, "ssim": 4, "lpips": 4}
@@ -28,16 +26,11 @@ DIGITS = {"mse": 5, "psnr": 2, "ssim": 4, "lpips": 4}
 __all__ = ["DIGITS", "evaluate_chain", "evaluate_chains", "evaluation_lines", "mean_image", "metric_text"]
 
 
-def _batches(source, batch_size: int, limit: int | None) -> Iterable[Tensor]:
-    for batch in limited_batches(source, batch_size, limit):
-        yield batch["image"]
-
-
 def mean_image(source, batch_size: int = 16, limit: int | None = None) -> Tensor:
     """The data set's mean image (3×H×W), the paper's structureless reference."""
     running = RunningMean()
-    for images in _batches(source, batch_size, limit):
-        running.add(images)
+    for batch in limited_batches(source, batch_size, limit):
+        running.add(batch["image"])
     if running.count == 0:
         raise ModinvError("the data yielded no usable images")
     return running.mean
@@ -100,25 +93,24 @@ def evaluate_chains(
     names = tuple(m for m in METRICS if m in wanted or m == "mse")  # MSE always: "stages" is the MSE
     skipped = not_computed(names, lpips)
     chain_stage_lists = {label: list(stages or chain_stages(model, chain)) for label, chain in chains.items()}
-    device = model.device
-    dtype, used = precision(device, amp)
-    reference = mean_image(source, batch_size, limit).to(device)
+    run = AnalysisRun(model, "evaluate", RunOptions(batch_size, limit, amp, progress=progress))
+    reference = mean_image(source, batch_size, limit).to(run.device)
     # values[label][stage][metric]; label None / stage None: the mean-image baseline
     values: dict[str | None, dict[str | None, dict[str, list[Tensor]]]] = {
         label: {s: {m: [] for m in names} for s in chain_stage_lists[label]} for label in chains
     } | {None: {None: {m: [] for m in names}}}
     n_images = 0
-    for images in tqdm(_batches(source, batch_size, limit), desc="evaluate", disable=not progress):
+    for batch in run.batches(source):
+        images = batch["image"]
         if "ssim" in names and "ssim" not in skipped and (why := _too_small_for_ssim(images)):
             skipped["ssim"] = why
         computed = [m for m in names if m not in skipped]
-        images = images.to(device)
-        with autocast(device, dtype):
+        with run.autocast():
             trace = model.trace(images)
         recons: list[tuple[str | None, str | None, Tensor]] = [(None, None, reference.expand_as(images).contiguous())]
         for label, chain in chains.items():
             for stage in chain_stage_lists[label]:
-                with autocast(device, dtype):
+                with run.autocast():
                     recons.append((label, stage, chain.reconstruct(trace, stage)))
         for label, stage, recon in recons:
             for name, v in image_metrics(recon.float(), images.float(), computed, lpips).items():
@@ -128,7 +120,7 @@ def evaluate_chains(
     return {label: _result(model, {m: {"stages": {s: summarize_metric(m, torch.cat(values[label][s][m]))
                                                   for s in chain_stage_lists[label]},
                                        "mean_image_baseline": baseline[m]} for m in baseline},
-                           wanted, skipped, n_images, used)
+                           wanted, skipped, n_images, run.precision)
             for label in chains}
 
 

@@ -38,17 +38,15 @@ from typing import Any, Mapping
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from modinv.analysis.common import (
-    AnalysisResult, chain_stages, figure_field, interval_record, limited_batches, model_record, precision,
+    AnalysisResult, AnalysisRun, RunOptions, chain_stages, figure_field, interval_record, model_record,
 )
 from modinv.errors import ModinvError
 from modinv.figures import image_grid
 from modinv.inverse.chain import InverseChain
 from modinv.metrics import per_image_mse, summarize
 from modinv.models.base import StagedModel
-from modinv.runtime import autocast
 
 __all__ = ["LayerResult", "layer_analysis", "layer_entries", "layer_figure"]
 
@@ -90,6 +88,60 @@ def layer_entries(model: StagedModel, chain: InverseChain, layers: Mapping[str, 
     return rows
 
 
+class _Layers:
+    """The per-batch step of :func:`layer_analysis` and its result builder."""
+
+    def __init__(self, run: AnalysisRun, chain: InverseChain, figure_images: int) -> None:
+        self.run, self.model, self.chain, self.figure_images = run, run.model, chain, figure_images
+        self.rows: list[dict[str, Any]] | None = None
+        self.errors: dict[str, list[list[Tensor]]] = {}
+        self.counts: dict[str, int] = {}
+        self.figure: dict[str, Any] = {"images": [], "names": [], "recons": []}
+
+    def _start(self, layers: Mapping[str, list[Tensor]]) -> None:
+        self.rows = layer_entries(self.model, self.chain, layers)
+        self.counts = {s: len(t) for s, t in layers.items()}
+        self.errors = {r["key"]: [[] for _ in layers[r["source"]]] for r in self.rows}
+
+    def __call__(self, batch: dict[str, Any]) -> None:
+        images, model = batch["image"], self.model
+        with self.run.autocast():
+            layers = model.layers(images)
+            if self.rows is None:
+                self._start(layers)
+            deepest = max((r["entry"] for r in self.rows), key=model.stage_index)
+            trace = model.trace(images, end=deepest)
+        keep = max(0, min(self.figure_images - len(self.figure["images"]), images.shape[0]))
+        recon_keep: list[dict[str, list[Tensor]]] = [{} for _ in range(keep)]
+        for row in self.rows:
+            tensors = layers[row["source"]]
+            if row["native_layer"] is None:
+                ref = trace[row["entry"]].float()
+                native = [l for l, t in enumerate(tensors) if torch.allclose(t.float(), ref, rtol=1e-4, atol=1e-5)]
+                row["native_layer"] = native[-1] if native else -1
+            for l, tensor in enumerate(tensors):
+                with self.run.autocast():
+                    recon = self.chain.reconstruct(trace.edit(row["entry"], tensor), row["entry"]).float()
+                self.errors[row["key"]][l].append(per_image_mse(recon, images).cpu())
+                for i in range(keep):
+                    recon_keep[i].setdefault(row["key"], []).append(recon[i].cpu())
+        self.figure["images"] += [images[i].float().cpu() for i in range(keep)]
+        self.figure["names"] += list(batch["name"][:keep])
+        self.figure["recons"] += recon_keep
+
+    def result(self, n_images: int) -> LayerResult:
+        for row in self.rows:
+            if row["native_layer"] == -1:
+                row["native_layer"] = None
+        columns = {s: _column_labels(n) for s, n in self.counts.items()}
+        self.figure |= {"rows": self.rows, "columns": columns}
+        mse = {key: [summarize(torch.cat(v), low=0.0, high=1.0) for v in per_layer]
+               for key, per_layer in self.errors.items()}
+        return LayerResult(**model_record(self.model), n_images=n_images, layers=self.counts, rows=self.rows,
+                           columns=columns, mse=mse, ci=interval_record(mse), precision=self.run.precision,
+                           figure_data=self.figure)
+
+
 @torch.no_grad()
 def layer_analysis(
     model: StagedModel,
@@ -102,61 +154,11 @@ def layer_analysis(
     progress: bool = True,
 ) -> LayerResult:
     """Image MSE of the reconstruction from every intermediate layer through every inverse entry
-    point of its shape; ``figure_images`` images are kept for :func:`layer_figure`."""
-    device = model.device
-    dtype, used = precision(device, amp)
-    rows: list[dict[str, Any]] | None = None
-    errors: dict[str, list[list[Tensor]]] = {}
-    figure: dict[str, Any] = {"images": [], "names": [], "recons": []}
-    counts: dict[str, int] = {}
-    n_images = 0
-    for batch in tqdm(limited_batches(source, batch_size, limit), desc="layers", disable=not progress):
-        images = batch["image"].to(device)
-        with autocast(device, dtype):
-            layers = model.layers(images)
-            if rows is None:
-                rows = layer_entries(model, chain, layers)
-                counts = {s: len(t) for s, t in layers.items()}
-                errors = {r["key"]: [[] for _ in layers[r["source"]]] for r in rows}
-            deepest = max((r["entry"] for r in rows), key=model.stage_index)
-            trace = model.trace(images, end=deepest)
-        keep = max(0, min(figure_images - len(figure["images"]), images.shape[0]))
-        recon_keep: list[dict[str, list[Tensor]]] = [{} for _ in range(keep)]
-        for row in rows:
-            tensors = layers[row["source"]]
-            if row["native_layer"] is None:
-                ref = trace[row["entry"]].float()
-                native = [l for l, t in enumerate(tensors) if torch.allclose(t.float(), ref, rtol=1e-4, atol=1e-5)]
-                row["native_layer"] = native[-1] if native else -1
-            for l, tensor in enumerate(tensors):
-                with autocast(device, dtype):
-                    recon = chain.reconstruct(trace.edit(row["entry"], tensor), row["entry"]).float()
-                errors[row["key"]][l].append(per_image_mse(recon, images).cpu())
-                for i in range(keep):
-                    recon_keep[i].setdefault(row["key"], []).append(recon[i].cpu())
-        figure["images"] += [images[i].float().cpu() for i in range(keep)]
-        figure["names"] += batch["name"][:keep]
-        figure["recons"] += recon_keep
-        n_images += images.shape[0]
-    if rows is None:
-        raise ModinvError("the image source yielded no images")
-    for row in rows:
-        if row["native_layer"] == -1:
-            row["native_layer"] = None
-    columns = {s: _column_labels(n) for s, n in counts.items()}
-    figure |= {"rows": rows, "columns": columns}
-    mse = {key: [summarize(torch.cat(v), low=0.0, high=1.0) for v in per_layer] for key, per_layer in errors.items()}
-    return LayerResult(
-        **model_record(model),
-        n_images=n_images,
-        layers=counts,
-        rows=rows,
-        columns=columns,
-        mse=mse,
-        ci=interval_record(mse),
-        precision=used,
-        figure_data=figure,
-    )
+    point of its shape; ``figure_images`` images are kept for :func:`layer_figure`. The model must
+    declare stacks of same-shape intermediate layers (``model.layers``)."""
+    run = AnalysisRun(model, "layers", RunOptions(batch_size, limit, amp, progress=progress))
+    step = _Layers(run, chain, figure_images)
+    return step.result(run.feed(source, step))
 
 
 def _column_labels(n: int) -> list[str]:

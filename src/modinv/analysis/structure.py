@@ -26,7 +26,8 @@ paired difference ``oh_minus_fd`` a Student-t CI; ``ci`` names the methods used.
 (OH). Detections come from ``model.output(trace)`` and are listed only for models whose metadata
 declares ``task == "detection"``; class names from ``model.meta.class_names``.
 
-Models without a ``pred`` stage (e.g. ViT) are refused with a :class:`~modinv.errors.ModinvError`.
+Models that declare no prediction stage with class and box outputs (``model.prediction_stage()``;
+e.g. ViT, Swin) are refused with one sentence naming that role.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from modinv.analysis.common import (
-    AnalysisResult, figure_field, interval_record, limited_batches, model_record, precision,
+    AnalysisResult, AnalysisRun, RunOptions, figure_field, interval_record, model_record,
 )
 from modinv.analysis.task import trace_detections
 from modinv.errors import ModinvError
@@ -48,12 +48,13 @@ from modinv.figures import image_grid
 from modinv.inverse.chain import InverseChain, layout_mismatch, model_layout
 from modinv.metrics import per_image_mse, summarize
 from modinv.models.base import StagedModel
-from modinv.runtime import autocast
+from modinv.models.roles import missing_role
 
-PRED = "pred"
 VARIANTS = ("fd", "oh")
 BOX_COLOR = (1.0, 0.15, 0.1)
-COLUMN_TITLES = {"pred_fd": "from pred (FD)", "pred_oh": "from pred (OH)"}
+FD, OH = "pred_fd", "pred_oh"  # the columns of the two pred⁻¹ variants
+COLUMN_TITLES = {FD: "from pred (FD)", OH: "from pred (OH)"}
+NEEDED_OUTPUTS = ("class", "box")
 
 __all__ = ["StructureResult", "detections", "draw_boxes", "pred_variant", "require_pred", "split_fd_oh", "structure_analysis",
            "structure_figure"]
@@ -82,48 +83,50 @@ class StructureResult(AnalysisResult):
     figure_data: list[dict[str, Any]] = figure_field()
 
 
-def pred_variant(chain) -> str:
-    """"fd" or "oh": the variant of ``chain``'s pred⁻¹ (its config's ``mode``, else its recorded
-    ``variant``). Raises a :class:`ModinvError` when the chain has no pred⁻¹ or it is neither."""
-    if PRED not in chain.components:
+def pred_variant(chain, stage: str | None = None) -> str:
+    """"fd" or "oh": the variant of ``chain``'s pred⁻¹, the component of the prediction ``stage``
+    (default: the model's last stage; its config's ``mode``, else its recorded ``variant``). Raises
+    a :class:`ModinvError` when the chain has no such component or it is neither."""
+    stage = stage or chain.model_stages[-1]
+    if stage not in chain.components:
         raise ModinvError(
-            f"the inverse chain holds no pred⁻¹ (it holds: {', '.join(chain.stages) or 'nothing'}); "
+            f"the inverse chain holds no {stage}⁻¹ (it holds: {', '.join(chain.stages) or 'nothing'}); "
             "the structure analysis needs one chain with the FD and one with the OH pred⁻¹"
         )
-    meta = chain.component_meta.get(PRED, {})
-    mode = (meta.get("config") or {}).get("mode") or getattr(chain.components[PRED], "mode", None)
+    meta = chain.component_meta.get(stage, {})
+    mode = (meta.get("config") or {}).get("mode") or getattr(chain.components[stage], "mode", None)
     if mode not in VARIANTS:
         mode = meta.get("variant")
     if mode not in VARIANTS:
         raise ModinvError(
             f"cannot tell whether this pred⁻¹ is FD or OH (kind {meta.get('kind')!r}, variant "
-            f"{meta.get('variant')!r}); build it with InverseChain.build(model, variants={{'pred': 'fd' | 'oh'}})"
+            f"{meta.get('variant')!r}); build it with InverseChain.build(model, variants={{{stage!r}: 'fd' | 'oh'}})"
         )
     return str(mode)
 
 
-def split_fd_oh(chains: Sequence[Any]) -> tuple[Any, Any]:
-    """``(fd_chain, oh_chain)`` from two chains given in any order."""
+def split_fd_oh(chains: Sequence[Any], stage: str | None = None) -> tuple[Any, Any]:
+    """``(fd_chain, oh_chain)`` from two chains given in any order (``stage``: the prediction stage)."""
     chains = list(chains)
     if len(chains) != 2:
         raise ModinvError(f"the structure analysis takes two inverse chains (FD and OH pred⁻¹), got {len(chains)}")
-    variants = [pred_variant(c) for c in chains]
+    variants = [pred_variant(c, stage) for c in chains]
     if set(variants) != set(VARIANTS):
         raise ModinvError(
             f"the two chains must hold one FD and one OH pred⁻¹; both hold {variants[0].upper()} "
-            "(build the other with variants={'pred': 'oh'} or {'pred': 'fd'})"
+            f"(build the other with variants={{{stage or chains[0].model_stages[-1]!r}: 'oh' or 'fd'}})"
         )
     return (chains[0], chains[1]) if variants[0] == "fd" else (chains[1], chains[0])
 
 
 def _composite(model, fd, oh) -> tuple[Any, Any, dict[str, str]]:
     """Two full chains sharing every component but pred: FD's where it has one, else OH's."""
-    require_pred(model)
+    pred = require_pred(model)
     for name, chain in (("FD", fd), ("OH", oh)):
         why = layout_mismatch(chain.layout, model_layout(model))
         if why:
             raise ModinvError(f"the {name} chain does not fit model {model.name!r}: {why}")
-    before = list(model.stages[: model.stages.index(PRED)])
+    before = list(model.stages[: model.stages.index(pred)])
     shared, meta, origin = {}, {}, {}
     for stage in before:
         for tag, chain in (("fd", fd), ("oh", oh)):
@@ -132,34 +135,32 @@ def _composite(model, fd, oh) -> tuple[Any, Any, dict[str, str]]:
                 break
         else:
             raise ModinvError(
-                f"neither chain has an inverse component for {stage!r}; reconstructing from pred needs "
+                f"neither chain has an inverse component for {stage!r}; reconstructing from {pred} needs "
                 f"{', '.join(before)}"
             )
     made = []
     for tag, chain in (("fd", fd), ("oh", oh)):
-        components = dict(shared) | {PRED: chain.components[PRED]}
-        metas = dict(meta) | {PRED: chain.component_meta[PRED]}
+        components = dict(shared) | {pred: chain.components[pred]}
+        metas = dict(meta) | {pred: chain.component_meta[pred]}
         made.append(InverseChain(components, fd.layout, metas))
-    return made[0], made[1], origin | {PRED: "fd and oh"}
+    return made[0], made[1], origin | {pred: "fd and oh"}
 
 
-def require_pred(model) -> None:
-    """Raise a one-sentence :class:`ModinvError` unless ``model`` has a ``pred`` stage."""
-    if PRED in model.stages:
-        return
-    raise ModinvError(
-        f"model {model.name!r} has no 'pred' stage (stages: {', '.join(model.stages)}); the structure "
-        "analysis compares the FD and OH pred⁻¹ of a detector (use `modinv analyze stages` or `modinv reconstruct` "
-        "for other models)"
-    )
+def require_pred(model) -> str:
+    """The model's prediction stage (it must hold class and box outputs), or one sentence naming
+    the missing role."""
+    role = model.prediction_stage()
+    if role is None or not set(NEEDED_OUTPUTS) <= set(role.outputs):
+        raise missing_role("structure", "a prediction stage with class and box outputs", model)
+    return role.stage
 
 
 def detections(model, trace, threshold: float) -> list[list[dict[str, Any]]]:
-    """The detector's detections per image from ``model.output(trace)``: the best real class of each
+    """The detector's detections per image (``model.detections``): the best real class of each
     query with softmax score above ``threshold``, box in xyxy pixels of the input; ``[]`` per image
     when the model's metadata does not declare ``task == "detection"``."""
     if model.meta.task != "detection":
-        return [[] for _ in range(trace[PRED].shape[0])]
+        return [[] for _ in range(trace.batch_size)]
     names = list(model.meta.class_names or ())
     out = []
     for pred in trace_detections(model, trace):
@@ -189,6 +190,55 @@ def draw_boxes(image: Tensor, boxes: Sequence[Sequence[float]], color=BOX_COLOR,
     return out
 
 
+class _Structure:
+    """The per-batch step of :func:`structure_analysis` and its result builder."""
+
+    def __init__(self, run: AnalysisRun, chains: tuple[Any, Any], pred: str, n_examples: int,
+                 box_threshold: float) -> None:
+        self.run, self.model, (self.fd, self.oh), self.pred = run, run.model, chains, pred
+        self.before = list(self.model.stages[: self.model.stages.index(pred)])
+        self.columns = self.before + [FD, OH]
+        self.n_examples, self.box_threshold = n_examples, box_threshold
+        self.per_image: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = []
+        self.errors: dict[str, list[Tensor]] = {c: [] for c in self.columns}
+        self.between: list[Tensor] = []
+
+    def __call__(self, batch: dict[str, Any]) -> None:
+        images, names = batch["image"], [str(n) for n in batch["name"]]
+        with self.run.autocast():
+            trace = self.model.trace(images)
+            recons = {s: self.fd.reconstruct(trace, s) for s in self.before}
+            recons[FD] = self.fd.reconstruct(trace, self.pred)
+            recons[OH] = self.oh.reconstruct(trace, self.pred)
+        recons = {k: v.float() for k, v in recons.items()}
+        mse = {c: per_image_mse(recons[c], images).cpu() for c in self.columns}
+        diff = per_image_mse(recons[FD], recons[OH]).cpu()
+        found = detections(self.model, trace, self.box_threshold)
+        for c in self.columns:
+            self.errors[c].append(mse[c])
+        self.between.append(diff)
+        for b, name in enumerate(names):
+            self.per_image.append({"image": name, "mse": {c: float(mse[c][b]) for c in self.columns},
+                                   "fd_vs_oh_mse": float(diff[b]), "oh_minus_fd_mse": float(mse[OH][b] - mse[FD][b]),
+                                   "detections": found[b]})
+            if len(self.rows) < self.n_examples:
+                self.rows.append({"image": name, "input": images[b].float().cpu(),
+                                  "boxes": [d["box_xyxy"] for d in found[b]],
+                                  "reconstructions": {c: recons[c][b].cpu() for c in self.columns}})
+
+    def result(self, origin: dict[str, str]) -> StructureResult:
+        mse = {c: summarize(torch.cat(v), low=0.0, high=1.0) for c, v in self.errors.items()}
+        fd_vs_oh = summarize(torch.cat(self.between), low=0.0, high=1.0)
+        oh_minus_fd = summarize([p["oh_minus_fd_mse"] for p in self.per_image])  # a difference: can be negative
+        return StructureResult(
+            **model_record(self.model), columns=self.columns, mse=mse, fd_vs_oh=fd_vs_oh, oh_minus_fd=oh_minus_fd,
+            ci=interval_record(mse, fd_vs_oh, oh_minus_fd), per_image=self.per_image, components=origin,
+            variants={"fd": "fd", "oh": "oh"}, n_images=len(self.per_image), box_threshold=self.box_threshold,
+            precision=self.run.precision, figure_data=self.rows,
+        )
+
+
 @torch.no_grad()
 def structure_analysis(
     model: StagedModel,
@@ -204,65 +254,16 @@ def structure_analysis(
     """Per-stage reconstruction MSE with the FD and OH pred⁻¹ and their per-image difference.
 
     ``chains``: the FD and the OH chain in any order (see :func:`split_fd_oh`). ``source``: images
-    at the model's input size; ``limit``: at most this many; ``n_examples``: images kept for the figure.
+    at the model's input size; ``limit``: at most this many; ``n_examples``: images kept for the
+    figure. The model must declare a prediction stage with class and box outputs (DETR's ``pred``).
     """
-    require_pred(model)
-    fd, oh = split_fd_oh(chains)
+    pred = require_pred(model)
+    fd, oh = split_fd_oh(chains, pred)
     fd_full, oh_full, origin = _composite(model, fd, oh)
-    before = list(model.stages[: model.stages.index(PRED)])
-    columns = before + ["pred_fd", "pred_oh"]
-    device = model.device
-    dtype, used = precision(device, amp)
-    per_image: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
-    errors: dict[str, list[Tensor]] = {c: [] for c in columns}
-    between: list[Tensor] = []
-    for batch in tqdm(limited_batches(source, batch_size, limit), desc="structure", disable=not progress):
-        images, names = batch["image"].to(device), [str(n) for n in batch["name"]]
-        with autocast(device, dtype):
-            trace = model.trace(images)
-            recons = {s: fd_full.reconstruct(trace, s) for s in before}
-            recons["pred_fd"] = fd_full.reconstruct(trace, PRED)
-            recons["pred_oh"] = oh_full.reconstruct(trace, PRED)
-        recons = {k: v.float() for k, v in recons.items()}
-        mse = {c: per_image_mse(recons[c], images).cpu() for c in columns}
-        diff = per_image_mse(recons["pred_fd"], recons["pred_oh"]).cpu()
-        found = detections(model, trace, box_threshold)
-        for c in columns:
-            errors[c].append(mse[c])
-        between.append(diff)
-        for b, name in enumerate(names):
-            per_image.append({
-                "image": name,
-                "mse": {c: float(mse[c][b]) for c in columns},
-                "fd_vs_oh_mse": float(diff[b]),
-                "oh_minus_fd_mse": float(mse["pred_oh"][b] - mse["pred_fd"][b]),
-                "detections": found[b],
-            })
-            if len(rows) < n_examples:
-                rows.append({"image": name, "input": images[b].float().cpu(),
-                             "boxes": [d["box_xyxy"] for d in found[b]],
-                             "reconstructions": {c: recons[c][b].cpu() for c in columns}})
-    if not per_image:
-        raise ModinvError("the image source yielded no images")
-    mse = {c: summarize(torch.cat(v), low=0.0, high=1.0) for c, v in errors.items()}
-    fd_vs_oh = summarize(torch.cat(between), low=0.0, high=1.0)
-    oh_minus_fd = summarize([p["oh_minus_fd_mse"] for p in per_image])  # a difference: can be negative
-    return StructureResult(
-        **model_record(model),
-        columns=columns,
-        mse=mse,
-        fd_vs_oh=fd_vs_oh,
-        oh_minus_fd=oh_minus_fd,
-        ci=interval_record(mse, fd_vs_oh, oh_minus_fd),
-        per_image=per_image,
-        components=origin,
-        variants={"fd": pred_variant(fd), "oh": pred_variant(oh)},
-        n_images=len(per_image),
-        box_threshold=box_threshold,
-        precision=used,
-        figure_data=rows,
-    )
+    run = AnalysisRun(model, "structure", RunOptions(batch_size, limit, amp, progress=progress))
+    step = _Structure(run, (fd_full, oh_full), pred, n_examples, box_threshold)
+    run.feed(source, step)
+    return step.result(origin)
 
 
 def structure_figure(result: StructureResult, path: str | Path, title: str | None = None) -> Path:

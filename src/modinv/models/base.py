@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from modinv.errors import ModinvError
+from modinv.models.roles import PredictionStage, TokenGrid, as_tokens, from_tokens, missing_role, scatter_tokens
 
 IMAGE = "img"
 TASKS = ("detection", "classification")
@@ -48,6 +49,7 @@ class ModelMeta:
     num_prefix_tokens: int = 0  # class/register tokens before the patch tokens of token stages
     stage_layouts: Mapping[str, str] = field(default_factory=dict)  # stage -> one of LAYOUTS
     finetune_stage: str | None = None  # the paper's stage j of λ fine-tuning (Eq. 3): its inverse starts there
+    weights_note: str | None = None  # what weights="pretrained" loads, in one phrase, for reports
 
     def __post_init__(self) -> None:
         if self.task is not None and self.task not in TASKS:
@@ -160,8 +162,89 @@ class StagedModel(nn.Module):
         raise NotImplementedError
 
     def layers(self, images: Tensor) -> dict[str, list[Tensor]]:
-        """Every intermediate layer output of multi-layer stages, shaped like that stage."""
-        raise ModinvError(f"model {self.name!r} exposes no intermediate layers of stage shape")
+        """Every intermediate layer output of multi-layer stages, shaped like that stage (the role
+        "stacks of same-shape intermediate layers"; absent by default)."""
+        raise missing_role("layers", "stacks of same-shape intermediate layers", self)
+
+    # -- roles (modinv.models.roles): what analyses and training ask instead of stage names ----------
+    def layer_stacks(self) -> tuple[str, ...]:
+        """The stages whose layers :meth:`layers` gives (each layer shaped like a stage); none by default."""
+        return ()
+
+    def token_stages(self) -> dict[str, TokenGrid]:
+        """The stages whose tokens sit on a patch grid, in processing order (none by default)."""
+        return {}
+
+    def token_stage(self, stage: str, who: str = "this analysis") -> TokenGrid:
+        """The declared :class:`TokenGrid` of ``stage``, or one sentence naming the missing role."""
+        grid = self.token_stages().get(stage)
+        if grid is None:
+            raise missing_role(who, f"a token stage {stage!r} on a patch grid", self)
+        return grid
+
+    def token_position(self, trace: Trace, stage: str) -> Tensor | None:
+        """The position embedding of the spatial tokens of ``stage`` (B×N×D or 1×N×D), where its
+        :class:`TokenGrid` declares a ``position``; None elsewhere."""
+        return None
+
+    def token_content(self, trace: Trace, stage: str) -> Tensor:
+        """B×N×D spatial tokens of ``stage`` (prefix tokens dropped, maps read row by row), float32,
+        with an ``"embedded"`` position embedding taken out: what the tokens say about their patch."""
+        grid = self.token_stage(stage)
+        x = as_tokens(trace[stage], grid.layout)[:, grid.num_prefix_tokens:].float()
+        if x.shape[1] != grid.n_tokens:
+            raise ModinvError(f"{self.name}'s {stage!r} has {x.shape[1]} spatial tokens, not the "
+                              f"{grid.grid[0]}×{grid.grid[1]} grid it declares")
+        pos = self.token_position(trace, stage)
+        if pos is not None and grid.position == "embedded":
+            x = x - pos.to(x.device, torch.float32)
+        return x
+
+    def replace_tokens(self, trace: Trace, stage: str, indices: Tensor, values: Tensor) -> Tensor:
+        """``trace[stage]`` with its spatial tokens ``indices`` (B×k, row-major grid cells) set to
+        ``values`` (B×D, one vector per image) plus each token's own position embedding where the
+        stage has one (:meth:`token_position`), in the stage's own layout."""
+        grid = self.token_stage(stage)
+        x = trace[stage]
+        tokens = scatter_tokens(as_tokens(x, grid.layout), indices, values, self.token_position(trace, stage),
+                                grid.num_prefix_tokens)
+        return from_tokens(tokens, grid.layout, x)
+
+    def prediction_stage(self) -> PredictionStage | None:
+        """The stage that is the task output and what it holds (None: the output is not a stage)."""
+        return None
+
+    def detections(self, trace: Trace, sizes: Tensor | None = None) -> list[dict[str, Tensor]]:
+        """Per image the detector's detections from ``trace``: ``scores`` (Q), ``labels`` (Q, int64
+        class indices), ``boxes`` (Q×4 xyxy pixels of ``sizes``, B×2 (h, w), default the input
+        size), on the CPU; the post-processing of a detector's adapter (absent by default)."""
+        raise missing_role("detection", "a detector's post-processing of raw outputs into detections", self)
+
+    def class_scores(self, trace: Trace) -> Tensor:
+        """B×classes logits of a classifier from ``trace`` (its :meth:`output` when that is one)."""
+        out = self.output(trace)
+        if self.meta.task != "classification" or not isinstance(out, Tensor) or out.ndim != 2:
+            raise missing_role("top-1 accuracy", "class logits (a classification task)", self)
+        return out
+
+    def task_targets(self, batch: Mapping[str, Any], device: torch.device | str = "cpu") -> Any:
+        """The targets of :meth:`task_loss` from a collated batch: by default int64 class labels (an
+        ImageNet-style source) for cross-entropy; a detector's adapter declares its own."""
+        label = batch.get("label")
+        if not isinstance(label, Tensor):
+            raise ModinvError(f"the objective of {self.name!r} is cross-entropy on class labels: fine-tune with "
+                              "λ < 1 on an imagenet:ROOT source (one folder per class)")
+        return label.to(device)
+
+    def task_loss(self, output: Any, targets: Any) -> Tensor:
+        """The task loss L_OBJ of :meth:`output` against :meth:`task_targets`: by default cross-entropy
+        on B×classes logits; a detector's adapter declares its own."""
+        if not isinstance(output, Tensor) or output.ndim != 2:
+            raise ModinvError(f"model {self.name!r} does not output class logits (B×classes); it cannot be "
+                              "fine-tuned with cross-entropy")
+        if int(targets.max()) >= output.shape[1]:
+            raise ModinvError(f"class label {int(targets.max())} is outside the model's {output.shape[1]} classes")
+        return torch.nn.functional.cross_entropy(output.float(), targets)
 
     # -- the shared machinery -----------------------------------------------------------------
     @property

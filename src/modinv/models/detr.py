@@ -43,6 +43,7 @@ from modinv.data.coco import coco_category_names
 from modinv.errors import ModinvError
 from modinv.models.base import ModelMeta, StagedModel, Trace
 from modinv.models.family import Family, register_family
+from modinv.models.roles import PredictionStage, TokenGrid
 from modinv.models.timm_loader import check_input_size
 from modinv.models.weights import guarded_download, load_state_file, seeded
 
@@ -73,6 +74,7 @@ __all__ = [
     "NUM_CLASSES_WITH_NO_OBJECT",
     "DetrStagedModel",
     "build",
+    "postprocess",
     "split_pred",
 ]
 
@@ -94,6 +96,23 @@ def logit_names(config: DetrConfig) -> tuple[str, ...]:
 def split_pred(x: Tensor) -> tuple[Tensor, Tensor]:
     """``pred`` (…×96) -> (class logits …×92, boxes …×4 as normalised cx, cy, w, h)."""
     return x[..., :-NUM_BOX_COORDS], x[..., -NUM_BOX_COORDS:]
+
+
+def postprocess(logits: Tensor, boxes: Tensor, sizes: Tensor) -> list[dict[str, Tensor]]:
+    """DETR's own post-processing (as its ``PostProcess``): softmax over the 92 logits, the
+    no-object column dropped, each query's score and label the maximum and arg-max over the real
+    classes (the label is the COCO category id), boxes normalised (cx, cy, w, h) -> xyxy pixels of
+    ``sizes`` (B×2 (h, w) per image). One dict per image (``scores``, ``labels``, ``boxes``), on the CPU."""
+    prob = logits.float().softmax(-1)[..., :-1]
+    scores, labels = prob.max(-1)
+    from torchvision.ops import box_convert
+
+    xyxy = box_convert(boxes.float(), "cxcywh", "xyxy")
+    b = xyxy.shape[0]
+    sizes = torch.as_tensor(sizes, dtype=torch.float32).reshape(b, 2).to(xyxy.device)
+    scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], -1)[:, None, :]
+    xyxy = xyxy * scale
+    return [{"scores": scores[i].cpu(), "labels": labels[i].cpu(), "boxes": xyxy[i].cpu()} for i in range(b)]
 
 
 class DetrStagedModel(StagedModel):
@@ -159,6 +178,40 @@ class DetrStagedModel(StagedModel):
         logits, boxes = split_pred(trace["pred"])
         return {"logits": logits, "pred_boxes": boxes}
 
+    # -- roles -------------------------------------------------------------------------------------
+    def token_stages(self) -> dict[str, TokenGrid]:
+        """``bb`` and ``enc``: the C5 grid; the sine embedding enters every encoder layer beside them."""
+        return {stage: TokenGrid(self.grid, position="added") for stage in ("bb", "enc")}
+
+    def token_position(self, trace: Trace, stage: str) -> Tensor | None:
+        return trace.context["pos"] if stage in ("bb", "enc") else None
+
+    def prediction_stage(self) -> PredictionStage:
+        return PredictionStage("pred", ("class", "box"))
+
+    def detections(self, trace: Trace, sizes: Tensor | None = None) -> list[dict[str, Tensor]]:
+        """:func:`postprocess` of ``trace["pred"]``; boxes in pixels of ``sizes`` (default: the input size)."""
+        output = self.output(trace)
+        b = output["logits"].shape[0]
+        if sizes is None:
+            sizes = torch.tensor([list(self.input_size)] * b)
+        return postprocess(output["logits"], output["pred_boxes"], sizes)
+
+    def task_targets(self, batch: Any, device: torch.device | str = "cpu") -> list[dict[str, Tensor]]:
+        """DETR targets (normalised cxcywh boxes, labels = COCO category ids) of a COCO batch."""
+        from modinv.models.set_loss import detr_targets
+
+        if "boxes" not in batch or "labels" not in batch:
+            raise ModinvError(f"the objective of {self.name!r} is its set loss on COCO boxes: fine-tune with "
+                              "λ < 1 on a coco:ROOT[:split] source")
+        return detr_targets(batch["boxes"], batch["labels"], tuple(self.input_size), device=device)
+
+    def task_loss(self, output: Any, targets: Any) -> Tensor:
+        """DETR's Hungarian set loss (class 1, L1 5, GIoU 2, no-object 0.1)."""
+        from modinv.models.set_loss import set_loss
+
+        return set_loss(output["logits"], output["pred_boxes"], targets)["loss"]
+
     def stage_modules(self) -> dict[str, list[nn.Module]]:
         model = self.detr.model
         return {
@@ -167,6 +220,9 @@ class DetrStagedModel(StagedModel):
             "dec": [model.decoder, model.query_position_embeddings],
             "pred": [self.detr.class_labels_classifier, self.detr.bbox_predictor],
         }
+
+    def layer_stacks(self) -> tuple[str, ...]:
+        return ("enc", "dec")
 
     def layers(self, images: Tensor) -> dict[str, list[Tensor]]:
         """Every encoder and decoder layer's output, each B×tokens×256.

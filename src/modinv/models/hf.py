@@ -42,6 +42,7 @@ from modinv.fileio import read_json
 from modinv.models.base import IMAGE, ModelMeta, StagedModel, Trace
 from modinv.models.family import Family, register_family
 from modinv.models.modules import IMAGENET_MEAN, IMAGENET_STD
+from modinv.models.roles import TokenGrid
 from modinv.models.weights import from_hub, is_path, load_into, load_state_file, seeded
 
 PREPROCESSOR = "preprocessor_config.json"
@@ -211,6 +212,23 @@ class HfStagedModel(StagedModel):
             if value is not None:
                 return value
         raise ModinvError(f"{type(self.net).__name__} returned no logits, pooled output or last hidden state")
+
+    def token_stages(self) -> dict[str, TokenGrid]:
+        """Every token stage of a model with a patch grid; ``emb`` holds the position embedding
+        (when the model has one per token), the layers' outputs no explicit position."""
+        grid = self._context.get("grid")
+        if grid is None:
+            return {}
+        prefix = int(self._context.get("num_prefix_tokens", 0))
+        embedded = "embedded" if "pos_embed" in self._context else None
+        return {s: TokenGrid(tuple(grid), prefix, position=embedded if s == EMBEDDINGS else None)
+                for s in self.stages if self.meta.stage_layouts.get(s) == "tokens"}
+
+    def token_position(self, trace: Trace, stage: str) -> Tensor | None:
+        pos = trace.context.get("pos_embed") if stage == EMBEDDINGS else None
+        if pos is None:
+            return None
+        return pos.reshape(1, -1, pos.shape[-1])[:, int(self._context.get("num_prefix_tokens", 0)):]
 
     def stage_modules(self) -> dict[str, list[nn.Module]]:
         modules = {EMBEDDINGS: [nn.ParameterList(self._embedding_params)]}

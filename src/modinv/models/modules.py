@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from modinv.errors import ModinvError, brief
 from modinv.models.base import IMAGE, LAYOUTS, ModelMeta, StagedModel, Trace, stage_layout
+from modinv.models.roles import TokenGrid
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -293,6 +294,16 @@ class ModuleStagedModel(StagedModel):
     # -- StagedModel ------------------------------------------------------------------------------
     def prepare(self, images: Tensor) -> dict[str, Any]:
         return dict(self._context)
+
+    def token_stages(self) -> dict[str, TokenGrid]:
+        """Every B×N×D stage, on the ``grid`` (after ``num_prefix_tokens``) that ``context`` names
+        (timm's ViTs); none without one. Block outputs carry no explicit position."""
+        grid = self._context.get("grid")
+        if grid is None:
+            return {}
+        prefix = int(self._context.get("num_prefix_tokens", 0))
+        return {s: TokenGrid(tuple(int(g) for g in grid), prefix)
+                for s in self.stages if self.meta.stage_layouts.get(s) == "tokens"}
 
     def stage_modules(self) -> dict[str, list[nn.Module]]:
         return {s: self._modules_of(groups) for s, groups in self._assignment.items()}

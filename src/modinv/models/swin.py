@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from modinv.models.base import ModelMeta, StagedModel, Trace
 from modinv.models.family import Family, register_family
+from modinv.models.roles import TokenGrid
 from modinv.models.timm_loader import check_input_size, classifier_meta, create_timm_model, pretrained_normalisation
 
 TIMM_NAME = "swin_base_patch4_window7_224"
@@ -76,8 +77,20 @@ class SwinStagedModel(StagedModel):
         """Class logits (B×classes) from the last stage: timm's final norm, then its head."""
         return self.swin.forward_head(self.swin.norm(trace[self.stages[-1]]))
 
+    def token_stages(self) -> dict[str, TokenGrid]:
+        """Every stage: one token per map position (channels-last), attention within windows of the
+        stage's blocks; no absolute position embedding (Swin's is a relative bias inside attention)."""
+        grid = tuple(int(g) for g in self.swin.patch_embed.grid_size)
+        out = {self.stages[0]: TokenGrid(grid, layout="nhwc", window=_window(self.swin.layers[0]))}
+        for stage, layer in zip(self.stages[1:], self.swin.layers):
+            out[stage] = TokenGrid(tuple(int(g) for g in layer.output_resolution), layout="nhwc", window=_window(layer))
+        return out
+
     def stage_modules(self) -> dict[str, list[nn.Module]]:
         return {"bb": [self.swin.patch_embed], **{s: [m] for s, m in zip(self.stages[1:], self.swin.layers)}}
+
+    def layer_stacks(self) -> tuple[str, ...]:
+        return tuple(self.stages[1:])
 
     def layers(self, images: Tensor) -> dict[str, list[Tensor]]:
         """``{stage: [block input, block 1 output, …]}`` for s1 … s<n>; the last tensor is the stage."""
@@ -91,6 +104,12 @@ class SwinStagedModel(StagedModel):
                 outs.append(x)
             out[stage] = outs
         return out
+
+
+def _window(layer: nn.Module) -> tuple[int, int]:
+    """The attention window (rows, columns of tokens) of a timm Swin stage's blocks."""
+    size = layer.blocks[0].window_size
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def build(weights: str | os.PathLike = "pretrained", seed: int = 0, input_size=(224, 224),

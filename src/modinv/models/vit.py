@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from modinv.errors import ModinvError
 from modinv.models.base import ModelMeta, StagedModel, Trace
 from modinv.models.family import Family, register_family
+from modinv.models.roles import TokenGrid
 from modinv.models.timm_loader import check_input_size, classifier_meta, create_timm_model, pretrained_normalisation
 
 TIMM_NAME = "vit_base_patch16_224"
@@ -157,6 +158,18 @@ class VitStagedModel(StagedModel):
         """Class logits of [0, 1] images (convenience for evaluation and fine-tuning)."""
         return self.output(self.trace(images))
 
+    # -- roles -------------------------------------------------------------------------------------
+    def token_stages(self) -> dict[str, TokenGrid]:
+        """``bb`` (its learned position embedding is part of the tokens) and ``enc`` (no explicit
+        position any more, paper Sec. 4.5), both on the patch grid after the class token."""
+        prefix = self.num_prefix_tokens
+        return {"bb": TokenGrid(self.grid, prefix, position="embedded"), "enc": TokenGrid(self.grid, prefix)}
+
+    def token_position(self, trace: Trace, stage: str) -> Tensor | None:
+        if stage != "bb":
+            return None
+        return trace.context["pos_embed"][:, self.num_prefix_tokens:]
+
     def stage_modules(self) -> dict[str, list[nn.Module]]:
         vit = self.vit
         tokens = nn.ParameterList([p for p in (vit.cls_token, vit.reg_token, vit.pos_embed) if p is not None])
@@ -164,6 +177,9 @@ class VitStagedModel(StagedModel):
             "bb": [vit.patch_embed, tokens, vit.pos_drop, vit.patch_drop, vit.norm_pre],
             "enc": [vit.blocks],
         }
+
+    def layer_stacks(self) -> tuple[str, ...]:
+        return ("enc",)
 
     def layers(self, images: Tensor) -> dict[str, list[Tensor]]:
         """``{"enc": [bb, block 1 output, ..., block 12 output]}`` (13 tensors, last = enc)."""

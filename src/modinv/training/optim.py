@@ -10,9 +10,22 @@ from modinv.models.base import StagedModel
 CONV_LR, ATTENTION_LR = 1e-3, 1e-4
 
 
+def attention_types() -> tuple[type[nn.Module], ...]:
+    """The attention modules inverse components are built from: PyTorch's multi-head attention and
+    timm's (the ViT blocks' ``timm.layers.Attention``, Swin's window attention)."""
+    types: list[type[nn.Module]] = [nn.MultiheadAttention]
+    try:
+        from timm.layers import Attention
+        from timm.models.swin_transformer import WindowAttention
+    except ImportError:  # an older timm: PyTorch's attention only
+        return tuple(types)
+    return tuple(types + [Attention, WindowAttention])
+
+
 def has_attention(module: nn.Module) -> bool:
     """True for transformer-like components (they get the smaller default learning rate)."""
-    return any(isinstance(m, nn.MultiheadAttention) or type(m).__name__ == "Attention" for m in module.modules())
+    types = attention_types()
+    return any(isinstance(m, types) for m in module.modules())
 
 
 def default_learning_rate(model: StagedModel, stage: str, component: nn.Module) -> float:

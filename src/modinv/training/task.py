@@ -1,8 +1,9 @@
 """The pieces of λ fine-tuning that concern the forward model: its task loss L_OBJ and its targets,
 its training mode, gradient scaling into it, and saving its weights.
 
-"Is this a detector?" is the model's declared metadata (``model.meta.task``): detectors train on
-DETR's Hungarian set loss against COCO boxes, everything else on cross-entropy against class labels.
+The task loss and its targets are roles the model declares (``model.task_loss``,
+``model.task_targets``): DETR's adapter its Hungarian set loss against COCO boxes, a classifier
+cross-entropy against class labels.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modinv.errors import ModinvError
 from modinv.fileio import atomic_write
 from modinv.models.base import StagedModel
-from modinv.training.set_loss import detr_targets, set_loss
 
 FORWARD_MODES = ("dropout", "eval", "train")
 FORWARD_WEIGHTS_FILE = "forward.safetensors"
@@ -51,40 +50,21 @@ def scale_gradient(x: Tensor, scale: float) -> Tensor:
 
 
 def task_kind(model: StagedModel) -> str:
-    """``"detection"`` for a model whose metadata declares it (set loss, COCO AP), otherwise
+    """``"detection"`` for a model whose metadata declares it (its own set loss, COCO AP), otherwise
     ``"classification"`` (cross-entropy, top-1; the loss checks that the output is B×classes logits)."""
     return "detection" if model.meta.task == "detection" else "classification"
 
 
 def batch_targets(model: StagedModel, batch: Mapping[str, Any], device: torch.device | str = "cpu") -> Any:
-    """L_OBJ's targets from a collated batch: DETR targets (normalised cxcywh boxes, labels = COCO
-    category ids) from a COCO source, or the int64 class labels of an ImageNet-style source."""
-    if task_kind(model) == "detection":
-        if "boxes" not in batch or "labels" not in batch:
-            raise ModinvError(
-                f"the objective of {model.name!r} is its set loss on COCO boxes: fine-tune with λ < 1 on a "
-                "coco:ROOT[:split] source"
-            )
-        return detr_targets(batch["boxes"], batch["labels"], tuple(model.input_size), device=device)
-    label = batch.get("label")
-    if not isinstance(label, Tensor):
-        raise ModinvError(
-            f"the objective of {model.name!r} is cross-entropy on class labels: fine-tune with λ < 1 on an "
-            "imagenet:ROOT source (one folder per class)"
-        )
-    return label.to(device)
+    """L_OBJ's targets from a collated batch, as the model declares them (``model.task_targets``:
+    a detector's adapter converts the COCO boxes, a classifier takes the int64 class labels)."""
+    return model.task_targets(batch, device)
 
 
 def task_loss(model: StagedModel, output: Any, targets: Any) -> Tensor:
-    """L_OBJ: the set loss of a detector (class 1, L1 5, GIoU 2, no-object 0.1) or cross-entropy."""
-    if task_kind(model) == "detection":
-        return set_loss(output["logits"], output["pred_boxes"], targets)["loss"]
-    if not isinstance(output, Tensor) or output.ndim != 2:
-        raise ModinvError(f"model {model.name!r} does not output class logits (B×classes); it cannot be fine-tuned "
-                          "with cross-entropy")
-    if int(targets.max()) >= output.shape[1]:
-        raise ModinvError(f"class label {int(targets.max())} is outside the model's {output.shape[1]} classes")
-    return F.cross_entropy(output.float(), targets)
+    """L_OBJ, the task loss the model declares (``model.task_loss``): DETR's Hungarian set loss
+    (class 1, L1 5, GIoU 2, no-object 0.1), a classifier's cross-entropy."""
+    return model.task_loss(output, targets)
 
 
 def set_forward_mode(model: nn.Module, mode: str) -> None:

@@ -1,6 +1,7 @@
 """``modinv analyze <name>``: one of the paper's analyses -> ``<name>.png`` and ``<name>.json``.
 
-Each analysis has its own module ``modinv.cli.analyze.<name>`` exposing ``add_arguments(parser)``
+The subcommands are those of the analysis registry (:data:`modinv.analysis.registry.ANALYSES`).
+Each analysis has its own CLI module (``modinv.cli.analyze.<name>``) exposing ``add_arguments(parser)``
 (its own options) and ``run(args) -> dict`` (calls the library function of
 ``modinv.analysis.<name>``, writes the PNG and the JSON into ``args.out``, prints a summary and
 returns the numbers). The options every analysis shares are added here.
@@ -11,12 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from modinv.analysis.registry import ANALYSES as REGISTRY
 from modinv.cli.common import add_model_args, add_report_amp_arg, positive_int
 
-# analysis name -> its CLI module
-ANALYSES: dict[str, str] = {
-    name: f"modinv.cli.analyze.{name}" for name in ("stages", "color", "structure", "tokens", "errors", "layers")
-}
+# analysis name -> its CLI module, from the analysis registry
+ANALYSES: dict[str, str] = {name: analysis.cli for name, analysis in REGISTRY.items()}
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from modinv.analysis.registry import ANALYSES
 from modinv.cli.common import model_from_args, writable_dir
 from modinv.data import open_source
 from modinv.errors import ModinvError
@@ -17,8 +18,12 @@ from modinv.models.base import StagedModel
 
 
 def model_and_source(args: argparse.Namespace) -> tuple[StagedModel, Any]:
-    """The model of ``--model/--weights/...`` and the image source of ``--data`` at its input size."""
+    """The model of ``--model/--weights/...`` and the image source of ``--data`` at its input size;
+    an analysis the model lacks a role for refuses here, before any chain or data is read."""
     model = model_from_args(args)
+    analysis = ANALYSES.get(getattr(args, "analysis", None) or "")
+    if analysis is not None:
+        analysis.check(model)
     return model, open_source(args.data, size=tuple(model.input_size))
 
 

@@ -3,7 +3,8 @@
 ``modinv analyze tokens --model detr-r50 --inverse STANDARD_CHAIN LOCAL_BB_CHAIN --data SPEC --out DIR
 [--fraction 0.2] [--noise matched|unit] [--token-seed N]`` writes ``DIR/tokens.png`` and
 ``DIR/tokens.json`` (:class:`modinv.analysis.tokens.TokenNoiseResult` plus ``data``, ``inverse``,
-``figure``); each ``--inverse`` chain is one group of rows, labelled by its bb⁻¹ variant.
+``figure``); each ``--inverse`` chain is one group of rows, labelled by its bb⁻¹ variant. Any model
+that declares two token stages on one patch grid runs it (``--token-stages`` picks them).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="matched: uniform with the tokens' per-channel mean and variance (default); unit: U(0, 1)")
     parser.add_argument("--token-seed", type=non_negative_int, help="seed of the token choice and the noise (default: --seed)")
     parser.add_argument("--figure-images", type=positive_int, default=2, help="images shown in the figure (default: 2)")
+    parser.add_argument("--token-stages", nargs=2, metavar=("FIRST", "SECOND"),
+                        help="the two token stages that play bb and enc (default: the first two the model declares "
+                             "on one patch grid)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -34,7 +38,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seed = args.seed if args.token_seed is None else args.token_seed
     result = token_noise_analysis(model, chains, source, fraction=args.fraction, noise=args.noise, seed=seed,
                                   batch_size=args.batch, limit=args.limit, amp=args.amp,
-                                  figure_images=args.figure_images)
+                                  figure_images=args.figure_images, stages=args.token_stages)
     payload = write_result(out, "tokens", result, plot=token_noise_figure, extra=run_record(args))
     for label, conds in payload["results"].items():
         print(f"{label} bb⁻¹")
