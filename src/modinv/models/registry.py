@@ -68,8 +68,12 @@ def families() -> dict[str, Family]:
     """Every registered family by name (modinv's own and the plugins'), without building a model."""
     global _loaded
     if not _loaded:
-        _loaded = True
-        _load_builtin()
+        _loaded = True  # first: a plugin that lists models while it loads does not start loading again
+        try:
+            _load_builtin()
+        except BaseException:
+            _loaded = False  # an adapter that failed to import fails the next look-up too
+            raise
         load_plugins()
     return registered()
 
