@@ -34,12 +34,15 @@ _loaded = False
 
 
 def _load_builtin() -> None:
+    """Import every module of this package: modinv's adapters register their families on import."""
     package = importlib.import_module(__package__)
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{__package__}.{module.name}")
 
 
 def _register_plugin(obj: Any, label: str) -> None:
+    """Register what an entry point gave: a module (registered on import), a Family, a list of
+    them, or a function returning either."""
     if isinstance(obj, types.ModuleType):
         return  # its import registered its families
     if callable(obj) and not isinstance(obj, Family):
