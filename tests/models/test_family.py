@@ -8,6 +8,9 @@ DETR, whose ResNet backbone does not build there, is the root conftest's session
 
 from __future__ import annotations
 
+import sys
+from importlib.metadata import EntryPoint
+
 import pytest
 import torch
 
@@ -86,3 +89,22 @@ def test_a_family_registered_by_a_call_loads_by_name(monkeypatch):
     assert "tiny-mobilenet" in modinv.list_models("tiny*")
     model = modinv.load_model("tiny-mobilenet", weights="random", input_size=(16, 16))
     assert model.stage_shapes()["s4"] == (24, 4, 4)
+
+
+def test_entry_points_may_name_a_family_a_list_or_a_function(tmp_path, monkeypatch):
+    monkeypatch.setattr(family_module, "_FAMILIES", dict(family_module._FAMILIES))
+    (tmp_path / "plug_forms.py").write_text(
+        "from modinv.models import Family\n"
+        "ONE = Family(name='p-one', builder='m:f')\n"
+        "TWO = [Family(name='p-two', builder='m:f')]\n"
+        "def three():\n    return Family(name='p-three', builder='m:f')\n"
+        "BAD = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "plug_forms", raising=False)
+    points = [EntryPoint(name, f"plug_forms:{attr}", registry.ENTRY_POINT_GROUP)
+              for name, attr in (("one", "ONE"), ("two", "TWO"), ("three", "three"), ("bad", "BAD"))]
+    with pytest.warns(UserWarning, match=r"skipped the model plugin 'bad = plug_forms:BAD' \(ModinvError: the entry "
+                                         r"point bad = plug_forms:BAD gives int, not a module"):
+        registry.load_plugins(points)
+    assert {"p-one", "p-two", "p-three"} <= set(family_module.registered())
+    sys.modules.pop("plug_forms", None)

@@ -34,12 +34,15 @@ _loaded = False
 
 
 def _load_builtin() -> None:
+    """Import every module of this package: modinv's adapters register their families on import."""
     package = importlib.import_module(__package__)
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{__package__}.{module.name}")
 
 
 def _register_plugin(obj: Any, label: str) -> None:
+    """Register what an entry point gave: a module (registered on import), a Family, a list of
+    them, or a function returning either."""
     if isinstance(obj, types.ModuleType):
         return  # its import registered its families
     if callable(obj) and not isinstance(obj, Family):
@@ -68,8 +71,12 @@ def families() -> dict[str, Family]:
     """Every registered family by name (modinv's own and the plugins'), without building a model."""
     global _loaded
     if not _loaded:
-        _loaded = True
-        _load_builtin()
+        _loaded = True  # first: a plugin that lists models while it loads does not start loading again
+        try:
+            _load_builtin()
+        except BaseException:
+            _loaded = False  # an adapter that failed to import fails the next look-up too
+            raise
         load_plugins()
     return registered()
 
