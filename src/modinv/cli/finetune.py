@@ -8,7 +8,7 @@ import argparse
 from modinv.cli.common import (add_model_args, model_from_args, number_in, parse_assignments, positive_float,
                                writable_dir)
 from modinv.cli.eval_task import add_label_map_arg, task_source_options
-from modinv.cli.train import add_run_args, run_settings
+from modinv.cli.train import add_run_args, apply_recipe, run_settings
 from modinv.errors import ModinvError
 
 
@@ -64,10 +64,12 @@ def run(args: argparse.Namespace) -> int:
             options.update(task_source_options(spec, args.label_map))
     train, val = split_sources(args.data, tuple(model.input_size), val_data=args.val_data,
                                val_fraction=args.val_fraction, seed=args.seed, **options)
+    settings = run_settings(args)
+    recipe = apply_recipe(args, model, chain, settings, finetune=True)
     config = FinetuneConfig(stage=stage, lam=args.lam, theta_lr=args.theta_lr, forward_mode=args.forward_mode,
-                            zero_lambda=args.zero_lambda, **run_settings(args))
+                            zero_lambda=args.zero_lambda, **settings)
     run_info = {"data": args.data, "val_data": args.val_data, "val_fraction": args.val_fraction,
-                "arch": chain.arch, "command": "finetune", "source_options": options}
+                "arch": chain.arch, "command": "finetune", "source_options": options, "recipe": recipe}
     trainer = FinetuneTrainer(model, chain, train, val, out, config, run_info=run_info)
     best = trainer.fit(resume=args.resume, progress=not args.no_progress)
     record = best.get(stage)

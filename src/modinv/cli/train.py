@@ -20,6 +20,40 @@ def stage_rate(text: str) -> str:
     return text
 
 
+DEFAULT_BATCH = 32
+
+
+def recipe_name(text: str) -> str:
+    """``type=`` of ``--recipe``: a name some model family declares (the model checks its own)."""
+    from modinv.models.recipes import RECIPE_NAMES
+
+    if text not in RECIPE_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown recipe {text!r}; valid: {', '.join(RECIPE_NAMES)}")
+    return text
+
+
+def apply_recipe(args: argparse.Namespace, model, chain, settings: dict, classic_stage: str | None = None,
+                 finetune: bool = False) -> dict:
+    """Put ``--recipe``'s settings under the command's explicit ones (``--batch``, ``--lr``) into
+    ``settings``, its input normalisation on ``model``, and its record on ``chain``; returns the record."""
+    from modinv.models.recipes import get_recipe, train_settings
+
+    recipe = get_recipe(model, args.recipe)
+    base = train_settings(recipe, list(settings.get("stages") or chain.stages), classic_stage, finetune)
+    if recipe.precision == "float32" and args.amp not in ("auto", "off"):
+        raise ModinvError(f"--recipe {recipe.name} trains in float32; leave out --amp {args.amp}")
+    explicit_lr = settings["lr"]
+    settings.update({k: v for k, v in base.items() if k not in ("batch_size", "lr")})
+    settings["lr"] = {**base["lr"], **explicit_lr}
+    if settings["batch_size"] is None:
+        settings["batch_size"] = base.get("batch_size", DEFAULT_BATCH)
+    if recipe.input_normalization is not None:
+        model.set_normalization(*recipe.input_normalization)
+    record = recipe.to_dict()
+    chain.layout["recipe"] = record
+    return record
+
+
 def add_run_args(p: argparse.ArgumentParser, data_help: str) -> None:
     """The arguments of a training run that ``train`` and ``finetune`` share."""
     p.add_argument("--data", required=True, help=data_help)
@@ -34,8 +68,12 @@ def add_run_args(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--max-minutes", type=positive_float, metavar="M",
                    help="time budget: stop after M minutes of training even if --steps/--epochs are not done "
                         "(validates, keeps the best, writes a checkpoint that --resume continues)")
-    p.add_argument("--batch", type=positive_int, default=32,
-                   help="global batch size (default 32, the paper's for DETR)")
+    p.add_argument("--batch", type=positive_int, default=None,
+                   help=f"global batch size (default: the recipe's, else {DEFAULT_BATCH})")
+    p.add_argument("--recipe", type=recipe_name, default="modinv",
+                   help="training recipe: modinv (default: train-mode BatchNorm, the weights' normalisation, "
+                        "bf16 where native, image losses on [0, 1] pixels) or paper (what the authors' scripts "
+                        "ran: see the README's recipe table)")
     p.add_argument("--arch", default=None, help="paper | auto (default: paper for detr-r50/vit-b16, else auto)")
     p.add_argument("--variant", action="append", metavar="STAGE=NAME", help="e.g. bb=local, pred=oh")
     p.add_argument("--lr", action="append", type=stage_rate, metavar="STAGE=LR",
@@ -115,10 +153,11 @@ def _train(args: argparse.Namespace, out, settings: dict, dist, device) -> int:
         chain = build_classic_chain(model, args.classic, arch=args.arch or "default", seed=args.seed, variants=variants)
     else:
         chain = InverseChain.build(model, arch=args.arch or "default", seed=args.seed, variants=variants)
+    recipe = apply_recipe(args, model, chain, settings, classic_stage=args.classic)
     train, val = split_sources(args.data, tuple(model.input_size), val_data=args.val_data,
                                val_fraction=args.val_fraction, augment=args.augment, seed=args.seed)
     run_info = {"data": args.data, "val_data": args.val_data, "val_fraction": args.val_fraction, "augment": args.augment,
-                "arch": chain.arch, "command": "train"}
+                "arch": chain.arch, "command": "train", "recipe": recipe}
     if args.classic:
         from modinv.training.classic import ClassicConfig, ClassicTrainer
 
