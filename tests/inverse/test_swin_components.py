@@ -134,3 +134,23 @@ def test_chain_builds_the_paper_components_from_the_models_metadata(tiny):
     with torch.no_grad():
         images = chain.reconstruct(tiny.trace(torch.rand(1, 3, *SMALL)), "s4")
     assert images.shape == (1, 3, *SMALL) and 0 <= images.min() and images.max() <= 1
+
+
+def test_a_chain_saved_before_the_authors_layout_loads_unchanged(tiny, tmp_path):
+    # configs written before shift_first / split_layout / init existed: the same outputs after loading
+    import json
+
+    chain = InverseChain.build(tiny, arch="paper", seed=0, stages=["s2"])
+    old = build_component({**chain.components["s2"].config, "shift_first": False, "split_layout": "timm",
+                           "init": "timm"}).eval()
+    chain.replace("s2", old, meta=chain.component_meta["s2"])
+    chain.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "s2.json").read_text())
+    for key in ("shift_first", "split_layout", "init"):
+        del meta["config"][key]
+    (tmp_path / "old" / "s2.json").write_text(json.dumps(meta))
+    loaded = InverseChain.load(tmp_path / "old", tiny)
+    x = torch.randn(1, *tiny.stage_shapes()["s2"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.components["s2"](x, {}), old(x, {}), rtol=0, atol=0)
+    assert loaded.components["s2"].config["split_layout"] == "timm"

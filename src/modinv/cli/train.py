@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from modinv.cli.common import (add_amp_arg, add_model_args, check_stage_names, loop_settings, model_from_args,
                                non_negative_int, number_in, parse_assignments, positive_float, positive_int,
                                writable_dir)
 from modinv.errors import ModinvError
+
+if TYPE_CHECKING:
+    from modinv.inverse.chain import InverseChain
+    from modinv.models.base import StagedModel
 
 
 def stage_rate(text: str) -> str:
@@ -32,8 +37,8 @@ def recipe_name(text: str) -> str:
     return text
 
 
-def apply_recipe(args: argparse.Namespace, model, chain, settings: dict, classic_stage: str | None = None,
-                 finetune: bool = False) -> dict:
+def apply_recipe(args: argparse.Namespace, model: StagedModel, chain: InverseChain, settings: dict,
+                 classic_stage: str | None = None, finetune: bool = False) -> dict:
     """Put ``--recipe``'s settings under the command's explicit ones (``--batch``, ``--lr``) into
     ``settings``, its input normalisation on ``model``, and its record on ``chain``; returns the record."""
     from modinv.models.recipes import get_recipe, train_settings
