@@ -16,7 +16,7 @@ from modinv.cli import main
 from modinv.data import open_source
 from modinv.inverse.chain import InverseChain
 from modinv.models.base import IMAGE
-from modinv.models.recipes import MODINV, SWIN_PAPER, VIT_PAPER, Recipe, get_recipe, train_settings
+from modinv.models.recipes import DETR_PAPER, MODINV, SWIN_PAPER, VIT_PAPER, Recipe, get_recipe, train_settings
 from modinv.training.modular import ModularTrainer, TrainConfig
 
 SWIN_SMALL = (64, 64)
@@ -72,6 +72,8 @@ def test_recipe_settings_classic_and_finetune():
     settings = train_settings(SWIN_PAPER, ["s3", "s2", "s1", "bb"], classic_stage="s3")
     assert settings["lr"] == {s: 1e-4 for s in ("s3", "s2", "s1", "bb")} and settings["joint_clip"] is True
     assert train_settings(SWIN_PAPER, ["bb"])["lr"] == {"bb": 1e-4}
+    assert train_settings(DETR_PAPER, ["bb"], variants={"bb": "local"})["lr"] == {"bb": 3e-3}
+    assert train_settings(DETR_PAPER, ["bb"], variants={"bb": "standard"})["lr"] == {"bb": 1e-3}
     tuned = train_settings(VIT_PAPER, ["enc", "bb"], finetune=True)
     assert tuned["batch_size"] == 32 and tuned["lr"] == {"enc": 1e-5, "bb": 1e-5} and tuned["component_mode"] == "train"
     assert train_settings(MODINV, ["bb"]) == {"recipe": "modinv", "grad_clip": 1.0, "component_mode": "train",

@@ -44,7 +44,8 @@ def apply_recipe(args: argparse.Namespace, model: StagedModel, chain: InverseCha
     from modinv.models.recipes import get_recipe, train_settings
 
     recipe = get_recipe(model, args.recipe)
-    base = train_settings(recipe, list(settings.get("stages") or chain.stages), classic_stage, finetune)
+    variants = {s: chain.component_meta[s].get("variant") for s in chain.stages}
+    base = train_settings(recipe, list(settings.get("stages") or chain.stages), classic_stage, finetune, variants)
     if recipe.precision == "float32" and args.amp not in ("auto", "off"):
         raise ModinvError(f"--recipe {recipe.name} trains in float32; leave out --amp {args.amp}")
     explicit_lr = settings["lr"]

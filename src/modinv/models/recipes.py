@@ -37,6 +37,7 @@ class Recipe:
     batch_size: int | None = None  # global batch (None: the command's default)
     optimizer: str = "adam"  # one optimiser per component
     learning_rates: Mapping[str, float] = field(default_factory=dict)  # stage -> rate (else the model's)
+    variant_learning_rates: Mapping[str, float] = field(default_factory=dict)  # "stage=variant" -> rate
     scheduler: str | None = None  # None: constant rate
     grad_clip: float = 1.0  # gradient-norm clip per optimiser
     precision: str = "auto"  # "auto": bf16 autocast where native; "float32": never autocast
@@ -62,6 +63,7 @@ class Recipe:
         """Every field, JSON-able (what ``config.json`` and the manifest record)."""
         out = asdict(self)
         out["learning_rates"] = dict(self.learning_rates)
+        out["variant_learning_rates"] = dict(self.variant_learning_rates)
         out["classic_learning_rates"] = dict(self.classic_learning_rates)
         if self.input_normalization is not None:
             out["input_normalization"] = {"mean": list(self.input_normalization[0]),
@@ -77,6 +79,7 @@ _PAPER = dict(name="paper", precision="float32", component_mode="eval", image_lo
 DETR_PAPER = Recipe(
     **_PAPER, batch_size=32,
     learning_rates={"bb": 1e-3, "enc": 1e-3, "dec": 1e-3, "pred": 1e-3},
+    variant_learning_rates={"bb=local": 3e-3},  # the local bb⁻¹'s own script, modules/inv_detr/inv_bb/train.py:18
     classic_learning_rates={"bb": 1e-3, "enc": 1e-3, "dec": 1e-6, "pred": 1e-6},
     finetune_batch_size=16, finetune_learning_rate=1e-5,
     source="modules/inv_detr/parallel_training/modular_in_parallel.py (classic: e2e_in_parallel.py; "
@@ -120,12 +123,16 @@ def get_recipe(model: Any, name: str) -> Recipe:
 
 
 def train_settings(recipe: Recipe, stages: list[str] | None = None, classic_stage: str | None = None,
-                   finetune: bool = False) -> dict[str, Any]:
+                   finetune: bool = False, variants: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The :class:`~modinv.training.config.TrainConfig` settings a recipe decides (a command's explicit
     options go on top): batch, rates (a classic run: the rate of its path, for every component;
     fine-tuning: its own rate and batch), clipping, precision, component mode, bb⁻¹'s loss space and
-    the recipe's name. ``stages``: the components the run trains."""
+    the recipe's name. ``stages``: the components the run trains; ``variants``: their variants
+    (``{"bb": "local"}``), some of which train at a rate of their own."""
     rates = dict(recipe.learning_rates)
+    for stage, variant in (variants or {}).items():
+        rates[stage] = recipe.variant_learning_rates.get(f"{stage}={variant}", rates.get(stage))
+    rates = {s: r for s, r in rates.items() if r is not None}
     if finetune and recipe.finetune_learning_rate is not None:
         rates = {s: recipe.finetune_learning_rate for s in (stages or [])}
     elif classic_stage is not None and classic_stage in recipe.classic_learning_rates:
