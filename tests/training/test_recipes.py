@@ -121,3 +121,13 @@ def test_cli_classic_paper_recipe_uses_the_paths_one_rate_and_one_clip(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["learning_rates"] == {"bb": 1e-3} and config["train"]["joint_clip"] is True
     assert config["amp"] == "off" and config["training"] == "classic"
+
+
+def test_cli_finetune_paper_recipe_takes_the_fine_tuning_scripts_settings(tmp_path):
+    args = [a for a in VIT_ARGS if a not in ("--stages", "bb")]
+    args[0] = "finetune"
+    assert main([*args, "--lam", "1", "--recipe", "paper", "--out", str(tmp_path)]) == 0
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["learning_rates"] == {"enc": 1e-5, "bb": 1e-5} and config["train"]["component_mode"] == "train"
+    assert config["amp"] == "off" and config["recipe"]["finetune_batch_size"] == 32
+    assert config["train"]["image_loss_space"] == "normalized"
