@@ -3,6 +3,8 @@ hand computation on a tiny data set whose reconstructions are known in closed fo
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -214,3 +216,22 @@ def test_interval_record_names_the_methods_of_nested_summaries():
     record = interval_record(nested, over="units")
     assert record["over"] == "units" and record["confidence"] == 0.95
     assert record["methods"] == {m: CI_METHODS[m] for m in ("bca_bootstrap", "student_t", "degenerate")}
+
+
+def test_psnr_both_ways_are_named_apart_and_differ_as_jensen_says(identity_12x16):
+    from modinv.metrics import per_image_psnr
+
+    g = torch.Generator().manual_seed(2)
+    data = [{"image": 0.8 * torch.rand(3, 12, 16, generator=g), "index": i, "name": f"r{i}"} for i in range(4)]
+    images = torch.stack([d["image"] for d in data])
+    chain = InverseChain({"a": _Affine(1.0, 0.1), "b": _Affine(0.5, 0.0)}, model_layout(identity_12x16))
+    both = evaluate_chain(identity_12x16, chain, data, batch_size=2, progress=False)["psnr_both_ways"]
+    recon_b = 0.5 * images + 0.1
+    mean_mse = float(((recon_b - images) ** 2).flatten(1).mean(1).mean())
+    assert both["psnr_of_mean_mse_db"]["b"] == pytest.approx(10 * math.log10(1 / mean_mse), rel=1e-5)
+    assert both["mean_of_per_image_psnr_db"]["b"] == pytest.approx(float(per_image_psnr(recon_b, images).mean()),
+                                                                   rel=1e-5)
+    assert both["psnr_of_mean_mse_db"]["b"] < both["mean_of_per_image_psnr_db"]["b"]  # unequal errors: concave log
+    assert both["psnr_of_mean_mse_db"]["a"] == pytest.approx(20.0, rel=1e-4)  # equal errors: the two agree
+    assert both["mean_of_per_image_psnr_db"]["a"] == pytest.approx(20.0, rel=1e-4)
+    assert set(both["psnr_of_mean_mse_db"]) == {"a", "b", "mean_image_baseline"}

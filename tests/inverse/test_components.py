@@ -130,7 +130,34 @@ def test_detr_dec_inverse_has_no_final_layernorm():
     old = {k: v for k, v in dec.config.items() if k != "final_norm"}
     assert upgrade_config(old)["final_norm"] is True
     assert upgrade_config(dec.config)["final_norm"] is False
-    assert upgrade_config({"kind": "detr.enc"}) == {"kind": "detr.enc"}  # kinds without legacy arguments
+    assert upgrade_config({"kind": "detr.pred"}) == {"kind": "detr.pred"}  # kinds without legacy arguments
+
+
+def test_configs_saved_before_the_authors_exactness_build_the_old_components():
+    # chains saved before qkv_bias / init existed: ViT enc⁻¹ with q/k/v biases, timm's init;
+    # DETR enc⁻¹/dec⁻¹ Xavier-initialised
+    old_vit = upgrade_config({"kind": "vit.enc", "depth": 1})
+    assert old_vit["qkv_bias"] is True and old_vit["init"] == "timm"
+    assert n_params(build_component(old_vit)) == 7_087_872
+    assert upgrade_config({"kind": "detr.enc"})["init"] == "xavier"
+    assert upgrade_config({"kind": "detr.dec"})["init"] == "xavier"
+    with pytest.raises(ModinvError, match="unknown initialisation 'nope'"):
+        build_component({"kind": "detr.enc", "depth": 1, "init": "nope"})
+
+
+def test_vit_encoder_inverse_without_qkv_bias_runs_the_authors_block_arithmetic():
+    # a ViT block with qkv_bias=False, written out: pre-norm attention without q/k/v bias + MLP
+    enc = build_component({"kind": "vit.enc", "embed_dim": 8, "nhead": 2, "depth": 1}).eval()
+    layer = enc.encoder.layers[0]
+    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
+    h = layer.norm1(x)
+    q, k, v = (h @ layer.self_attn.in_proj_weight.T).chunk(3, -1)
+    split = lambda t: t.reshape(2, 5, 2, 4).transpose(1, 2)  # noqa: E731
+    att = torch.softmax(split(q) @ split(k).transpose(-1, -2) / 2.0, -1) @ split(v)
+    x1 = x + layer.self_attn.out_proj(att.transpose(1, 2).reshape(2, 5, 8))
+    expected = x1 + layer.ffn(layer.norm2(x1))
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_paper_chain_dec_inverse_count_is_exact(fake_detr):
@@ -138,10 +165,14 @@ def test_paper_chain_dec_inverse_count_is_exact(fake_detr):
     assert chain.trainable_parameters()["dec"] == 9_498_112
 
 
-def test_vit_encoder_inverse_is_twelve_vit_b_blocks():
-    # DESIGN gives no figure; a ViT-B block has 7,087,872 parameters (qkv + proj + MLP ×4 + 2 LN)
+def test_vit_encoder_inverse_is_twelve_vit_b_blocks_without_qkv_bias():
+    # the authors' InverseViTEncoder: 12 timm Blocks with qkv_bias=False. A ViT-B block with q/k/v
+    # biases has 7,087,872 parameters (qkv + proj + MLP ×4 + 2 LN); without them 2,304 fewer.
     enc = build_component({"kind": "vit.enc"})
-    assert n_params(enc) == 12 * 7_087_872
+    assert n_params(enc) == 12 * (7_087_872 - 3 * 768) == 85_026_816
+    assert enc.config["qkv_bias"] is False and enc.config["init"] == "torch"
+    assert enc.encoder.layers[0].self_attn.in_proj_bias is None
+    assert enc.encoder.layers[0].self_attn.out_proj.bias is not None  # the output projection keeps its bias
     assert build_component({"kind": "vit.bb_analytic"}).config["kind"] == "vit.bb_analytic"
     assert n_params(build_component({"kind": "vit.bb_analytic"})) == 0
 

@@ -63,6 +63,36 @@ def test_split_tokens_undoes_timm_patch_merging():
     torch.testing.assert_close(split_tokens(merged), x, rtol=0, atol=0)
 
 
+def test_split_tokens_row_layout_puts_the_row_offset_first():
+    # the authors' PatchSplitting: token (h, w)'s channels [i, j, c] go to pixel (2h + i, 2w + j)
+    x = torch.arange(2 * 3 * 4 * 8, dtype=torch.float32).reshape(2, 3, 4, 8)
+    y = split_tokens(x, "row")
+    assert y.shape == (2, 6, 8, 2)
+    blocks = x.reshape(2, 3, 4, 2, 2, 2)
+    for i in range(2):
+        for j in range(2):
+            torch.testing.assert_close(y[:, i::2, j::2], blocks[:, :, :, i, j], rtol=0, atol=0)
+    # timm's layout is the transposed block: a permutation of the Linear's outputs, not the same map
+    assert not torch.equal(split_tokens(x, "timm"), y)
+    with pytest.raises(ModinvError, match="unknown patch-split layout"):
+        split_tokens(x, "diagonal")
+
+
+def test_inverse_stages_shift_the_first_block_as_the_authors():
+    stage = build_component({"kind": "swin.stage", "dim": 16, "resolution": [8, 8], "depth": 3, "num_heads": 2,
+                             "window_size": 2, "split": True})
+    assert [b.shift_size for b in stage.blocks] == [(1, 1), (0, 0), (1, 1)]
+    assert stage.split.layout == "row" and stage.config["init"] == "torch"
+    # a config saved before shift_first / split_layout existed: first block unshifted, timm's layout
+    from modinv.inverse.registry import upgrade_config
+
+    old = upgrade_config({k: v for k, v in stage.config.items() if k not in ("shift_first", "split_layout", "init")})
+    legacy = build_component(old)
+    assert [b.shift_size for b in legacy.blocks] == [(0, 0), (1, 1), (0, 0)]
+    assert legacy.split.layout == "timm" and old["init"] == "timm"
+    assert {k: v.shape for k, v in legacy.state_dict().items()} == {k: v.shape for k, v in stage.state_dict().items()}
+
+
 def test_full_size_bb_inverse_makes_images():
     bb = build_component(paper_specs(SWIN_B, {}, {})["bb"]["config"]).eval()
     with torch.no_grad():
@@ -104,3 +134,23 @@ def test_chain_builds_the_paper_components_from_the_models_metadata(tiny):
     with torch.no_grad():
         images = chain.reconstruct(tiny.trace(torch.rand(1, 3, *SMALL)), "s4")
     assert images.shape == (1, 3, *SMALL) and 0 <= images.min() and images.max() <= 1
+
+
+def test_a_chain_saved_before_the_authors_layout_loads_unchanged(tiny, tmp_path):
+    # configs written before shift_first / split_layout / init existed: the same outputs after loading
+    import json
+
+    chain = InverseChain.build(tiny, arch="paper", seed=0, stages=["s2"])
+    old = build_component({**chain.components["s2"].config, "shift_first": False, "split_layout": "timm",
+                           "init": "timm"}).eval()
+    chain.replace("s2", old, meta=chain.component_meta["s2"])
+    chain.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "s2.json").read_text())
+    for key in ("shift_first", "split_layout", "init"):
+        del meta["config"][key]
+    (tmp_path / "old" / "s2.json").write_text(json.dumps(meta))
+    loaded = InverseChain.load(tmp_path / "old", tiny)
+    x = torch.randn(1, *tiny.stage_shapes()["s2"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.components["s2"](x, {}), old(x, {}), rtol=0, atol=0)
+    assert loaded.components["s2"].config["split_layout"] == "timm"

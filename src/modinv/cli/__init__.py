@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "efficiency": "efficiency",
     "demo": "demo",
     "push": "push",
+    "convert": "convert",
 }
 
 

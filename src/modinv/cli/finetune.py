@@ -8,7 +8,7 @@ import argparse
 from modinv.cli.common import (add_model_args, model_from_args, number_in, parse_assignments, positive_float,
                                writable_dir)
 from modinv.cli.eval_task import add_label_map_arg, task_source_options
-from modinv.cli.train import add_run_args, run_settings
+from modinv.cli.train import add_run_args, apply_recipe, run_settings
 from modinv.errors import ModinvError
 
 
@@ -39,8 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modinv.training.entry import train
-    from modinv.training.finetune import FORWARD_WEIGHTS_FILE, task_kind
+    from modinv.training.entry import fresh_chain, train
+    from modinv.training.finetune import FORWARD_WEIGHTS_FILE, default_finetune_stage, task_kind
 
     out = writable_dir(args.out)
     model = model_from_args(args)
@@ -56,14 +56,17 @@ def run(args: argparse.Namespace) -> int:
     for spec in (args.data, args.val_data):
         if spec:
             options.update(task_source_options(spec, args.label_map))
-    settings = dict(lam=args.lam, theta_lr=args.theta_lr, forward_mode=args.forward_mode,
-                    zero_lambda=args.zero_lambda, **run_settings(args))
-    result = train(model, args.data, out, method="finetune", stage=args.stage, settings=settings,
-                   arch=args.arch or "default", variants=parse_assignments(args.variant, what="variant"),
+    stage = args.stage or default_finetune_stage(model)
+    model.stage_index(stage)  # a clear error for an unknown stage
+    chain = fresh_chain(model, stage, args.arch or "default", args.seed,
+                        parse_assignments(args.variant, what="variant"))
+    settings = run_settings(args)
+    recipe = apply_recipe(args, model, chain, settings, finetune=True)
+    settings.update(lam=args.lam, theta_lr=args.theta_lr, forward_mode=args.forward_mode, zero_lambda=args.zero_lambda)
+    result = train(model, args.data, out, method="finetune", stage=stage, settings=settings, chain=chain,
                    val_data=args.val_data, val_fraction=args.val_fraction, source_options=options,
-                   run_info={"command": "finetune", "source_options": options}, resume=args.resume,
-                   progress=not args.no_progress)
-    stage = result.trainer.config.stage
+                   run_info={"command": "finetune", "source_options": options, "recipe": recipe},
+                   resume=args.resume, progress=not args.no_progress)
     record = result.best.get(stage)
     theta_trains = result.trainer.objective.theta_trains
     what = "(1+λ)·MSE + (1-λ)·task loss" if theta_trains else "image MSE"

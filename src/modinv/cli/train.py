@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from modinv.cli.common import (add_amp_arg, add_model_args, check_stage_names, loop_settings, model_from_args,
                                non_negative_int, number_in, parse_assignments, positive_float, positive_int,
                                writable_dir)
 from modinv.errors import ModinvError
+
+if TYPE_CHECKING:
+    from modinv.inverse.chain import InverseChain
+    from modinv.models.base import StagedModel
 
 
 def stage_rate(text: str) -> str:
@@ -18,6 +23,41 @@ def stage_rate(text: str) -> str:
     except ModinvError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+DEFAULT_BATCH = 32
+
+
+def recipe_name(text: str) -> str:
+    """``type=`` of ``--recipe``: a name some model family declares (the model checks its own)."""
+    from modinv.models.recipes import RECIPE_NAMES
+
+    if text not in RECIPE_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown recipe {text!r}; valid: {', '.join(RECIPE_NAMES)}")
+    return text
+
+
+def apply_recipe(args: argparse.Namespace, model: StagedModel, chain: InverseChain, settings: dict,
+                 classic_stage: str | None = None, finetune: bool = False) -> dict:
+    """Put ``--recipe``'s settings under the command's explicit ones (``--batch``, ``--lr``) into
+    ``settings``, its input normalisation on ``model``, and its record on ``chain``; returns the record."""
+    from modinv.models.recipes import get_recipe, train_settings
+
+    recipe = get_recipe(model, args.recipe)
+    variants = {s: chain.component_meta[s].get("variant") for s in chain.stages}
+    base = train_settings(recipe, list(settings.get("stages") or chain.stages), classic_stage, finetune, variants)
+    if recipe.precision == "float32" and args.amp not in ("auto", "off"):
+        raise ModinvError(f"--recipe {recipe.name} trains in float32; leave out --amp {args.amp}")
+    explicit_lr = settings["lr"]
+    settings.update({k: v for k, v in base.items() if k not in ("batch_size", "lr")})
+    settings["lr"] = {**base["lr"], **explicit_lr}
+    if settings["batch_size"] is None:
+        settings["batch_size"] = base.get("batch_size", DEFAULT_BATCH)
+    if recipe.input_normalization is not None:
+        model.set_normalization(*recipe.input_normalization)
+    record = recipe.to_dict()
+    chain.layout["recipe"] = record
+    return record
 
 
 def add_run_args(p: argparse.ArgumentParser, data_help: str) -> None:
@@ -34,8 +74,12 @@ def add_run_args(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--max-minutes", type=positive_float, metavar="M",
                    help="time budget: stop after M minutes of training even if --steps/--epochs are not done "
                         "(validates, keeps the best, writes a checkpoint that --resume continues)")
-    p.add_argument("--batch", type=positive_int, default=32,
-                   help="global batch size (default 32, the paper's for DETR)")
+    p.add_argument("--batch", type=positive_int, default=None,
+                   help=f"global batch size (default: the recipe's, else {DEFAULT_BATCH})")
+    p.add_argument("--recipe", type=recipe_name, default="modinv",
+                   help="training recipe: modinv (default: train-mode BatchNorm, the weights' normalisation, "
+                        "bf16 where native, image losses on [0, 1] pixels) or paper (what the authors' scripts "
+                        "ran: see the README's recipe table)")
     p.add_argument("--arch", default=None, help="paper | auto (default: paper for detr-r50/vit-b16, else auto)")
     p.add_argument("--variant", action="append", metavar="STAGE=NAME", help="e.g. bb=local, pred=oh")
     p.add_argument("--lr", action="append", type=stage_rate, metavar="STAGE=LR",
@@ -100,15 +144,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, out, settings: dict, dist, device) -> int:
-    from modinv.training.entry import train
+    from modinv.training.entry import fresh_chain, train
 
     model = model_from_args(args, device=device)
     variants = parse_assignments(args.variant, what="variant", option="--variant")
     for option, names in (("--stages", args.stages or []), ("--lr", settings["lr"]), ("--variant", variants)):
         check_stage_names(model, names, option)  # before any work; the engine checks they train
-    result = train(model, args.data, out, method="classic" if args.classic else "modular", stage=args.classic,
-                   settings=settings, arch=args.arch or "default", variants=variants, val_data=args.val_data,
-                   val_fraction=args.val_fraction, augment=args.augment, run_info={"command": "train"}, dist=dist,
+    stage = args.classic
+    if stage:
+        model.stage_index(stage)  # a clear error for an unknown stage
+    chain = fresh_chain(model, stage, args.arch or "default", args.seed, variants)
+    recipe = apply_recipe(args, model, chain, settings, classic_stage=stage)
+    result = train(model, args.data, out, method="classic" if stage else "modular", stage=stage,
+                   settings=settings, chain=chain, val_data=args.val_data, val_fraction=args.val_fraction,
+                   augment=args.augment, run_info={"command": "train", "recipe": recipe}, dist=dist,
                    resume=args.resume, progress=not args.no_progress)
     if not dist.is_main:
         return 0

@@ -56,12 +56,16 @@ class EncoderLayer(nn.Module):
     """Self-attention + feed-forward; ``pos`` is added to queries and keys (not values).
 
     ``norm_first=False`` is DETR's post-norm layer, ``norm_first=True`` a ViT-style pre-norm block.
+    ``qkv_bias=False`` drops the q/k/v projections' bias (timm's ``qkv_bias=False``), keeping the
+    output projection's.
     """
 
     def __init__(self, d_model: int, nhead: int, dim_ff: int, dropout: float = 0.0,
-                 activation: str = "relu", norm_first: bool = False):
+                 activation: str = "relu", norm_first: bool = False, qkv_bias: bool = True):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        if not qkv_bias:  # MultiheadAttention(bias=False) would drop out_proj's bias too
+            self.self_attn.register_parameter("in_proj_bias", None)
         self.ffn = FeedForward(d_model, dim_ff, activation, dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
@@ -150,8 +154,9 @@ class Decoder(nn.Module):
 
 
 def build_encoder(depth: int, d_model: int, nhead: int, dim_ff: int, dropout: float = 0.0,
-                  activation: str = "relu", norm_first: bool = False, final_norm: bool = False) -> Encoder:
-    layers = [EncoderLayer(d_model, nhead, dim_ff, dropout, activation, norm_first) for _ in range(depth)]
+                  activation: str = "relu", norm_first: bool = False, final_norm: bool = False,
+                  qkv_bias: bool = True) -> Encoder:
+    layers = [EncoderLayer(d_model, nhead, dim_ff, dropout, activation, norm_first, qkv_bias) for _ in range(depth)]
     return Encoder(layers, nn.LayerNorm(d_model) if final_norm else None)
 
 
@@ -167,6 +172,30 @@ def xavier_init_(module: nn.Module) -> nn.Module:
         if p.dim() > 1:
             nn.init.xavier_uniform_(p)
     return module
+
+
+def timm_init_(module: nn.Module) -> nn.Module:
+    """timm's ViT initialisation: normal (std 0.02) matrices, zero biases. (timm truncates at ±2,
+    i.e. 100 standard deviations: the same distribution, and ``normal_`` is much faster on CPU.)"""
+    for name, p in module.named_parameters():
+        if p.dim() > 1:
+            nn.init.normal_(p, std=0.02)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
+    return module
+
+
+INITS = {"torch": lambda m: m, "xavier": xavier_init_, "timm": timm_init_}
+
+
+def init_(module: nn.Module, name: str) -> nn.Module:
+    """Initialise ``module`` by name: ``"torch"`` keeps PyTorch's (and timm's layers') own
+    initialisation, as the authors' inverse modules did (they never re-initialised them);
+    ``"xavier"`` is DETR's forward transformer's; ``"timm"`` is timm's ViT's."""
+    try:
+        return INITS[name](module)
+    except KeyError:
+        raise ModinvError(f"unknown initialisation {name!r}; valid: {', '.join(INITS)}") from None
 
 
 def mlp(dims: Sequence[int], activation: str = "relu") -> nn.Sequential:

@@ -21,10 +21,10 @@ from modinv.inverse.blocks import (
     build_encoder,
     deconv,
     grid_of,
+    init_,
     mlp,
     output_head,
     sine_position_embedding,
-    xavier_init_,
 )
 from modinv.inverse.registry import register
 
@@ -83,10 +83,12 @@ class EncoderInverse(nn.Module):
         return self.encoder(x, position(context, x, self.grid))
 
 
-@register("detr.enc")
+@register("detr.enc", legacy={"init": "xavier"})  # chains saved before init existed were Xavier-initialised
 def build_enc(d_model: int = 256, nhead: int = 8, dim_ff: int = 2048, depth: int = 6, dropout: float = 0.0,
-              grid: Sequence[int] | None = (15, 20)) -> nn.Module:
-    encoder = xavier_init_(build_encoder(depth, d_model, nhead, dim_ff, dropout, "relu", norm_first=False))
+              grid: Sequence[int] | None = (15, 20), init: str = "torch") -> nn.Module:
+    """DETR encoder layers (post-norm), PyTorch's initialisation as the authors' (they did not
+    re-initialise their ``InverseTransformerEncoder`` as DETR's ``Transformer`` does)."""
+    encoder = init_(build_encoder(depth, d_model, nhead, dim_ff, dropout, "relu", norm_first=False), init)
     return EncoderInverse(encoder, grid)
 
 
@@ -114,12 +116,14 @@ class DecoderInverse(nn.Module):
         return self.decoder(tgt, x, query_pos=query_pos, pos=self.memory_pos.weight[None])
 
 
-@register("detr.dec", legacy={"final_norm": True})  # chains saved before final_norm existed had one
+# Chains saved before final_norm / init existed had a final norm and Xavier initialisation.
+@register("detr.dec", legacy={"final_norm": True, "init": "xavier"})
 def build_dec(d_model: int = 256, nhead: int = 8, dim_ff: int = 2048, depth: int = 6, dropout: float = 0.0,
-              num_queries: int = 100, grid: Sequence[int] | None = (15, 20), final_norm: bool = False) -> nn.Module:
+              num_queries: int = 100, grid: Sequence[int] | None = (15, 20), final_norm: bool = False,
+              init: str = "torch") -> nn.Module:
     """The paper's dec⁻¹ has no LayerNorm after its last layer (9,498,112 parameters at d 256)."""
     decoder = build_decoder(depth, d_model, nhead, dim_ff, dropout, "relu", norm_first=False, final_norm=final_norm)
-    decoder = xavier_init_(decoder)
+    decoder = init_(decoder, init)
     return DecoderInverse(decoder, nn.Embedding(num_queries, d_model), grid)
 
 

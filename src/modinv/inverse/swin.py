@@ -6,11 +6,13 @@ Swin stages are channels-last maps, B×H×W×C as timm keeps them (224×224 inpu
 - ``swin.bb`` (bb⁻¹, 16,873 parameters): ConvTranspose 128->32 (k2 s2) + BatchNorm + ReLU, then
   ConvTranspose 32->3 (k2 s2) + BatchNorm + sigmoid: 56×56×128 -> 3×224×224.
 - ``swin.stage`` (s1⁻¹ … s4⁻¹): timm ``SwinTransformerBlock``\\ s at the stage's *own* width and
-  resolution (window 7, shifted by 3 in every other block; the paper's depths 2, 2, 18, 2 and
-  heads 4, 8, 16, 32 = width / 32), then for s2–s4 a *patch split* that undoes timm's patch
-  merging: LayerNorm over the stage's C channels, Linear C -> 2·C (= 4 · C/2) without bias, and
-  each token's 2·C values laid out as a 2×2 block of C/2 channels (the exact inverse of the
-  reshape in timm's ``PatchMerging``). s1⁻¹ has no split (s1 keeps bb's shape).
+  resolution (window 7, shifted by 3 in every other block, the first one shifted as in the
+  authors' ``InverseSwinTransformerStage``; the paper's depths 2, 2, 18, 2 and heads 4, 8, 16, 32 =
+  width / 32), then for s2–s4 a *patch split*: LayerNorm over the stage's C channels, Linear
+  C -> 2·C (= 4 · C/2) without bias, and each token's 2·C values laid out as a 2×2 block of C/2
+  channels, row offset first as the authors' ``PatchSplitting`` (``split_layout="row"``; the
+  legacy ``"timm"`` layout reads them in the order timm's ``PatchMerging`` concatenates, a
+  permutation of the Linear's outputs). s1⁻¹ has no split (s1 keeps bb's shape).
 
 Why these are the authors' counts: a timm Swin block of width C with h heads and window 7 holds
 12·C² + 13·C + 169·h parameters (qkv and projection 4·C² + 4·C, MLP ×4 8·C² + 5·C, two
@@ -29,9 +31,8 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 
 from modinv.errors import ModinvError
-from modinv.inverse.blocks import deconv, fit_to, output_head
+from modinv.inverse.blocks import deconv, fit_to, init_, output_head
 from modinv.inverse.registry import register
-from modinv.inverse.vit import vit_init_
 
 DEPTHS = (2, 2, 18, 2)  # blocks per inverse stage s1⁻¹ … s4⁻¹ (Swin-B's own depths)
 HEAD_DIM = 32  # Swin-B: heads 4, 8, 16, 32 at widths 128 … 1024
@@ -54,28 +55,37 @@ class ChannelsLastDecoder(nn.Module):
         return self.head(fit_to(y, self.out_size, self.scale))
 
 
-def split_tokens(x: Tensor) -> Tensor:
-    """B×H×W×4C -> B×2H×2W×C: each token's channels become a 2×2 block, read in the order timm's
-    ``PatchMerging`` concatenates them (column offset, then row offset, then channel), so that
-    ``split_tokens`` undoes merging's rearrangement exactly."""
+SPLIT_LAYOUTS = ("row", "timm")
+
+
+def split_tokens(x: Tensor, layout: str = "timm") -> Tensor:
+    """B×H×W×4C -> B×2H×2W×C: each token's channels become a 2×2 block of C channels.
+
+    ``layout="timm"`` reads them in the order timm's ``PatchMerging`` concatenates them (column
+    offset, then row offset, then channel), so that it undoes merging's rearrangement exactly;
+    ``"row"`` reads the row offset first (the authors' ``PatchSplitting``)."""
+    if layout not in SPLIT_LAYOUTS:
+        raise ModinvError(f"unknown patch-split layout {layout!r}; valid: {', '.join(SPLIT_LAYOUTS)}")
     b, h, w, c4 = x.shape
     x = x.reshape(b, h, w, 2, 2, c4 // 4)
-    return x.permute(0, 1, 4, 2, 3, 5).reshape(b, 2 * h, 2 * w, c4 // 4)
+    order = (0, 1, 3, 2, 4, 5) if layout == "row" else (0, 1, 4, 2, 3, 5)
+    return x.permute(*order).reshape(b, 2 * h, 2 * w, c4 // 4)
 
 
 class PatchSplit(nn.Module):
-    """Undo timm's ``PatchMerging``: LayerNorm(C), Linear C -> 2·C (no bias), then
-    :func:`split_tokens` (B×H×W×C -> B×2H×2W×C/2)."""
+    """Undo patch merging: LayerNorm(C), Linear C -> 2·C (no bias), then :func:`split_tokens`
+    (B×H×W×C -> B×2H×2W×C/2) in ``layout``."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, layout: str = "row"):
         super().__init__()
         if dim % 2:
             raise ModinvError(f"patch splitting halves the width; {dim} channels is odd")
         self.norm = nn.LayerNorm(dim)
         self.expand = nn.Linear(dim, 2 * dim, bias=False)
+        self.layout = layout
 
     def forward(self, x: Tensor) -> Tensor:
-        return split_tokens(self.expand(self.norm(x)))
+        return split_tokens(self.expand(self.norm(x)), self.layout)
 
 
 class InverseSwinStage(nn.Module):
@@ -105,19 +115,23 @@ def build_bb(in_channels: int = 128, channels: Sequence[int] = BB_CHANNELS, out_
     return ChannelsLastDecoder(nn.Sequential(*layers), output_head("sigmoid"), out_size, 2 ** (len(widths) - 1))
 
 
-@register("swin.stage")
+# Chains saved before these arguments existed: first block unshifted, timm's layout, timm's init.
+@register("swin.stage", legacy={"shift_first": False, "split_layout": "timm", "init": "timm"})
 def build_stage(dim: int = 128, resolution: Sequence[int] = (56, 56), depth: int = 2, num_heads: int = 4,
-                window_size: int = WINDOW, split: bool = False, mlp_ratio: float = 4.0) -> nn.Module:
-    """``depth`` timm Swin blocks (shifted windows in every other one), then a patch split if ``split``."""
+                window_size: int = WINDOW, split: bool = False, mlp_ratio: float = 4.0, shift_first: bool = True,
+                split_layout: str = "row", init: str = "torch") -> nn.Module:
+    """``depth`` timm Swin blocks (shifted windows in every other one, starting with the first when
+    ``shift_first``), then a patch split in ``split_layout`` if ``split``."""
     from timm.models.swin_transformer import SwinTransformerBlock
 
     res = (int(resolution[0]), int(resolution[1]))
+    shifted = 0 if shift_first else 1
     blocks = nn.Sequential(*[
         SwinTransformerBlock(dim, res, num_heads=num_heads, window_size=window_size,
-                             shift_size=0 if i % 2 == 0 else window_size // 2, mlp_ratio=mlp_ratio)
+                             shift_size=window_size // 2 if i % 2 == shifted else 0, mlp_ratio=mlp_ratio)
         for i in range(depth)
     ])
-    return vit_init_(InverseSwinStage(blocks, PatchSplit(dim) if split else None))
+    return init_(InverseSwinStage(blocks, PatchSplit(dim, split_layout) if split else None), init)
 
 
 # -- the paper's set ---------------------------------------------------------------------------------

@@ -14,18 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from modinv.errors import ModinvError
-from modinv.inverse.blocks import GridDecoder, TokenTransformer, build_encoder, deconv, grid_of, output_head
+from modinv.inverse.blocks import GridDecoder, TokenTransformer, build_encoder, deconv, grid_of, init_, output_head
 from modinv.inverse.registry import register
-
-def vit_init_(module: nn.Module) -> nn.Module:
-    """timm's ViT initialisation: normal (std 0.02) matrices, zero biases. (timm truncates at ±2,
-    i.e. 100 standard deviations: the same distribution, and ``normal_`` is much faster on CPU.)"""
-    for name, p in module.named_parameters():
-        if p.dim() > 1:
-            nn.init.normal_(p, std=0.02)
-        elif name.endswith("bias"):
-            nn.init.zeros_(p)
-    return module
 
 
 # -- bb⁻¹ ------------------------------------------------------------------------------------------
@@ -192,12 +182,17 @@ def build_bb_analytic(embed_dim: int = 768, grid: Sequence[int] = (14, 14), num_
 
 # -- enc⁻¹ -----------------------------------------------------------------------------------------
 
-@register("vit.enc")
+# Chains saved before these arguments existed had q/k/v biases and timm's initialisation.
+@register("vit.enc", legacy={"qkv_bias": True, "init": "timm"})
 def build_enc(embed_dim: int = 768, nhead: int = 12, mlp_ratio: float = 4.0, depth: int = 12,
-              dropout: float = 0.0) -> nn.Module:
-    """Pre-norm transformer blocks (no position embedding, no final norm), 197 -> 197 tokens."""
-    encoder = build_encoder(depth, embed_dim, nhead, int(embed_dim * mlp_ratio), dropout, "gelu", norm_first=True)
-    return TokenTransformer(vit_init_(encoder))
+              dropout: float = 0.0, qkv_bias: bool = False, init: str = "torch") -> nn.Module:
+    """Pre-norm transformer blocks (no position embedding, no final norm), 197 -> 197 tokens.
+
+    As the authors' ``InverseViTEncoder`` (timm ``Block`` layers with ``qkv_bias=False``, never
+    re-initialised): 85,026,816 parameters at ViT-B's sizes."""
+    encoder = build_encoder(depth, embed_dim, nhead, int(embed_dim * mlp_ratio), dropout, "gelu", norm_first=True,
+                            qkv_bias=qkv_bias)
+    return TokenTransformer(init_(encoder, init))
 
 
 # -- the paper's set ---------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class ModelMeta:
     stage_layouts: Mapping[str, str] = field(default_factory=dict)  # stage -> one of LAYOUTS
     finetune_stage: str | None = None  # the paper's stage j of λ fine-tuning (Eq. 3): its inverse starts there
     weights_note: str | None = None  # what weights="pretrained" loads, in one phrase, for reports
+    recipes: Mapping[str, Any] = field(default_factory=dict)  # name -> models.recipes.Recipe besides "modinv"
 
     def __post_init__(self) -> None:
         if self.task is not None and self.task not in TASKS:

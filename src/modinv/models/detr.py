@@ -44,6 +44,7 @@ from modinv.errors import ModinvError
 from modinv.models.base import ModelMeta, StagedModel, Trace
 from modinv.models.family import Family, register_family
 from modinv.models.roles import PredictionStage, TokenGrid
+from modinv.models.recipes import DETR_PAPER
 from modinv.models.timm_loader import check_input_size
 from modinv.models.weights import guarded_download, load_state_file, seeded
 
@@ -140,6 +141,7 @@ class DetrStagedModel(StagedModel):
             learning_rates=dict(LEARNING_RATES),
             stage_layouts={stage: "tokens" for stage in self.stages},  # pred: one row per query
             finetune_stage="dec",
+            recipes={"paper": DETR_PAPER},
         )
 
     @property

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from modinv.models.base import ModelMeta, StagedModel, Trace
 from modinv.models.family import Family, register_family
 from modinv.models.roles import TokenGrid
+from modinv.models.recipes import SWIN_PAPER
 from modinv.models.timm_loader import check_input_size, classifier_meta, create_timm_model, pretrained_normalisation
 
 TIMM_NAME = "swin_base_patch4_window7_224"
@@ -65,6 +66,7 @@ class SwinStagedModel(StagedModel):
             mean=mean, std=std, inverse_family="swin",
             learning_rates={stage: LEARNING_RATE for stage in self.stages},
             num_prefix_tokens=0, stage_layouts={stage: "nhwc" for stage in self.stages},
+            recipes={"paper": SWIN_PAPER},
         )
 
     def step(self, stage: str, x: Tensor, context: dict[str, Any]) -> Tensor:

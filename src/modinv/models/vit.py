@@ -39,6 +39,7 @@ from modinv.errors import ModinvError
 from modinv.models.base import ModelMeta, StagedModel, Trace
 from modinv.models.family import Family, register_family
 from modinv.models.roles import TokenGrid
+from modinv.models.recipes import DEIT_PAPER, VIT_PAPER
 from modinv.models.timm_loader import check_input_size, classifier_meta, create_timm_model, pretrained_normalisation
 
 TIMM_NAME = "vit_base_patch16_224"
@@ -120,6 +121,7 @@ class VitStagedModel(StagedModel):
             num_prefix_tokens=int(vit.num_prefix_tokens),
             stage_layouts={stage: "tokens" for stage in self.stages},
             finetune_stage="enc",
+            recipes={"paper": DEIT_PAPER if name == DEIT_NAME else VIT_PAPER},
         )
 
     # -- StagedModel -----------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from modinv.errors import ModinvError
@@ -73,7 +72,7 @@ class ClassicConfig(TrainConfig):
 
 
 class ClassicObjective(Objective):
-    """Image MSE in [0, 1] pixel space of the whole chain from ``stage``: one loss, one backward
+    """Image MSE (in the run's image loss space) of the whole chain from ``stage``: one loss, one backward
     pass through components j..1, every component's optimiser stepped (each clipped on its own).
     The validation loss of every component is the chain's image MSE from ``stage``, so the best
     chain is one consistent snapshot."""
@@ -116,7 +115,7 @@ class ClassicObjective(Objective):
     def image_loss(self, trace: Trace, training: bool = True) -> Tensor:
         """Image MSE of the reconstruction from ``stage``."""
         x = reconstruct_through(self.engine, self.path, trace[self.stage], trace, training)
-        return F.mse_loss(x.float(), trace[IMAGE].float())
+        return self.engine.image_mse(x, trace[IMAGE])
 
     def updates(self, batch: Mapping[str, Any]) -> Iterator[Update]:
         trace = self.engine.frozen_trace(batch["image"], end=self.stage)

@@ -34,6 +34,10 @@ class TrainConfig:
     max_nonfinite: int = 20  # consecutive skipped updates of one component before the run stops
     stop_on_interrupt: bool = False  # Ctrl-C after a step ends training like the budget (no checkpoint)
     overwrite: bool = False  # a new run replaces a previous run in its folder (run_folder.RUN_FILES)
+    recipe: str = "modinv"  # the recipe these settings came from (modinv.models.recipes)
+    component_mode: str = "train"  # "eval": components train in eval mode (BatchNorm statistics never change)
+    image_loss_space: str = "pixels"  # losses against the image: on [0, 1] pixels or normalised images
+    joint_clip: bool = False  # one gradient-norm clip over all of an update's parameters (not per optimiser)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +56,10 @@ class TrainConfig:
                 raise ModinvError(f"{name} must be a whole number of at least {low}, got {value!r}")
         if not (isinstance(self.grad_clip, Real) and self.grad_clip > 0 and math.isfinite(self.grad_clip)):
             raise ModinvError(f"grad_clip must be a positive number, got {self.grad_clip!r}")
+        for name, value, valid in (("component_mode", self.component_mode, ("train", "eval")),
+                                   ("image_loss_space", self.image_loss_space, ("pixels", "normalized"))):
+            if value not in valid:
+                raise ModinvError(f"{name} must be one of {', '.join(valid)}, got {value!r}")
         for stage, rate in self.lr.items():
             if isinstance(rate, bool) or not isinstance(rate, Real) or not (rate > 0 and math.isfinite(rate)):
                 raise ModinvError(f"the learning rate of {stage!r} must be a positive number, got {rate!r}")

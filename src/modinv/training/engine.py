@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
@@ -115,6 +116,14 @@ class Engine:
         """Autocast in the run's training precision."""
         return autocast(self.device, self.amp)
 
+    def image_mse(self, prediction: Tensor, images: Tensor) -> Tensor:
+        """MSE (float32) of a reconstructed image against the [0, 1] image, in the run's
+        ``image_loss_space``: ``"normalized"`` compares both after the model's input normalisation."""
+        prediction, images = prediction.float(), images.float()
+        if self.config.image_loss_space == "normalized":
+            prediction, images = self.model.normalize(prediction), self.model.normalize(images)
+        return F.mse_loss(prediction, images)
+
     # -- bookkeeping -------------------------------------------------------------------------------
     @property
     def batches_per_epoch(self) -> int:
@@ -184,7 +193,7 @@ class Engine:
     def _apply(self, update: Update) -> dict[str, Tensor]:
         components = [self.chain.components[s] for s in update.stages]
         for component in components:
-            component.train()
+            component.train(self.config.component_mode == "train")
         # Running statistics (BatchNorm) change in the forward pass itself; keep a copy so a
         # skipped update can also undo what a non-finite input did to them.
         buffers = [b for m in [*components, *update.modules] for b in m.buffers()]
@@ -194,8 +203,10 @@ class Engine:
             optimizer.zero_grad(set_to_none=True)
         loss, logged = update.compute()
         loss.backward()
-        norms = [torch.nn.utils.clip_grad_norm_([p for g in o.param_groups for p in g["params"]], self.config.grad_clip)
-                 for o in optimizers.values()]
+        groups = [[p for g in o.param_groups for p in g["params"]] for o in optimizers.values()]
+        if self.config.joint_clip:
+            groups = [[p for group in groups for p in group]]
+        norms = [torch.nn.utils.clip_grad_norm_(group, self.config.grad_clip) for group in groups]
         # Decided on the gradients, which DDP averages over processes: every rank decides alike.
         finite = all(bool(torch.isfinite(n)) for n in norms) and (self.dist.enabled or bool(torch.isfinite(loss)))
         if finite:
@@ -282,7 +293,8 @@ class Engine:
     def _training_info(self) -> dict[str, dict[str, Any]]:
         """Per trained component: how long it trained (untrained components get nothing)."""
         info = {"steps": self.step, "epochs": self.step / max(self.batches_per_epoch, 1), "seed": self.config.seed,
-                "batch_size": self.config.batch_size, **self.objective.training_info()}
+                "batch_size": self.config.batch_size, "recipe": self.config.recipe,
+                "image_loss_space": self.config.image_loss_space, **self.objective.training_info()}
         return {s: dict(info, lr=self.lrs[s]) for s in self.stages}
 
     # -- checkpoints ---------------------------------------------------------------------------------
@@ -437,7 +449,7 @@ class Engine:
         if self.step % cfg.log_every == 0 or final:
             losses = mean_over_processes(losses, self.dist, self.device)
             self._bar.set_postfix({s: f"{v:.4f}" for s, v in losses.items()})
-            self._log({"step": self.step, "epoch": self.epoch, "loss": losses,
+            self._log({"step": self.step, "epoch": self.epoch, "loss": losses, "loss_space": cfg.image_loss_space,
                        "time": time.perf_counter() - self._started})
         if self.step % cfg.val_every == 0 or final:
             self._validate_and_keep_best()

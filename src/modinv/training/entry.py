@@ -87,7 +87,7 @@ def _inverted_stage(model: StagedModel, method: str, stage: str | None) -> str |
     return stage
 
 
-def _chain(model: StagedModel, stage: str | None, arch: str, seed: int,
+def fresh_chain(model: StagedModel, stage: str | None, arch: str, seed: int,
            variants: Mapping[str, str] | None) -> InverseChain:
     """A fresh chain: every stage's component (modular), or the components ``stage -> img``."""
     if stage is None:
@@ -145,7 +145,7 @@ def train(
     settings = dict(settings or {})
     seed = int(settings.get("seed", 0))
     config = config_class(**settings, **({"stage": stage} if stage is not None else {}))
-    chain = chain if chain is not None else _chain(model, stage, arch, seed, variants)
+    chain = chain if chain is not None else fresh_chain(model, stage, arch, seed, variants)
     train_set, val_set, recorded = _data(model, data, val_data, val_fraction, augment, seed, source_options or {})
     info = {**recorded, "arch": chain.arch, **(run_info or {})}
     trainer = trainer_class(model, chain, train_set, val_set, out, config, run_info=info, dist=dist,

@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from modinv.errors import ModinvError
@@ -194,7 +193,7 @@ class FinetuneObjective(Objective):
         elif self.lam < 1:
             x = scale_gradient(x, self.lam)
         x = reconstruct_through(self.engine, self.path, x, trace, training)
-        mse = F.mse_loss(x.float(), trace[IMAGE].float())
+        mse = self.engine.image_mse(x, trace[IMAGE])
         out = {"mse": mse, "total": mse}
         if targets is not None:
             with self.engine.autocast():

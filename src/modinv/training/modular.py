@@ -13,7 +13,7 @@ from typing import Any, Iterator, Mapping
 import torch.nn.functional as F
 from torch import Tensor
 
-from modinv.models.base import Trace
+from modinv.models.base import IMAGE, Trace
 from modinv.training.engine import Engine, TrainConfig
 from modinv.training.objective import Objective, Update
 
@@ -26,12 +26,15 @@ class ModularObjective(Objective):
     a non-finite loss of one component skips only that component's update."""
 
     def component_loss(self, stage: str, trace: Trace, training: bool = True) -> Tensor:
-        """MSE between N⁻¹_j(x_j) and x_{j-1}, in float32."""
+        """MSE between N⁻¹_j(x_j) and x_{j-1}, in float32 (against the image: in the run's image
+        loss space, :meth:`Engine.image_mse`)."""
         engine = self.engine
-        target = trace[engine.model.previous(stage)].float()
+        previous = engine.model.previous(stage)
         with engine.autocast():
             prediction = engine.module(stage, training)(trace[stage], trace.context)
-        return F.mse_loss(prediction.float(), target)
+        if previous == IMAGE:
+            return engine.image_mse(prediction, trace[previous])
+        return F.mse_loss(prediction.float(), trace[previous].float())
 
     def _update(self, stage: str, trace: Trace) -> tuple[Tensor, dict[str, Tensor]]:
         loss = self.component_loss(stage, trace)

@@ -19,6 +19,10 @@ from modinv.cli.common import add_model_args, add_report_amp_arg, positive_int
 ANALYSES: dict[str, str] = {name: analysis.cli for name, analysis in REGISTRY.items()}
 
 
+# analyses with options of their own (not one model, chain and data source): name -> CLI module
+OWN_OPTIONS: dict[str, str] = {"tradeoff": "modinv.cli.analyze.tradeoff"}
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of every analysis: the model, the inverse chain(s), the data, the output folder."""
     add_model_args(parser)
@@ -39,5 +43,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         summary = (mod.__doc__ or name).strip().splitlines()[0].replace("%", "%%")  # argparse formats help
         q = names.add_parser(name, help=summary, description=summary)
         add_common_arguments(q)
+        mod.add_arguments(q)
+        q.set_defaults(handler=mod.run)
+    for name, module in OWN_OPTIONS.items():
+        mod = importlib.import_module(module)
+        summary = (mod.__doc__ or name).strip().splitlines()[0].replace("%", "%%")
+        q = names.add_parser(name, help=summary, description=summary)
         mod.add_arguments(q)
         q.set_defaults(handler=mod.run)
