@@ -14,6 +14,7 @@ import errno
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -103,20 +104,38 @@ def check_stage_names(model: StagedModel, names: Iterable[str], option: str) -> 
         )
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="detr-r50, vit-b16, mobilenet-v2, timm:<name>, ...")
-    parser.add_argument("--weights", default="pretrained", help="pretrained | random | PATH (default: pretrained)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="seed of random weights and of training (default: 0)")
+def add_model_args(parser: argparse.ArgumentParser, from_chain: bool = False, from_run: bool = False) -> None:
+    """``--model``, ``--weights``, ``--seed``, ``--device``, ``--input-size``. ``from_chain``: the
+    command takes ``--inverse``, whose manifest supplies model, weights, seed and input size (the
+    options become optional and, when given, must agree with it; see :func:`model_for_chains`).
+    ``from_run``: a training command, whose ``--resume`` reads them from the run's config.json
+    (they default to None here; the command fills them in)."""
+    if from_chain:
+        also = " (default: the --inverse chain's)"
+        weights_default = seed_default = "the chain's"
+    elif from_run:
+        also = " (with --resume: the run's)"
+        weights_default, seed_default = "pretrained; with --resume: the run's", "0; with --resume: the run's"
+    else:
+        also, weights_default, seed_default = "", "pretrained", "0"
+    recorded = from_chain or from_run
+    parser.add_argument("--model", required=not recorded,
+                        help="model name: detr-r50, vit-b16, deit-b16, swin-b, mobilenet-v2, timm:<name>, "
+                             f"hf:<id or folder>{also}")
+    parser.add_argument("--weights", default=None if recorded else "pretrained",
+                        help=f"pretrained | random | PATH of a weights file (default: {weights_default})")
+    parser.add_argument("--seed", type=non_negative_int, default=None if recorded else 0,
+                        help=f"seed of random weights and of training (default: {seed_default})")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument(
-        "--input-size", type=image_side, nargs=2, metavar=("H", "W"), help="override the model's input size (H W)"
-    )
+    parser.add_argument("--input-size", type=image_side, nargs=2, metavar=("H", "W"),
+                        help="override the model's input size (H W)" + also)
 
 
-def add_amp_arg(parser: argparse.ArgumentParser) -> None:
+def add_amp_arg(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--amp`` of the training commands (``default=None``: filled in later, e.g. from a resumed run)."""
     parser.add_argument(
-        "--amp", choices=AMP_CHOICES, default="auto", help="bf16 autocast: auto (CUDA / bf16-capable CPUs), bf16, off"
+        "--amp", choices=AMP_CHOICES, default=default,
+        help="bf16 autocast while training: auto (CUDA / bf16-capable CPUs; default), bf16, off",
     )
 
 
@@ -219,3 +238,100 @@ def loop_settings(args: argparse.Namespace) -> dict:
     if hasattr(args, "no_channels_last"):
         settings["channels_last"] = not args.no_channels_last
     return settings
+
+
+# -- the model a chain was made for (commands taking --inverse) ------------------------------------
+# The settings a chain's manifest fixes: option dest -> what the option is called in messages.
+CHAIN_SETTINGS = {"model": "--model", "weights": "--weights", "seed": "--seed", "input_size": "--input-size"}
+
+
+def chain_folder(spec: str | os.PathLike) -> str:
+    """The chain an ``--inverse`` value names: a training run's folder (no manifest, but a
+    ``best/`` chain) means its ``best/``, which is said on stderr; anything else as given."""
+    folder = Path(spec)
+    if not (folder / "manifest.json").is_file() and (folder / "best" / "manifest.json").is_file():
+        print(f"modinv: {str(folder)!r} is a training run; using its best chain {str(folder / 'best')!r}",
+              file=sys.stderr)
+        return str(folder / "best")
+    return str(spec)
+
+
+def chain_model_seed(manifest: dict) -> int | None:
+    """The seed of the random weights a chain was made for: the manifest's own record when it has
+    one, else the one seed its components were built with (``modinv train`` uses its ``--seed``
+    for both); None when the manifest cannot tell."""
+    for key in ("model_seed", "weights_seed"):
+        if isinstance(manifest.get(key), int):
+            return manifest[key]
+    seeds = {s for s in (manifest.get("seeds") or {}).values() if isinstance(s, int)}
+    return seeds.pop() if len(seeds) == 1 else None
+
+
+def chain_settings(manifest: dict) -> dict:
+    """``{model, weights, seed, input_size}`` of the model a chain's manifest says it was made for."""
+    size, weights = manifest.get("input_size"), str(manifest.get("weights", "pretrained"))
+    return {"model": manifest["model"], "weights": weights,
+            "seed": chain_model_seed(manifest) if weights == "random" else None,  # it decides random weights only
+            "input_size": list(size) if size else None}
+
+
+def _same_setting(name: str, given: object, recorded: object) -> bool:
+    if name == "weights" and from_path(str(given)) and from_path(str(recorded)):
+        return Path(str(given)).expanduser().resolve() == Path(str(recorded)).expanduser().resolve()
+    if name == "input_size":
+        return list(given) == list(recorded)
+    return given == recorded
+
+
+def from_path(weights: str) -> bool:
+    """Whether a ``--weights`` value names a file (not ``pretrained`` or ``random``)."""
+    return weights not in ("pretrained", "random")
+
+
+def _chain_disagreement(args: argparse.Namespace, settings: dict, where: str) -> str | None:
+    """One sentence when an option given on the command line contradicts the chain's manifest."""
+    for name, option in CHAIN_SETTINGS.items():
+        given, recorded = getattr(args, name, None), settings[name]
+        if given is None or recorded is None:
+            continue
+        if not _same_setting(name, given, recorded):
+            shown = " ".join(map(str, given)) if name == "input_size" else given
+            kept = " ".join(map(str, recorded)) if name == "input_size" else recorded
+            return (f"{option} {shown} does not match the chain in {where}, which was made for {option} {kept}; "
+                    f"leave it out to use the chain's")
+    return None
+
+
+def model_for_chains(args: argparse.Namespace, device=None) -> StagedModel:
+    """The model the ``--inverse`` chain(s) were made for, read from their manifests: ``--model``,
+    ``--weights``, ``--seed`` and ``--input-size`` are taken from there when not given, and refused
+    in one sentence naming both when they disagree. Run folders are replaced by their ``best/``
+    in ``args.inverse``; several chains must have been made for the same model."""
+    from modinv.hub import resolve_chain_spec
+    from modinv.inverse.storage import read_manifest
+
+    single = not isinstance(args.inverse, (list, tuple))
+    specs = [chain_folder(p) for p in ([args.inverse] if single else args.inverse)]
+    args.inverse = specs[0] if single else specs
+    first = None
+    for spec in specs:
+        settings = chain_settings(read_manifest(resolve_chain_spec(spec)))
+        if first is not None and settings != first[1]:
+            raise ModinvError(f"the --inverse chains {first[0]!r} and {spec!r} were made for different models "
+                              f"({first[1]['model']} {first[1]['weights']} vs {settings['model']} "
+                              f"{settings['weights']}); analyse them one at a time")
+        why = _chain_disagreement(args, settings, repr(spec))
+        if why:
+            raise ModinvError(why)
+        first = first or (spec, settings)
+    settings = first[1]
+    args.model = args.model or settings["model"]
+    args.weights = args.weights if args.weights is not None else settings["weights"]
+    if args.seed is None:
+        if settings["seed"] is None and args.weights == "random":
+            raise ModinvError(f"the chain in {first[0]!r} does not say which seed its random weights had; "
+                              "give --seed")
+        args.seed = settings["seed"] if settings["seed"] is not None else 0
+    if args.input_size is None and settings["input_size"]:
+        args.input_size = settings["input_size"]
+    return model_from_args(args, device=device)

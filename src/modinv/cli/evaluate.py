@@ -11,7 +11,7 @@ import argparse
 import warnings
 from typing import TYPE_CHECKING
 
-from modinv.cli.common import add_model_args, add_report_amp_arg, model_from_args, positive_int, writable_file
+from modinv.cli.common import add_model_args, add_report_amp_arg, model_for_chains, positive_int, writable_file
 from modinv.errors import ModinvError
 
 if TYPE_CHECKING:
@@ -48,8 +48,8 @@ def lpips_from_args(args: argparse.Namespace, device) -> Lpips | None:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="reconstruction quality per stage (MSE, PSNR, SSIM, LPIPS) vs the mean-image "
                                         "baseline")
-    add_model_args(p)
-    p.add_argument("--inverse", required=True, help="inverse chain folder (e.g. RUN/best)")
+    add_model_args(p, from_chain=True)
+    p.add_argument("--inverse", required=True, help="inverse chain: a folder (RUN/best, or a RUN folder: its best/) or hf:USER/NAME; it names the model")
     p.add_argument("--data", required=True, help="image source spec")
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--batch", type=positive_int, default=8)
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = writable_file(args.out)
 
-    model = model_from_args(args)
+    model = model_for_chains(args)
     chain = InverseChain.load(args.inverse, model, map_location=model.device)
     source = open_source(args.data, size=tuple(model.input_size))
     lpips = lpips_from_args(args, model.device)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from modinv.cli.common import model_from_args, writable_dir
+from modinv.cli.common import model_for_chains, writable_dir
 from modinv.data import open_source
 from modinv.errors import ModinvError
 from modinv.fileio import finite_or_null, read_json, write_json
@@ -17,8 +17,8 @@ from modinv.models.base import StagedModel
 
 
 def model_and_source(args: argparse.Namespace) -> tuple[StagedModel, Any]:
-    """The model of ``--model/--weights/...`` and the image source of ``--data`` at its input size."""
-    model = model_from_args(args)
+    """The model the ``--inverse`` chains were made for (``--model`` etc. may confirm it) and the image source of ``--data`` at its input size."""
+    model = model_for_chains(args)
     return model, open_source(args.data, size=tuple(model.input_size))
 
 
