@@ -256,22 +256,34 @@ def chain_folder(spec: str | os.PathLike) -> str:
     return str(spec)
 
 
-def chain_model_seed(manifest: dict) -> int | None:
+def chain_model_seed(manifest: dict, folder: Path | None = None) -> int | None:
     """The seed of the random weights a chain was made for: the manifest's own record when it has
-    one, else the one seed its components were built with (``modinv train`` uses its ``--seed``
-    for both); None when the manifest cannot tell."""
-    for key in ("model_seed", "weights_seed"):
-        if isinstance(manifest.get(key), int):
+    one, else the ``--seed`` of the training run the chain belongs to (``folder/../config.json``,
+    which ``modinv train`` writes next to ``best/`` and whose ``--seed`` seeds the weights); None
+    when neither tells (component seeds need not be the model's)."""
+    for key in ("model_seed", "weights_seed", "seed"):
+        if isinstance(manifest.get(key), int) and not isinstance(manifest.get(key), bool):
             return manifest[key]
-    seeds = {s for s in (manifest.get("seeds") or {}).values() if isinstance(s, int)}
-    return seeds.pop() if len(seeds) == 1 else None
+    config = folder.parent / "config.json" if folder is not None else None
+    if config is None or not config.is_file():
+        return None
+    from modinv.fileio import read_json
+
+    try:
+        run = read_json(config, "run config")
+    except ModinvError:
+        return None
+    seed = (run.get("train") or {}).get("seed") if isinstance(run, dict) else None
+    same = isinstance(run, dict) and run.get("model") == manifest.get("model") and run.get("weights") == "random"
+    return seed if same and isinstance(seed, int) else None
 
 
-def chain_settings(manifest: dict) -> dict:
-    """``{model, weights, seed, input_size}`` of the model a chain's manifest says it was made for."""
+def chain_settings(manifest: dict, folder: Path | None = None) -> dict:
+    """``{model, weights, seed, input_size}`` of the model a chain's manifest says it was made for
+    (``seed``: of random weights, None when unknown or irrelevant)."""
     size, weights = manifest.get("input_size"), str(manifest.get("weights", "pretrained"))
     return {"model": manifest["model"], "weights": weights,
-            "seed": chain_model_seed(manifest) if weights == "random" else None,  # it decides random weights only
+            "seed": chain_model_seed(manifest, folder) if weights == "random" else None,
             "input_size": list(size) if size else None}
 
 
@@ -288,17 +300,20 @@ def from_path(weights: str) -> bool:
     return weights not in ("pretrained", "random")
 
 
-def _chain_disagreement(args: argparse.Namespace, settings: dict, where: str) -> str | None:
-    """One sentence when an option given on the command line contradicts the chain's manifest."""
+def _chain_disagreement(given: dict, settings: dict, where: str, source: str | None = None) -> str | None:
+    """One sentence when a setting in ``given`` (from the command line, or from the chain ``source``)
+    contradicts the chain in ``where``; None when they agree."""
     for name, option in CHAIN_SETTINGS.items():
-        given, recorded = getattr(args, name, None), settings[name]
-        if given is None or recorded is None:
+        value, recorded = given.get(name), settings[name]
+        if value is None or recorded is None or _same_setting(name, value, recorded):
             continue
-        if not _same_setting(name, given, recorded):
-            shown = " ".join(map(str, given)) if name == "input_size" else given
-            kept = " ".join(map(str, recorded)) if name == "input_size" else recorded
-            return (f"{option} {shown} does not match the chain in {where}, which was made for {option} {kept}; "
-                    f"leave it out to use the chain's")
+        shown = " ".join(map(str, value)) if name == "input_size" else value
+        kept = " ".join(map(str, recorded)) if name == "input_size" else recorded
+        if source is not None:
+            return (f"the --inverse chains {source} and {where} were made for different models ({option} {shown} vs "
+                    f"{kept}); give them to separate commands")
+        return (f"{option} {shown} does not match the chain in {where}, which was made for {option} {kept}; "
+                "leave it out to use the chain's")
     return None
 
 
@@ -313,25 +328,19 @@ def model_for_chains(args: argparse.Namespace, device=None) -> StagedModel:
     single = not isinstance(args.inverse, (list, tuple))
     specs = [chain_folder(p) for p in ([args.inverse] if single else args.inverse)]
     args.inverse = specs[0] if single else specs
-    first = None
+    given = {name: getattr(args, name, None) for name in CHAIN_SETTINGS}
+    first: tuple[str, dict] | None = None
     for spec in specs:
-        settings = chain_settings(read_manifest(resolve_chain_spec(spec)))
-        if first is not None and settings != first[1]:
-            raise ModinvError(f"the --inverse chains {first[0]!r} and {spec!r} were made for different models "
-                              f"({first[1]['model']} {first[1]['weights']} vs {settings['model']} "
-                              f"{settings['weights']}); analyse them one at a time")
-        why = _chain_disagreement(args, settings, repr(spec))
+        folder = resolve_chain_spec(spec)
+        settings = chain_settings(read_manifest(folder), folder)
+        why = _chain_disagreement(given, settings, repr(spec)) or (
+            first and _chain_disagreement(first[1], settings, repr(spec), source=repr(first[0])))
         if why:
             raise ModinvError(why)
         first = first or (spec, settings)
-    settings = first[1]
-    args.model = args.model or settings["model"]
-    args.weights = args.weights if args.weights is not None else settings["weights"]
-    if args.seed is None:
-        if settings["seed"] is None and args.weights == "random":
-            raise ModinvError(f"the chain in {first[0]!r} does not say which seed its random weights had; "
-                              "give --seed")
-        args.seed = settings["seed"] if settings["seed"] is not None else 0
-    if args.input_size is None and settings["input_size"]:
-        args.input_size = settings["input_size"]
+    for name in CHAIN_SETTINGS:  # what the options leave open, the (first) chain says
+        if given[name] is None:
+            setattr(args, name, first[1][name])
+    args.seed = 0 if args.seed is None else args.seed  # a chain that cannot tell: the usual default
+    args.weights = "pretrained" if args.weights is None else args.weights
     return model_from_args(args, device=device)
