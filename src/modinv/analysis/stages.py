@@ -8,10 +8,12 @@ Every entry is the output of :func:`modinv.analysis.evaluate.evaluate_chain`: pe
 (MSE in [0, 1] pixel space, PSNR in dB, SSIM, LPIPS where its weights are available) the mean over
 the images with a 95% confidence interval that stays inside the metric's range (a BCa bootstrap,
 :mod:`modinv.metrics.bounded`), and the same for the mean-image baseline (each image against the
-data set's mean image). The figure has one panel per metric; in each, one line with error bars per
-model over the stages (in processing order, the union of all models' stages) and, at the right, its
-"mean" baseline point. An entry saved before the other metrics existed (no ``"metrics"``) shows in
-the MSE panel only.
+data set's mean image). The figure has one panel per metric and model (models with the very same
+stages share theirs; stages are matched by model and name), wrapping at six panels a row; in each,
+one line with 95% CI error bars per run over the model's stages in processing order and, at the
+right, its mean-image baseline point; the legend gives each run's n. ``metrics`` chooses the
+panels, also for compared files that hold more. An entry saved before the other metrics existed
+(no ``"metrics"``) shows in the MSE panel only.
 
 CLI: ``modinv analyze stages --model M --inverse CHAIN [CHAIN ...] --data SPEC --out DIR
 [--metrics mse,psnr,ssim,lpips] [--lpips-weights FILE] [--compare FILE.json ...]`` writes
@@ -159,20 +161,27 @@ def _axis_label(name: str) -> str:
 
 
 def model_groups(result: StageErrors) -> dict[str, list[str]]:
-    """``{model: [labels]}``: the entries of each model (by its ``"model"``, else its label), whose
-    stages are matched by name; one sentence when two entries of one model order its stages
-    differently (they cannot share an axis)."""
-    groups: dict[str, list[str]] = {}
+    """``{panel title: [labels]}``: the entries of each model (by its ``"model"``, else its label),
+    stages matched by model and name; models with the very same stages (names and order, e.g. the
+    paper's DETR and ViT ``bb``, ``enc``) share their panels, others get panels of their own (a
+    Swin ``s4`` is never drawn at a MobileNet ``s4``). One sentence when two entries of one model
+    order its stages differently (they cannot share an axis)."""
+    by_model: dict[str, list[str]] = {}
     for label, entry in result.results.items():
-        groups.setdefault(str(entry.get("model") or label), []).append(label)
-    for model, labels in groups.items():
+        by_model.setdefault(str(entry.get("model") or label), []).append(label)
+    shared: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}  # stages -> (models, labels)
+    for model, labels in by_model.items():
         orders = [list(result.results[label]["stages"]) for label in labels]
         for order in orders[1:]:
             common = [s for s in orders[0] if s in order]
             if common != [s for s in order if s in orders[0]]:
                 raise ModinvError(f"the results of {model!r} order its stages differently ({', '.join(orders[0])} vs "
                                   f"{', '.join(order)}); they cannot be drawn on one axis")
-    return groups
+        key = tuple(stage_order({label: result.results[label] for label in labels}))
+        models, members = shared.setdefault(key, ([], []))
+        models.append(model)
+        members.extend(labels)
+    return {", ".join(models): labels for models, labels in shared.values()}
 
 
 def _legend_label(label: str, entry: Mapping[str, Any]) -> str:
