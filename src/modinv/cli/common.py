@@ -344,3 +344,21 @@ def model_for_chains(args: argparse.Namespace, device=None) -> StagedModel:
     args.seed = 0 if args.seed is None else args.seed  # a chain that cannot tell: the usual default
     args.weights = "pretrained" if args.weights is None else args.weights
     return model_from_args(args, device=device)
+
+
+def caption_parts(model: StagedModel, chains=(), data: str | None = None, where: Iterable[str] = (),
+                  seed: int | None = None) -> dict:
+    """The caption line of a command's figures (:func:`modinv.figures.figure_caption`): model,
+    weights (with ``seed`` for random weights), the chain folders and their training steps, data."""
+    weights = str(model.weights)
+    parts: dict = {"model": model.name, "weights": f"{weights} (seed {seed})" if weights == "random" and seed is not None
+                   else weights, "data": data}
+    chains, where = list(chains), list(where)
+    if where:
+        parts["chain"] = ", ".join(str(w) for w in where)
+    steps = sorted({c.training_steps for c in chains if c.training_steps is not None})
+    if steps:
+        parts["steps"] = steps[0] if len(steps) == 1 else "/".join(map(str, steps))
+    elif chains:
+        parts["steps"] = "untrained or unknown"
+    return parts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from modinv.cli.common import add_model_args, add_report_amp_arg, model_for_chains, writable_file
+from modinv.cli.common import add_model_args, add_report_amp_arg, caption_parts, model_for_chains, writable_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from modinv.analysis.reconstruct import reconstruction_figure
     from modinv.data import load_images
+    from modinv.figures import figure_caption
     from modinv.inverse.chain import InverseChain
 
     from matplotlib.backend_bases import FigureCanvasBase
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     model = model_for_chains(args)
     chain = InverseChain.load(args.inverse, model, map_location=model.device)
     images, names = load_images(args.images, size=tuple(model.input_size))
-    reconstruction_figure(model, chain, images, out, row_titles=names, amp=args.amp)
+    with figure_caption(**caption_parts(model, [chain], where=[args.inverse], seed=args.seed), n=len(names)):
+        reconstruction_figure(model, chain, images, out, row_titles=names, amp=args.amp)
     print(f"wrote {out}")
     return 0

@@ -125,6 +125,13 @@ class InverseChain(nn.Module):
             )
         return stages[stages.index(stage) - 1]
 
+    @property
+    def training_steps(self) -> int | None:
+        """The most optimisation steps any component was trained for (None: untrained or unknown)."""
+        steps = [m.get("training", {}).get("steps") for m in self.component_meta.values()]
+        steps = [int(v) for v in steps if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        return max(steps) if steps else None
+
     def seeds(self) -> dict[str, Any]:
         return {s: self.component_meta[s].get("seed") for s in self.stages}
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from collections.abc import Callable
+from typing import Any
 
 from modinv.cli.common import add_model_args, add_report_amp_arg, positive_int
 
@@ -40,4 +42,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q = names.add_parser(name, help=summary, description=summary)
         add_common_arguments(q)
         mod.add_arguments(q)
-        q.set_defaults(handler=mod.run)
+        q.set_defaults(handler=_captioned(mod.run))
+
+
+def _captioned(run: Callable[[argparse.Namespace], Any]) -> Callable[[argparse.Namespace], Any]:
+    """``run`` inside a :func:`modinv.figures.figure_caption` block, which the loading helpers of
+    :mod:`modinv.cli.analyze.common` fill with what the figures were computed with."""
+
+    def handler(args: argparse.Namespace) -> Any:
+        from modinv.figures import figure_caption
+
+        with figure_caption():
+            return run(args)
+
+    handler.__wrapped__ = run  # type: ignore[attr-defined]
+    return handler
