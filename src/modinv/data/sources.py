@@ -157,6 +157,51 @@ def load_images(items: str | Path | list[str | Path], size: tuple[int, int]) -> 
     return torch.stack(images), names
 
 
+def image_tensors(items: Any) -> list[torch.Tensor]:
+    """Images given in any of the usual forms as float32 3×h×w tensors in [0, 1], each at its own
+    size: file paths (or sample photo names, :data:`KNOWN_SAMPLES`), PIL images, numpy arrays (H×W, H×W×3, H×W×4; uint8, uint16 or float in
+    [0, 1]), tensors 3×h×w or B×3×h×w (float in [0, 1], or uint8), or a list mixing them."""
+    from PIL import Image
+
+    from modinv.data.decode import to_rgb_array
+
+    if isinstance(items, torch.Tensor) and items.ndim == 4:
+        items = list(items)
+    elif not isinstance(items, (list, tuple)):
+        items = [items]
+    out = []
+    for item in items:
+        if isinstance(item, (str, Path)):
+            path = Path(item).expanduser()
+            if not path_exists(path, "image") and str(item) in KNOWN_SAMPLES:
+                out.append(torch.from_numpy(SampleSource([str(item)], size=(1, 1))._read(0)).permute(2, 0, 1).float())
+                continue
+            if not path_exists(path, "image"):
+                raise ModinvError(f"image {str(path)!r} does not exist (nor is it a sample photo name)")
+            try:
+                array = read_image(path)
+            except Exception as exc:  # noqa: BLE001 (Pillow raises many kinds)
+                raise ModinvError(f"cannot read image {str(path)!r} ({brief(exc)})") from None
+        elif isinstance(item, Image.Image):
+            array = to_rgb_array(item)
+        elif isinstance(item, np.ndarray):
+            array = array_to_rgb(item)
+        elif isinstance(item, torch.Tensor):
+            if item.ndim != 3 or item.shape[0] not in (1, 3):
+                raise ModinvError(f"an image tensor must be 3×H×W (or 1×H×W), got shape {tuple(item.shape)}")
+            image = item.detach().cpu()
+            image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float().clamp(0.0, 1.0)
+            out.append(image.expand(3, -1, -1).contiguous())
+            continue
+        else:
+            raise ModinvError(f"cannot read a {type(item).__name__} as an image; give paths, PIL images, arrays "
+                              "or tensors")
+        out.append(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float())
+    if not out:
+        raise ModinvError("no images given")
+    return out
+
+
 def task_source_options(spec: str, label_map: str = "auto") -> dict[str, Any]:
     """Options of :func:`open_source` for a task metric's data: no masks for COCO (boxes are enough),
     the resolved label map (see :func:`~modinv.data.imagenet.resolve_label_map`) for imagenet."""
