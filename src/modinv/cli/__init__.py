@@ -26,7 +26,11 @@ COMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from modinv import __version__
+
     parser = argparse.ArgumentParser(prog="modinv", description="Modular feature inversion of vision models.")
+    parser.add_argument("--version", action="version", version=f"modinv {__version__}",
+                        help="print the version of modinv and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         importlib.import_module(f"modinv.cli.{module}").add_parser(sub)

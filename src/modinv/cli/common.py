@@ -131,6 +131,19 @@ def add_model_args(parser: argparse.ArgumentParser, from_chain: bool = False, fr
                         help="override the model's input size (H W)" + also)
 
 
+# the values of --arch (modinv.inverse.chain.ARCHS) and what they mean, said the same way everywhere
+ARCH_CHOICES = ("default", "paper", "auto")
+ARCH_HELP = ("inverse components: default (the paper's where the model's family declares them: detr-r50, vit-b16, "
+             "vit-b16-noselfattn, deit-b16, swin-b; else auto), paper, or auto (built from the stage shapes of "
+             "any model); default: default")
+
+
+def add_arch_arg(parser: argparse.ArgumentParser, default: str | None = "default") -> None:
+    """``--arch``, the same word, choices, default and help in every command that builds a chain
+    (``default=None``: filled in later, e.g. from a resumed run, else ``"default"``)."""
+    parser.add_argument("--arch", choices=ARCH_CHOICES, default=default, help=ARCH_HELP)
+
+
 def add_amp_arg(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
     """``--amp`` of the training commands (``default=None``: filled in later, e.g. from a resumed run)."""
     parser.add_argument(
@@ -139,12 +152,13 @@ def add_amp_arg(parser: argparse.ArgumentParser, default: str | None = "auto") -
     )
 
 
-def add_report_amp_arg(parser: argparse.ArgumentParser) -> None:
-    """``--amp`` of the commands that report numbers (evaluate, analyze, reconstruct, eval-task):
-    float32 unless the user opts in to bf16 autocast (DESIGN.md, "Training")."""
+def add_report_amp_arg(parser: argparse.ArgumentParser, what: str = "the reported numbers") -> None:
+    """``--amp`` of the commands that report numbers or draw reconstructions (evaluate, analyze,
+    reconstruct, eval-task): float32 unless the user opts in to bf16 autocast (DESIGN.md,
+    "Training"); ``what`` says what the precision applies to."""
     parser.add_argument(
         "--amp", choices=AMP_CHOICES, default="off",
-        help="precision of the reported numbers: off (float32, default), bf16 (bf16 autocast), "
+        help=f"precision of {what}: off (float32, default), bf16 (bf16 autocast), "
              "auto (bf16 autocast on CUDA / bf16-capable CPUs)",
     )
 

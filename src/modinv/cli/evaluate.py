@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inverse", required=True, help="inverse chain: a folder (RUN/best, or a RUN folder: its best/) or hf:USER/NAME; it names the model")
     p.add_argument("--data", required=True, help="image source spec")
     p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--batch", type=positive_int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--limit", type=positive_int, help="evaluate at most this many images")
     add_metric_args(p)
     add_report_amp_arg(p)

@@ -13,7 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inverse", required=True, help="inverse chain: a folder (RUN/best, or a RUN folder: its best/) or hf:USER/NAME; it names the model")
     p.add_argument("--images", nargs="+", required=True, help="image files")
     p.add_argument("--out", required=True, help="image file to write (.png, .pdf, .svg, ...)")
-    add_report_amp_arg(p)
+    add_report_amp_arg(p, what="the forward pass and the reconstructions (the figure's title names it when not "
+                               "float32)")
     p.set_defaults(handler=run)
 
 

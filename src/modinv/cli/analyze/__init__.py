@@ -27,7 +27,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inverse", required=True, nargs="+", help="inverse chain folder(s) (RUN/best, or a RUN folder: its best/) or hf:USER/NAME; they name the model")
     parser.add_argument("--data", required=True, help="image source spec")
     parser.add_argument("--out", required=True, help="folder for <analysis>.png and <analysis>.json")
-    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--batch", type=positive_int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--limit", type=positive_int, help="use at most this many images")
 
     add_report_amp_arg(parser)
