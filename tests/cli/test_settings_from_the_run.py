@@ -112,3 +112,32 @@ def test_a_new_run_still_needs_model_data_and_length(tmp_path, capsys):
     assert _error(["train", *MOBILENET, "--data", "samples", "--out", str(tmp_path / "r")], capsys) == (
         "give --steps or --epochs (how long to train), or --max-minutes")
     assert not (tmp_path / "r").exists()
+
+
+# -- nothing half-made ------------------------------------------------------------------------------------
+
+def test_a_command_that_fails_before_writing_leaves_no_new_folder(tmp_path, capsys):
+    out = tmp_path / "new" / "run"
+    message = _error(["train", *MOBILENET, "--data", "samples", "--out", str(out), "--steps", "1",
+                      "--stages", "nosuch"], capsys)
+    assert "nosuch" in message and not (tmp_path / "new").exists()
+    assert _error(["evaluate", "--inverse", str(tmp_path / "nochain"), "--data", "samples",
+                   "--out", str(tmp_path / "e" / "e.json")], capsys)
+    assert not (tmp_path / "e").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there before stays
+    assert _error(["train", *MOBILENET, "--data", "samples", "--out", str(tmp_path / "kept"), "--steps", "1",
+                   "--stages", "nosuch"], capsys)
+    assert (tmp_path / "kept").is_dir()
+
+
+def test_lpips_asked_for_by_name_without_its_weights_is_an_error(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    out = tmp_path / "out" / "e.json"
+    message = _error(["evaluate", "--inverse", str(run), "--data", "samples", "--limit", "2", "--metrics", "mse,lpips",
+                      "--out", str(out)], capsys)
+    assert message.startswith("--metrics asks for LPIPS, which cannot be computed here: ")
+    assert "--lpips-weights" in message and not (tmp_path / "out").exists()
+    # without --metrics: every metric that can be computed, saying which was left out and why
+    assert main(["evaluate", "--inverse", str(run), "--data", "samples", "--limit", "2", "--out", str(out)]) == 0
+    assert "LPIPS not computed: " in capsys.readouterr().out
+    assert list(json.loads(out.read_text())["metrics"]) == ["mse", "psnr", "ssim"]

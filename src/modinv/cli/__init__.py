@@ -39,9 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors print one sentence (no traceback) and exit with status 2."""
+    from modinv.cli.common import CREATED_DIRS, remove_unused_output_dirs
+
     args = build_parser().parse_args(argv)
+    CREATED_DIRS.clear()
     try:
         status = args.handler(args)
+        CREATED_DIRS.clear()  # kept, even if empty: the command succeeded
         return status if isinstance(status, int) else 0  # analyses return their numbers
     except ModinvError as exc:
         print(f"modinv {args.command}: error: {exc}", file=sys.stderr)
@@ -49,3 +53,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"modinv {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        remove_unused_output_dirs()  # a failed command leaves no empty output folder behind

@@ -173,13 +173,39 @@ def model_from_args(args: argparse.Namespace, device=None) -> StagedModel:
     return load_model(args.model, weights=args.weights, seed=args.seed, device=device, **options)
 
 
+# Output folders this command created (parents first): a command that fails before writing
+# anything into them removes them again (remove_unused_output_dirs), so no empty folder is left.
+CREATED_DIRS: list[Path] = []
+
+
+def make_output_dirs(path: Path) -> None:
+    """``mkdir -p path``, recording in :data:`CREATED_DIRS` each folder it creates."""
+    missing, current = [], path
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    path.mkdir(parents=True, exist_ok=True)
+    CREATED_DIRS.extend(reversed(missing))
+
+
+def remove_unused_output_dirs() -> None:
+    """Remove the folders of :data:`CREATED_DIRS` that are still empty (deepest first); called
+    when a command fails, so that it leaves no half-made output behind."""
+    for folder in reversed(CREATED_DIRS):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (results were written), or already gone
+            pass
+    CREATED_DIRS.clear()
+
+
 def writable_dir(path: str | Path) -> Path:
     """Create ``path`` if needed and make sure files can be written there, before any work: a
     file is created and removed (what permission bits cannot tell: read-only mounts, no inodes)
     and a disk with less than :data:`MIN_FREE_BYTES` free is refused, in one sentence naming it."""
     path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_output_dirs(path)
     except OSError as exc:
         raise ModinvError(os_error_sentence(exc, path, "create output folder")) from None
     if not os.access(path, os.W_OK):

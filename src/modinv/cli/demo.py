@@ -52,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from modinv.cli.common import writable_dir
     from modinv.demo import run_demo
+    from modinv.metrics import DEFAULT_METRICS
 
     out = writable_dir(args.out)
     held = [n.strip() for n in args.held_out.split(",") if n.strip()]
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         amp=args.amp,
         input_size=tuple(args.input_size) if args.input_size else None,
         save_chain=not args.no_save_chain,
-        metrics=args.metrics,
+        metrics=args.metrics if args.metrics is not None else DEFAULT_METRICS,
         lpips_weights=args.lpips_weights,
     )
     return 0
