@@ -21,10 +21,14 @@ from modinv.data.base import DataWarning, FolderSource, ImageSource, Unusable
 from modinv.data.coco import CocoSource
 from modinv.data.imagenet import ImageNetSource, imagenet_class_names, imagenet_synsets, resolve_label_map
 from modinv.data.sources import (
+    DEFAULT_SAMPLES,
+    DEMO_HELD_OUT,
+    DEMO_PHOTOS,
     EXTRA_SAMPLES,
     KNOWN_SAMPLES,
     MORE_SAMPLES,
     SAMPLE_PHOTOS,
+    SAMPLE_SETS,
     SOURCE_SPECS,
     SampleSource,
     image_tensors,
@@ -34,6 +38,10 @@ from modinv.data.sources import (
 )
 
 __all__ = [
+    "DEFAULT_SAMPLES",
+    "DEMO_HELD_OUT",
+    "DEMO_PHOTOS",
+    "SAMPLE_SETS",
     "EXTRA_SAMPLES",
     "KNOWN_SAMPLES",
     "MORE_SAMPLES",
