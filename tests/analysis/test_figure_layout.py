@@ -93,3 +93,30 @@ def test_compare_draws_only_the_chosen_metrics(vit, chains, main, common_args, p
     assert main("stages", *argv, "--metrics", "mse", "--compare", str(saved)) == 0
     assert json.loads((out / "stages.json").read_text())["metrics"] == ["mse"]
     assert png_widths(out)[out / "stages.png"] <= MAX_FIGURE_WIDTH_PX
+
+
+def test_robustness_bars_carry_their_interval_n_and_a_named_metric(tmp_path):
+    import types
+
+    from modinv.analysis.color_figures import robustness_figure, task_interval
+
+    scores = {"none": 0.5, "red": 0.25}
+    details = {"none": {"top1": 0.5, "n": 40, "correct": 20}, "red": {"top1": 0.25, "n": 40, "correct": 10}}
+    robustness = {"metric": "top1", "scores": scores, "details": details}
+    result = types.SimpleNamespace(label="vit-b16", model="vit-b16",
+                                   to_json=lambda: {"label": "vit-b16", "robustness": robustness})
+    low, high = task_interval("top1", details["none"])
+    assert low < 0.5 < high and high - low > 0.2  # n = 40: a wide interval
+    assert task_interval("AP", {"AP": 0.3, "n_images": 5}) is None
+    fig_path = robustness_figure(result, tmp_path / "r.png")
+    width, height = _size(fig_path)
+    assert 600 <= width <= MAX_FIGURE_WIDTH_PX  # was 462 px wide with a raw "top1" axis
+
+
+def test_efficiency_marks_an_estimated_memory():
+    import types
+
+    from modinv.analysis.efficiency import MEMORY_METHODS, _memory_title
+
+    assert _memory_title(types.SimpleNamespace(memory_method=MEMORY_METHODS["cpu"])) == "peak memory (MB, estimated)"
+    assert _memory_title(types.SimpleNamespace(memory_method=MEMORY_METHODS["cuda"])) == "peak memory (MB, measured)"
