@@ -114,9 +114,11 @@ def image_grid(
     cell_inches: float = 2.2,
     title: str | None = None,
     caption: Mapping[str, Any] | None = None,
+    cell_titles: Sequence[Sequence[str]] | None = None,
 ) -> Path:
     """Save a grid of images (``rows[i][j]`` is a 3×H×W tensor in [0, 1]) as a PNG (``caption``:
-    parts of its caption line, see :func:`save_figure`)."""
+    parts of its caption line, see :func:`save_figure`; ``cell_titles[i][j]``: a title above each
+    image, for grids whose columns do not mean the same in every row)."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     h, w = rows[0][0].shape[-2:]
     fig, axes = plt.subplots(
@@ -136,6 +138,8 @@ def image_grid(
                 ax.axis("off")
             if i == 0 and column_titles is not None and j < len(column_titles):
                 ax.set_title(column_titles[j], fontsize=9)
+            if cell_titles is not None and i < len(cell_titles) and j < min(len(cell_titles[i]), len(row)):
+                ax.set_title(cell_titles[i][j], fontsize=7)
             if j == 0 and row_titles is not None and i < len(row_titles):
                 ax.set_ylabel(row_titles[i], fontsize=8)
     if title:

@@ -120,3 +120,20 @@ def test_efficiency_marks_an_estimated_memory():
 
     assert _memory_title(types.SimpleNamespace(memory_method=MEMORY_METHODS["cpu"])) == "peak memory (MB, estimated)"
     assert _memory_title(types.SimpleNamespace(memory_method=MEMORY_METHODS["cuda"])) == "peak memory (MB, measured)"
+
+
+def test_a_long_layer_stack_continues_on_further_rows(tmp_path):
+    import types
+
+    from modinv.analysis.layers import MAX_LAYER_COLUMNS, layer_figure
+
+    image = torch.rand(3, 16, 16)
+    rows = [{"key": "s1", "source": "s1", "entry": "s1", "native_layer": 2},
+            {"key": "s3", "source": "s3", "entry": "s3", "native_layer": 18}]  # Swin: 2 and 18 blocks
+    figure = {"images": [image], "names": ["cat.png"], "rows": rows,
+              "recons": [{"s1": [image] * 3, "s3": [image] * 19}],
+              "columns": {"s1": ["0 (input)", "1", "2"], "s3": ["0 (input)"] + [str(i) for i in range(1, 19)]}}
+    result = types.SimpleNamespace(figure_data=figure, model="swin-b", weights="random")
+    width, height = _size(layer_figure(result, tmp_path / "layers.png"))
+    assert width <= MAX_LAYER_COLUMNS * 2.2 * 110 + 200 and width <= MAX_FIGURE_WIDTH_PX  # was 4884 px for Swin
+    assert height > 2.5 * 2.2 * 110  # s1 on one row, s3 on two
