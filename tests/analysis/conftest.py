@@ -32,6 +32,41 @@ def _single_thread(one_thread):
     yield
 
 
+# No figure of the suite is wider than this (modinv.figures keeps them at MAX_WIDTH_PX).
+MAX_FIGURE_WIDTH_PX = 2500
+
+
+def figure_widths(root: Path, since: float = 0.0) -> dict[Path, int]:
+    """``{png: width in pixels}`` of every PNG under ``root`` written after ``since`` (a time stamp)."""
+    from PIL import Image
+
+    widths = {}
+    for png in root.rglob("*.png"):
+        if png.stat().st_mtime >= since:
+            with Image.open(png) as image:
+                widths[png] = image.size[0]
+    return widths
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _figures_fit_the_page(tmp_path_factory):
+    """After each module of analysis tests: every PNG its tests wrote (anywhere under pytest's
+    temporary folder) is at most MAX_FIGURE_WIDTH_PX wide."""
+    import time
+
+    started = time.time() - 1.0
+    yield
+    too_wide = {str(p): w for p, w in figure_widths(tmp_path_factory.getbasetemp(), started).items()
+                if w > MAX_FIGURE_WIDTH_PX}
+    assert not too_wide, f"figures wider than {MAX_FIGURE_WIDTH_PX} px: {too_wide}"
+
+
+@pytest.fixture
+def png_widths() -> Callable[..., dict[Path, int]]:
+    """:func:`figure_widths`, for tests that check the figures they wrote at once."""
+    return figure_widths
+
+
 @pytest.fixture(scope="session")
 def detr() -> modinv.StagedModel:
     """DETR-R50, seeded random weights, at 64×96 (overrides the full-size ``detr`` of tests/conftest.py)."""

@@ -235,3 +235,34 @@ def test_psnr_both_ways_are_named_apart_and_differ_as_jensen_says(identity_12x16
     assert both["psnr_of_mean_mse_db"]["a"] == pytest.approx(20.0, rel=1e-4)  # equal errors: the two agree
     assert both["mean_of_per_image_psnr_db"]["a"] == pytest.approx(20.0, rel=1e-4)
     assert set(both["psnr_of_mean_mse_db"]) == {"a", "b", "mean_image_baseline"}
+
+
+def test_evaluate_returns_a_typed_result_that_is_still_the_mapping(identity_model):
+    import json
+
+    import modinv.analysis
+    from modinv.analysis.evaluate import Evaluation
+
+    chain = InverseChain({"a": _Affine(1.0, 0.1), "b": _Affine(0.5, 0.0)}, model_layout(identity_model))
+    result = modinv.analysis.evaluate(identity_model, chain, _data(3), batch_size=2, progress=False,
+                                      metrics=["mse", "psnr"])
+    assert isinstance(result, Evaluation) and result.n_images == 3 and result.model == "identity"
+    assert result.mean("a") == result["stages"]["a"]["mse"] == result.stages["a"]["mean"]
+    assert result.mean("b", "psnr") == result.metrics["psnr"]["stages"]["b"]["mean"]
+    with pytest.raises(Exception, match="ssim was not computed"):
+        result.mean("a", "ssim")
+    payload = result.to_json()
+    assert next(iter(payload)) == "analysis" and payload["analysis"] == "evaluate"
+    assert json.loads(json.dumps(payload, allow_nan=False))["n_images"] == 3
+
+
+def test_every_analysis_is_exported_under_its_cli_name():
+    import modinv.analysis as analysis
+    from modinv.analysis.stages import stage_errors
+    from modinv.analysis.tokens import token_noise_analysis
+    from modinv.cli.analyze import ANALYSES
+
+    for name in [*ANALYSES, "evaluate", "efficiency"]:
+        assert callable(getattr(analysis, name)), name
+    assert analysis.stages is stage_errors and analysis.tokens is token_noise_analysis  # the old names too
+    assert analysis.stage_errors is stage_errors and analysis.evaluate is evaluate_chain

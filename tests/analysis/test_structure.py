@@ -115,9 +115,9 @@ def test_structure_cli(detr, chains, fd_oh, coco, main, tmp_path, capsys):
     assert first["fd_vs_oh_mse"] > 0
     assert first["oh_minus_fd_mse"] == pytest.approx(first["mse"]["pred_oh"] - first["mse"]["pred_fd"])
     assert len(first["detections"]) == 100  # threshold 0: every query
-    # two FD chains, and a model without pred
+    # two FD chains, and a model the chains were not made for
     rc = main("structure", "--model", "detr-r50", "--input-size", *size, "--inverse", str(fd), str(fd), *args)
     assert rc == 2 and "one FD and one OH" in capsys.readouterr().err
     rc = main("structure", "--model", "mobilenet-v2", "--input-size", "32", "32",
               "--inverse", str(fd), str(oh), *args)
-    assert rc == 2 and "structure needs a prediction stage with class and box outputs; mobilenet-v2 declares none" in capsys.readouterr().err
+    assert rc == 2 and "--model mobilenet-v2 does not match the chain in" in capsys.readouterr().err

@@ -248,8 +248,8 @@ def test_chain_of_another_model(tmp_path, capsys):
     mobilenet = modinv.load_model("mobilenet-v2", weights="random", input_size=(64, 64))
     other = InverseChain.build(mobilenet, arch="auto", seed=0).save(tmp_path / "mobilenet")
     message = fails(evaluate(other, "samples", tmp_path), capsys)
-    assert message == (f"the inverse chain in '{other}' does not fit model 'vit-b16': "
-                       "it was made for model 'mobilenet-v2', not 'vit-b16'")
+    assert message == (f"--model vit-b16 does not match the chain in '{other}', which was made for --model "
+                       "mobilenet-v2; leave it out to use the chain's")
 
 
 def test_chain_of_another_input_size(chain_dir, tmp_path, capsys):
@@ -257,8 +257,8 @@ def test_chain_of_another_input_size(chain_dir, tmp_path, capsys):
     argv = evaluate(chain_dir, "samples", tmp_path)
     argv[argv.index("--input-size") + 1: argv.index("--input-size") + 3] = ["64", "64"]
     message = fails(argv, capsys)
-    assert message == (f"the inverse chain in '{chain_dir}' does not fit model 'vit-b16': it was made for input size "
-                       "32×32, but the model takes 64×64 (another input size; load the model at 32×32)")
+    assert message == (f"--input-size 64 64 does not match the chain in '{chain_dir}', which was made for "
+                       "--input-size 32 32; leave it out to use the chain's")
 
 
 def test_chain_with_an_edited_manifest(chain_copy, tmp_path, capsys):

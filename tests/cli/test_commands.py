@@ -172,10 +172,14 @@ def test_evaluate_metric_selection_and_lpips_weights(tiny_chain, tmp_path, capsy
     capsys.readouterr()
     missing = tmp_path / "alexnet.pth"
     assert main([*_evaluate_args("tiny-eval", tiny_chain, out), "--metrics", "ssim, lpips",
-                 "--lpips-weights", str(missing)]) == 0
+                 "--lpips-weights", str(missing)]) == 2  # asked for by name: an error, not a silent omission
+    assert capsys.readouterr().err.strip().endswith(
+        f"the LPIPS weights file {str(missing)!r} does not exist; give --lpips-weights FILE (torchvision's AlexNet "
+        "weights) or leave lpips out of --metrics")
+    assert not out.exists()
+    assert main([*_evaluate_args("tiny-eval", tiny_chain, out), "--metrics", "ssim"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"LPIPS not computed: the LPIPS weights file {str(missing)!r} does not exist"
-    assert [line.split()[1] for line in lines[1:]] == ["SSIM"] * 3
+    assert [line.split()[1] for line in lines] == ["SSIM"] * 3
     result = json.loads(out.read_text())
     assert list(result["metrics"]) == ["ssim"] and set(result["stages"]) == {"conv", "pool"}  # "stages": the MSE
 

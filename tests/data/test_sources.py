@@ -323,3 +323,16 @@ def test_load_images_for_the_command_line(tmp_path):
         load_images([tmp_path / "bad.jpg"], SIZE)
     with pytest.raises(ModinvError, match="does not exist"):
         load_images([tmp_path / "missing.png"], SIZE)
+
+
+def test_named_sample_sets_and_a_default_that_leaves_enough_to_train():
+    from modinv.data import DEMO_HELD_OUT, DEMO_PHOTOS, KNOWN_SAMPLES
+    from modinv.training.data import split_sources
+
+    demo = open_source("samples:demo", SIZE)
+    assert len(demo) == 13 and demo.names == list(DEMO_PHOTOS) and not set(DEMO_HELD_OUT) & set(demo.names)
+    assert open_source("samples:all", SIZE).names == list(KNOWN_SAMPLES) and len(KNOWN_SAMPLES) == 16
+    train, val = split_sources("samples", SIZE)  # the default validation fraction
+    assert len(val) == 1 and len(train) >= 7
+    with pytest.raises(ModinvError, match="or the sets demo, all"):
+        open_source("samples:nosuch", SIZE)

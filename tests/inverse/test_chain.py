@@ -261,3 +261,40 @@ def test_reconstruct_is_inference_it_leaves_the_chain_alone_and_ignores_the_batc
     assert trace["bb"].grad is not None and torch.isfinite(trace["bb"].grad).all()
     torch.testing.assert_close(with_grad.detach(), together, atol=1e-6, rtol=0)
     assert all(torch.equal(before[k], v) for k, v in chain.state_dict().items())
+
+
+# -- reconstructing images given in any form ---------------------------------------------------------
+
+
+def test_reconstruct_images_from_paths_pil_images_and_tensors_of_any_size(tinyconv, tmp_path):
+    from PIL import Image
+
+    chain = InverseChain.build(tinyconv, arch="auto", seed=0, stages=["s2", "s4", "tok"]).eval()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
+    pil = Image.new("L", (17, 23), 128)
+    odd = torch.rand(3, 50, 70)
+    out = chain.reconstruct_images([tmp_path / "a.png", pil, odd])  # the model the chain was built with
+    size = tuple(tinyconv.input_size)
+    assert out.shape == (3, 3, *size) and out.dtype == torch.float32
+    deepest = chain.stages[-1]
+    resized = torch.nn.functional.interpolate(odd[None], size=size, mode="bilinear", antialias=True).clamp(0, 1)
+    expected = chain.reconstruct(tinyconv.trace(resized), deepest)
+    assert torch.allclose(out[2:], expected, atol=1e-5)  # resized as the model declares, deepest stage
+    back = chain.reconstruct_images([pil, odd], stage=chain.stages[0], original_size=True)
+    assert [tuple(r.shape) for r in back] == [(3, 23, 17), (3, 50, 70)]
+    batch = chain.reconstruct_images(torch.rand(2, 3, 9, 9), stage=chain.stages[0])
+    assert batch.shape == (2, 3, *size)
+
+
+def test_reconstruct_images_after_load_and_without_a_model(tinyconv, tmp_path):
+    chain = InverseChain.build(tinyconv, arch="auto", seed=0, stages=["s2", "s4"])
+    loaded = InverseChain.load(chain.save(tmp_path / "c"), tinyconv)
+    assert loaded.reconstruct_images(torch.rand(3, 8, 8)).shape[0] == 1
+    bare = InverseChain.load(tmp_path / "c")
+    with pytest.raises(ModinvError, match="knows no model"):
+        bare.reconstruct_images(torch.rand(3, 8, 8))
+    assert bare.reconstruct_images(torch.rand(3, 8, 8), model=tinyconv).shape[0] == 1
+    with pytest.raises(ModinvError, match="does not exist"):
+        bare.reconstruct_images(tmp_path / "missing.png", model=tinyconv)
+    with pytest.raises(ModinvError, match="3×H×W"):
+        bare.reconstruct_images(torch.rand(5, 8, 8), model=tinyconv)

@@ -29,7 +29,7 @@ def swin_tiny():
 
 
 def _train_bb(model, recipe: Recipe, out):
-    """One step of bb⁻¹ under ``recipe`` on the four sample photos; returns (trainer, chain before)."""
+    """One step of bb⁻¹ under ``recipe`` on the sample photos (one batch); returns (trainer, chain before)."""
     chain = InverseChain.build(model, stages=["bb"], seed=0)
     before = InverseChain.build(model, stages=["bb"], seed=0)
     config = TrainConfig(steps=1, log_every=1, val_every=100, checkpoint_every=100,
@@ -58,7 +58,8 @@ def test_paper_bb_loss_is_computed_on_normalised_images(swin_tiny, tmp_path):
     logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     record = next(r for r in logged if "loss" in r)
     assert record["loss_space"] == "normalized"
-    images = torch.stack([open_source("samples", size=SWIN_SMALL)[i]["image"] for i in range(4)])
+    photos = open_source("samples", size=SWIN_SMALL)  # all of them fit in the recipe's batch of 128
+    images = torch.stack([photos[i]["image"] for i in range(len(photos))])
     with torch.no_grad():
         trace = swin_tiny.trace(images)
         prediction = before.components["bb"].eval()(trace["bb"], trace.context)

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from modinv.analysis.color_filters import LABELS
 from modinv.analysis.stages import stage_order
 from modinv.errors import ModinvError
-from modinv.figures import image_grid, plt, save_figure
+from modinv.figures import image_grid, panel_grid, plt, save_figure
 
 INPUT = "input"
 BAR_COLORS = {"red": "tab:red", "green": "tab:green", "blue": "tab:blue", "shift120": "tab:purple",
@@ -70,26 +70,62 @@ def _ci(summary: Mapping[str, Any]) -> tuple[float, float]:
     return (mse, mse) if math.isnan(a) or math.isnan(b) else (a, b)
 
 
+# the task metrics' names in figures
+METRIC_WORDS = {"top1": "top-1 accuracy", "AP": "COCO box AP (IoU 0.50:0.95)"}
+
+
+def task_interval(metric: str, detail: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The 95% interval of one task score: Wilson's for top-1 (a proportion of ``n`` images);
+    None for COCO AP, which is one number over the whole set (no per-image spread)."""
+    if metric != "top1" or not detail.get("n"):
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(detail["correct"]), int(detail["n"])).proportion_ci(0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def _images(detail: Mapping[str, Any]) -> int | None:
+    n = detail.get("n", detail.get("n_images"))
+    return int(n) if n is not None else None
+
+
 def robustness_figure(result, path: str | Path, compare: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """Fig. 7 right: the task metric with no filter and with each whole-image filter, one panel per
-    run that measured it (this result's ``robustness`` and each of ``compare``'s)."""
+    run that measured it (this result's ``robustness`` and each of ``compare``'s): top-1 with its
+    95% Wilson interval, COCO AP as the one number it is; each panel names its n."""
     entries = {label: e["robustness"] for label, e in runs(result, compare).items() if e.get("robustness")}
     if not entries:
         raise ModinvError("no robustness results to plot (run with --robustness)")
-    n = len(entries)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
-    for ax, (label, entry) in zip(axes[0], entries.items()):
-        names = list(entry["scores"])
-        raw = [entry["scores"][name] for name in names]
-        bars = ax.bar(range(len(names)), [0.0 if v is None else float(v) for v in raw],
-                      color=[BAR_COLORS.get(name, "C0") for name in names])
-        ax.bar_label(bars, labels=["n/a" if v is None else f"{float(v):.3g}" for v in raw], fontsize=7, padding=2)
-        ax.margins(y=0.12)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([LABELS.get(name, name) for name in names], rotation=35, ha="right", fontsize=8)
-        ax.set_ylabel(entry.get("metric", "score"))
-        ax.set_title(label, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
+    fig, axes = panel_grid(len(entries), (5.6, 3.8))
+    for ax, (label, entry) in zip(axes, entries.items()):
+        _robustness_panel(ax, label, entry)
     fig.suptitle("Task performance under full-image recoloring", fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, path)
+    metrics = {e.get("metric") for e in entries.values()}
+    note = ("error bars: 95% Wilson interval over the images" if metrics == {"top1"} else
+            "COCO AP is one number over the whole set: no interval" if metrics == {"AP"} else
+            "top-1: 95% Wilson interval; COCO AP: one number over the set, no interval")
+    return save_figure(fig, path, caption={"model": getattr(result, "model", None), "note": note})
+
+
+def _robustness_panel(ax, label: str, entry: Mapping[str, Any]) -> None:
+    names = list(entry["scores"])
+    metric = entry.get("metric", "score")
+    raw = [entry["scores"][name] for name in names]
+    heights = [0.0 if v is None else float(v) for v in raw]
+    details = entry.get("details") or {}
+    intervals = [task_interval(metric, details.get(name, {})) for name in names]
+    errors = None
+    if all(i is not None for i in intervals):
+        errors = [[h - i[0] for h, i in zip(heights, intervals)], [i[1] - h for h, i in zip(heights, intervals)]]
+    bars = ax.bar(range(len(names)), heights, yerr=errors, capsize=3,
+                  color=[BAR_COLORS.get(name, "C0") for name in names])
+    ax.bar_label(bars, labels=["n/a" if v is None else f"{float(v):.3g}" for v in raw], fontsize=7, padding=2)
+    ax.margins(y=0.15)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([LABELS.get(name, name) for name in names], rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel(METRIC_WORDS.get(metric, metric), fontsize=8)
+    n = _images(details.get("none", {}))
+    ax.set_title(f"{label}" + (f" (n = {n} images)" if n is not None else ""), fontsize=9)
+    ax.grid(axis="y", alpha=0.3)

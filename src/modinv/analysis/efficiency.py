@@ -361,16 +361,16 @@ def efficiency_table(result: EfficiencyResult) -> str:
 def efficiency_figure(result: EfficiencyResult, path) -> Any:
     """Bar charts per stage, modular vs classic: parameters, training GFLOPs per image, seconds per
     step and peak memory; the totals in each panel's title. Saved atomically; returns the path."""
-    from modinv.figures import plt, save_figure
+    from modinv.figures import panel_grid, save_figure
 
     panels = [("trainable parameters (M)", "params", 1e-6, "params"),
               ("training GFLOPs / image", "train_flops_per_image", 1e-9, "flops_per_image"),
               (f"seconds / step (batch {result.batch})", "seconds_per_step", 1.0, "seconds_per_step"),
-              ("peak memory (MB)", "peak_memory_bytes", 1e-6, "peak_memory_max_bytes")]
+              (_memory_title(result), "peak_memory_bytes", 1e-6, "peak_memory_max_bytes")]
     totals = result.totals()
     x = list(range(len(result.stages)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False)
-    for ax, (title, key, scale, total_key) in zip(axes[0], panels):
+    fig, axes = panel_grid(len(panels), (0.45 * len(result.stages) + 2.6, 3.2))
+    for ax, (title, key, scale, total_key) in zip(axes, panels):
         note = " + frozen fwd" if total_key in ("flops_per_image", "seconds_per_step") else ""
         for offset, way, color in ((-0.2, "modular", "tab:blue"), (0.2, "classic", "tab:orange")):
             costs = getattr(result, way)
@@ -380,7 +380,14 @@ def efficiency_figure(result: EfficiencyResult, path) -> Any:
         ax.set_title(f"{title}\nall stages{note}: {_short(m)} vs {_short(c)}", fontsize=8)
         ax.set_xticks(x, result.stages, fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
-    axes[0][0].legend(fontsize=7)
+    axes[0].legend(fontsize=7)
     fig.suptitle(f"{result.model}: modular vs classic inversion cost ({result.device})", fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, path)
+    timing = f"{result.steps} timed step(s) of batch {result.batch}: one measurement, no interval"
+    return save_figure(fig, path, caption={"model": result.model, "note": f"{timing}; memory: {result.memory_method}"})
+
+
+def _memory_title(result: EfficiencyResult) -> str:
+    """The memory panel's title; an estimate (CPU) says so."""
+    estimated = result.memory_method.startswith("estimate")
+    return "peak memory (MB, estimated)" if estimated else "peak memory (MB, measured)"

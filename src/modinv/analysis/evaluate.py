@@ -13,6 +13,7 @@ from torch import Tensor
 
 from modinv.analysis.common import AnalysisRun, RunOptions, chain_stages, interval_record, limited_batches
 from modinv.errors import ModinvError
+from modinv.fileio import finite_or_null
 from modinv.inverse.chain import InverseChain
 from modinv.metrics import (
     DEFAULT_METRICS, METRICS, Lpips, RunningMean, format_ci, image_metrics, not_computed, parse_metrics,
@@ -24,7 +25,64 @@ from modinv.models.base import StagedModel
 # digits printed per metric
 DIGITS = {"mse": 5, "psnr": 2, "ssim": 4, "lpips": 4}
 
-__all__ = ["DIGITS", "evaluate_chain", "evaluate_chains", "evaluation_lines", "mean_image", "metric_text"]
+__all__ = ["DIGITS", "Evaluation", "evaluate_chain", "evaluate_chains", "evaluation_lines", "mean_image",
+           "metric_text"]
+
+
+class Evaluation(dict):
+    """The result of :func:`evaluate_chain`: typed attributes and ``to_json()`` like the analyses'
+    results, and still the mapping it always was (``result["stages"]``, ``result["n_images"]``;
+    callers may add keys, as the CLI adds ``"inverse"`` and ``"data"``)."""
+
+    analysis = "evaluate"
+
+    @property
+    def stages(self) -> dict[str, dict[str, Any]]:
+        """``{stage: MSE summary}`` (``"mse"``/``"mean"``, ``"ci95"``, ``"n"``, ...)."""
+        return self["stages"]
+
+    @property
+    def mean_image_baseline(self) -> dict[str, Any]:
+        """The MSE summary of each image against the data set's mean image."""
+        return self["mean_image_baseline"]
+
+    @property
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        """``{metric: {"stages": {stage: summary}, "mean_image_baseline": summary}}``."""
+        return self["metrics"]
+
+    @property
+    def not_computed(self) -> dict[str, str]:
+        """``{metric: why}`` for asked-for metrics that could not be computed."""
+        return self["not_computed"]
+
+    @property
+    def n_images(self) -> int:
+        return self["n_images"]
+
+    @property
+    def precision(self) -> str:
+        return self["precision"]
+
+    @property
+    def model(self) -> str:
+        return self["model"]
+
+    @property
+    def weights(self) -> str:
+        return self["weights"]
+
+    def mean(self, stage: str, metric: str = "mse") -> float | None:
+        """The mean of ``metric`` over the images for the reconstruction from ``stage``."""
+        if metric not in self["metrics"]:
+            raise ModinvError(f"{metric} was not computed; computed: {', '.join(self['metrics'])}")
+        if stage not in self["metrics"][metric]["stages"]:
+            raise ModinvError(f"no stage {stage!r} in this evaluation; stages: {', '.join(self['stages'])}")
+        return self["metrics"][metric]["stages"][stage]["mean"]
+
+    def to_json(self) -> dict[str, Any]:
+        """The numbers as strict-JSON values (``"analysis": "evaluate"`` first; non-finite as None)."""
+        return finite_or_null({"analysis": self.analysis, **self})
 
 
 def mean_image(source, batch_size: int = 16, limit: int | None = None) -> Tensor:
@@ -56,11 +114,11 @@ def evaluate_chain(
     progress: bool = True,
     metrics: Sequence[str] = DEFAULT_METRICS,
     lpips: Lpips | None = None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Image quality of the reconstruction from every stage: MSE, PSNR, SSIM and LPIPS (``metrics``;
     LPIPS only with an available ``lpips`` network, :func:`modinv.metrics.load_lpips`).
 
-    Returns ``{"stages": {stage: MSE summary}, "mean_image_baseline": MSE summary, "metrics":
+    Returns an :class:`Evaluation` (a mapping with typed attributes and ``to_json()``): ``{"stages": {stage: MSE summary}, "mean_image_baseline": MSE summary, "metrics":
     {metric: {"stages": {stage: summary}, "mean_image_baseline": summary}}, "metric_info",
     "not_computed": {metric: why}, "ci", "pixel_space": "[0, 1]", "n_images", "precision", "model",
     "weights"}``. A summary is :func:`~modinv.metrics.summarize_metric`'s (``"mean"``, ``"ci95"``
@@ -149,11 +207,11 @@ def psnr_both_ways(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, dict
 
 
 def _result(model: StagedModel, summaries: dict[str, dict[str, Any]], wanted: Sequence[str],
-            skipped: Mapping[str, str], n_images: int, used: str) -> dict[str, Any]:
+            skipped: Mapping[str, str], n_images: int, used: str) -> Evaluation:
     """One chain's :func:`evaluate_chain` dictionary from its per-metric summaries."""
     per_metric = {m: r for m, r in summaries.items() if m in wanted}
     mse = summaries["mse"]
-    return {
+    return Evaluation({
         "stages": {s: {"mse": r["mean"], **r} for s, r in mse["stages"].items()},
         "mean_image_baseline": {"mse": mse["mean_image_baseline"]["mean"], **mse["mean_image_baseline"]},
         "metrics": per_metric,
@@ -166,7 +224,7 @@ def _result(model: StagedModel, summaries: dict[str, dict[str, Any]], wanted: Se
         "precision": used,
         "model": model.name,
         "weights": model.weights,
-    }
+    })
 
 
 def metric_text(name: str, summary: Mapping[str, Any]) -> str:

@@ -166,28 +166,41 @@ def _column_labels(n: int) -> list[str]:
     return ["0 (input)"] + [str(i) for i in range(1, n)]
 
 
+# images per figure row; a stack with more layers continues on the next row (Swin's 18-block s3)
+MAX_LAYER_COLUMNS = 10
+
+
 def layer_figure(result: LayerResult, path: str | Path, title: str | None = None) -> Path:
     """Fig. 11: per image and row (source layers -> inverse entry point) the reconstruction from each
-    layer (columns: layer index, 0 = the stack's input), the input image first. Row titles name the
-    source, the inverse component the layers are fed into (the chain continues down to the image)
-    and the layer that component was trained on."""
+    layer (0 = the stack's input), the input image first, each image titled with its layer. Row
+    titles name the source, the inverse component the layers are fed into (the chain continues down
+    to the image) and the layer that component was trained on; a stack of more than
+    :data:`MAX_LAYER_COLUMNS` - 1 layers continues on further rows instead of widening every row."""
     figure = result.figure_data
     if not figure or not figure["images"]:
         raise ModinvError("no images to draw")
-    rows, titles = [], []
+    rows, titles, cells = [], [], []
     for i, image in enumerate(figure["images"]):
         for row in figure["rows"]:
-            rows.append([image] + figure["recons"][i][row["key"]])
+            recons = figure["recons"][i][row["key"]]
+            labels = ["input"] + [f"layer {c}" for c in _longest(figure["columns"], len(recons), row["source"])]
             native = row["native_layer"]
             mark = f"\n(trained on layer {native})" if native is not None else ""
             name = Path(str(figure["names"][i])).stem[:14]
-            titles.append(f"{name}\n{row['source']} layers → {row['entry']}⁻¹{mark}")
-    n = max(len(r) for r in rows) - 1
-    columns = ["input"] + [f"layer {c}" for c in _longest(figure["columns"], n)]
-    return image_grid(rows, path, column_titles=columns, row_titles=titles, title=title)
+            full = [image] + recons
+            for start in range(0, len(full), MAX_LAYER_COLUMNS):
+                rows.append(full[start:start + MAX_LAYER_COLUMNS])
+                cells.append(labels[start:start + MAX_LAYER_COLUMNS])
+                titles.append(f"{name}\n{row['source']} layers → {row['entry']}⁻¹{mark}" if start == 0 else
+                              f"{name}\n{row['source']} (continued)")
+    caption = {"model": result.model, "weights": result.weights, "n": len(figure["images"])}
+    return image_grid(rows, path, row_titles=titles, title=title, cell_titles=cells, caption=caption)
 
 
-def _longest(columns: Mapping[str, list[str]], n: int) -> list[str]:
+def _longest(columns: Mapping[str, list[str]], n: int, source: str | None = None) -> list[str]:
+    """The column labels of ``source`` (when they have ``n`` entries), else of any stack of ``n`` layers."""
+    if source is not None and len(columns.get(source, [])) == n:
+        return list(columns[source])
     for labels in columns.values():
         if len(labels) == n:
             return labels

@@ -8,10 +8,12 @@ Every entry is the output of :func:`modinv.analysis.evaluate.evaluate_chain`: pe
 (MSE in [0, 1] pixel space, PSNR in dB, SSIM, LPIPS where its weights are available) the mean over
 the images with a 95% confidence interval that stays inside the metric's range (a BCa bootstrap,
 :mod:`modinv.metrics.bounded`), and the same for the mean-image baseline (each image against the
-data set's mean image). The figure has one panel per metric; in each, one line with error bars per
-model over the stages (in processing order, the union of all models' stages) and, at the right, its
-"mean" baseline point. An entry saved before the other metrics existed (no ``"metrics"``) shows in
-the MSE panel only.
+data set's mean image). The figure has one panel per metric and model (models with the very same
+stages share theirs; stages are matched by model and name), wrapping at six panels a row; in each,
+one line with 95% CI error bars per run over the model's stages in processing order and, at the
+right, its mean-image baseline point; the legend gives each run's n. ``metrics`` chooses the
+panels, also for compared files that hold more. An entry saved before the other metrics existed
+(no ``"metrics"``) shows in the MSE panel only.
 
 CLI: ``modinv analyze stages --model M --inverse CHAIN [CHAIN ...] --data SPEC --out DIR
 [--metrics mse,psnr,ssim,lpips] [--lpips-weights FILE] [--compare FILE.json ...]`` writes
@@ -39,15 +41,16 @@ from modinv.analysis.common import AnalysisResult, interval_record, precision, u
 from modinv.analysis.evaluate import evaluate_chains
 from modinv.errors import ModinvError
 from modinv.fileio import read_json
-from modinv.figures import save_figure
+from modinv.figures import panel_grid, save_figure
 from modinv.inverse.chain import InverseChain
 from modinv.metrics import DEFAULT_METRICS, METRICS, Lpips
 from modinv.models.base import StagedModel
 
-BASELINE = "mean"
+BASELINE = "mean"  # the baseline's key in the JSON
+BASELINE_TICK = "mean image\n(baseline)"  # and its tick in the figure
 
-__all__ = ["StageErrors", "entry_metrics", "load_results", "panel_metrics", "stage_errors", "stage_errors_figure",
-           "stage_errors_plot", "stage_order"]
+__all__ = ["StageErrors", "entry_metrics", "load_results", "model_groups", "panel_metrics", "stage_errors",
+           "stage_errors_figure", "stage_errors_plot", "stage_order"]
 
 
 @dataclass
@@ -107,6 +110,7 @@ def stage_errors(
     for name, entry in (compare or {}).items():
         results[unique_label(name, results)] = dict(entry)
     result = StageErrors.from_entries(results)
+    result.metrics = [m for m in result.metrics if m in metrics]  # compared files may hold others: not asked for
     result.precision = precision(model.device, amp)[1] if chains else None
     return result
 
@@ -156,45 +160,106 @@ def _axis_label(name: str) -> str:
     return f"{name.upper()}{unit}, {'higher' if info.higher_is_better else 'lower'} is better"
 
 
+def model_groups(result: StageErrors) -> dict[str, list[str]]:
+    """``{panel title: [labels]}``: the entries of each model (by its ``"model"``, else its label),
+    stages matched by model and name; models with the very same stages (names and order, e.g. the
+    paper's DETR and ViT ``bb``, ``enc``) share their panels, others get panels of their own (a
+    Swin ``s4`` is never drawn at a MobileNet ``s4``). One sentence when two entries of one model
+    order its stages differently (they cannot share an axis)."""
+    by_model: dict[str, list[str]] = {}
+    for label, entry in result.results.items():
+        by_model.setdefault(str(entry.get("model") or label), []).append(label)
+    shared: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}  # stages -> (models, labels)
+    for model, labels in by_model.items():
+        orders = [list(result.results[label]["stages"]) for label in labels]
+        for order in orders[1:]:
+            common = [s for s in orders[0] if s in order]
+            if common != [s for s in order if s in orders[0]]:
+                raise ModinvError(f"the results of {model!r} order its stages differently ({', '.join(orders[0])} vs "
+                                  f"{', '.join(order)}); they cannot be drawn on one axis")
+        key = tuple(stage_order({label: result.results[label] for label in labels}))
+        models, members = shared.setdefault(key, ([], []))
+        models.append(model)
+        members.extend(labels)
+    return {", ".join(models): labels for models, labels in shared.values()}
+
+
+def _legend_label(label: str, entry: Mapping[str, Any]) -> str:
+    n = entry.get("n_images")
+    return f"{label} (n = {n})" if n is not None else label
+
+
 def stage_errors_plot(result: StageErrors, title: str | None = None):
-    """The matplotlib figure of :func:`stage_errors_figure`: one panel (axes) per metric of
-    ``result.metrics``, in that order."""
+    """The matplotlib figure of :func:`stage_errors_figure`: one panel per model and metric of
+    ``result.metrics`` (a model's stages on its own axis: stages of different models are matched by
+    model and name, never by name alone), wrapping onto further rows (:func:`modinv.figures.panel_grid`)."""
     import matplotlib.pyplot as plt  # after modinv.figures, which selects the file-only backend
 
-    stages = result.stage_order
-    ticks = stages + [BASELINE]
-    n = len(result.results)
-    width = 0.5 / max(n, 1)
-    k_panels = max(len(result.metrics), 1)
-    fig, axes = plt.subplots(1, k_panels, figsize=(k_panels * (1.1 * len(ticks) + 2.2) + 0.4, 3.6), squeeze=False)
+    groups = model_groups(result)
+    metrics = result.metrics or ["mse"]
+    longest = max(len(stage_order({k: result.results[k] for k in labels})) for labels in groups.values())
+    fig, axes = panel_grid(len(groups) * len(metrics), (0.6 * (longest + 1) + 1.9, 3.3),
+                           row_length=len(metrics))
     colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
-    for ax, name in zip(axes[0], result.metrics):
-        for k, (label, entry) in enumerate(result.results.items()):
-            data = entry_metrics(entry).get(name)
-            if data is None:
-                continue
-            offset, color = (k - (n - 1) / 2) * width, colors[k % len(colors)]
-            points = [(stages.index(s) + offset, _value(r)) for s, r in data["stages"].items()]
-            _error_bars(ax, points, color, label=label, marker="o")
-            _error_bars(ax, [(len(stages) + offset, _value(data["mean_image_baseline"]))], color, marker="s",
-                        linestyle="none")
-        ax.axvline(len(stages) - 0.5, color="0.8", linewidth=0.8)
-        ax.set_xticks(range(len(ticks)))
-        ax.set_xticklabels(ticks)
-        ax.set_xlim(-0.6, len(ticks) - 0.4)
-        ax.set_xlabel("processing stage (reconstruction from)")
-        ax.set_ylabel(_axis_label(name))
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=8, frameon=False)
-    fig.suptitle(title or "Reconstruction quality per stage (95% CI)", fontsize=10)
-    fig.tight_layout()
+    color_of = {label: colors[k % len(colors)] for k, label in enumerate(result.results)}
+    panels = iter(axes)
+    for model, labels in groups.items():
+        entries = {label: result.results[label] for label in labels}
+        for name in metrics:
+            ax = next(panels)
+            _draw_panel(ax, entries, stage_order(entries), name, color_of)
+            if len(groups) > 1:
+                ax.set_title(model, fontsize=9)
+    handles = [plt.Line2D([], [], color=color_of[label], marker="o", label=_legend_label(label, entry))
+               for label, entry in result.results.items()]
+    handles.append(plt.Line2D([], [], color="0.4", marker="s", linestyle="none",
+                              label="mean image: each image vs the mean image of the set (baseline)"))
+    fig.suptitle(title or "Reconstruction quality per stage (mean, 95% CI error bars)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.3 / fig.get_figheight()),
+               ncol=min(len(handles), 3), fontsize=7, frameon=False)
+    fig.subplots_adjust(top=1 - (0.55 + 0.16 * math.ceil(len(handles) / 3)) / fig.get_figheight())
     return fig
 
 
+def _draw_panel(ax, entries: Mapping[str, Mapping[str, Any]], stages: list[str], name: str,
+                color_of: Mapping[str, Any]) -> None:
+    """One metric of one model's entries: per stage mean and 95% CI, the baseline at the right."""
+    ticks = stages + [BASELINE_TICK]
+    width = 0.5 / max(len(entries), 1)
+    for k, (label, entry) in enumerate(entries.items()):
+        data = entry_metrics(entry).get(name)
+        if data is None:
+            continue
+        offset, color = (k - (len(entries) - 1) / 2) * width, color_of[label]
+        points = [(stages.index(s) + offset, _value(r)) for s, r in data["stages"].items() if s in stages]
+        _error_bars(ax, points, color, marker="o")
+        _error_bars(ax, [(len(stages) + offset, _value(data["mean_image_baseline"]))], color, marker="s",
+                    linestyle="none")
+    ax.axvline(len(stages) - 0.5, color="0.8", linewidth=0.8)
+    ax.set_xticks(range(len(ticks)))
+    ax.set_xticklabels(ticks, fontsize=8, rotation=45 if len(ticks) > 8 else 0)
+    ax.set_xlim(-0.6, len(ticks) - 0.4)
+    ax.set_xlabel("reconstructed from stage", fontsize=8)
+    ax.set_ylabel(_axis_label(name), fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _caption(result: StageErrors) -> dict[str, Any]:
+    """Caption parts the entries share (model, weights, n)."""
+    parts: dict[str, Any] = {}
+    for key, field_name in (("model", "model"), ("weights", "weights"), ("n", "n_images")):
+        values = {str(e.get(field_name)) for e in result.results.values() if e.get(field_name) is not None}
+        if len(values) == 1:
+            value = values.pop()
+            parts[key] = int(value) if key == "n" else value
+    return parts
+
+
 def stage_errors_figure(result: StageErrors, path: str | Path, title: str | None = None) -> Path:
-    """Save Fig. 4 (left), one panel per metric: the per-stage values with 95% CI error bars per
-    run, and each run's mean-image baseline at the right ("mean")."""
-    return save_figure(stage_errors_plot(result, title), path)
+    """Save Fig. 4 (left), one panel per model and metric: the per-stage values with 95% CI error
+    bars per run, and each run's mean-image baseline at the right."""
+    return save_figure(stage_errors_plot(result, title), path, caption=_caption(result))
 
 
 def _error_bars(ax, points: list[tuple[float, tuple[float, float, float] | None]], color, **style: Any) -> None:

@@ -29,7 +29,11 @@ COMMANDS: dict[str, str] = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every subcommand, or of ``command`` alone (importing only its module)."""
+    from modinv import __version__
+
     parser = argparse.ArgumentParser(prog="modinv", description="Modular feature inversion of vision models.")
+    parser.add_argument("--version", action="version", version=f"modinv {__version__}",
+                        help="print the version of modinv and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         if command is None or name == command:
@@ -39,11 +43,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors print one sentence (no traceback) and exit with status 2."""
+    from modinv.cli.common import CREATED_DIRS, remove_unused_output_dirs
+
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None  # a known command: import only its module
     args = build_parser(command).parse_args(argv)
+    CREATED_DIRS.clear()
     try:
         status = args.handler(args)
+        CREATED_DIRS.clear()  # kept, even if empty: the command succeeded
         return status if isinstance(status, int) else 0  # analyses return their numbers
     except ModinvError as exc:
         print(f"modinv {args.command}: error: {exc}", file=sys.stderr)
@@ -51,3 +59,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"modinv {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        remove_unused_output_dirs()  # a failed command leaves no empty output folder behind

@@ -14,6 +14,7 @@ import errno
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -103,29 +104,61 @@ def check_stage_names(model: StagedModel, names: Iterable[str], option: str) -> 
         )
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="detr-r50, vit-b16, mobilenet-v2, timm:<name>, ...")
-    parser.add_argument("--weights", default="pretrained", help="pretrained | random | PATH (default: pretrained)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="seed of random weights and of training (default: 0)")
+def add_model_args(parser: argparse.ArgumentParser, from_chain: bool = False, from_run: bool = False) -> None:
+    """``--model``, ``--weights``, ``--seed``, ``--device``, ``--input-size``. ``from_chain``: the
+    command takes ``--inverse``, whose manifest supplies model, weights, seed and input size (the
+    options become optional and, when given, must agree with it; see :func:`model_for_chains`).
+    ``from_run``: a training command, whose ``--resume`` reads them from the run's config.json
+    (they default to None here; the command fills them in)."""
+    if from_chain:
+        also = " (default: the --inverse chain's)"
+        weights_default = seed_default = "the chain's"
+    elif from_run:
+        also = " (with --resume: the run's)"
+        weights_default, seed_default = "pretrained; with --resume: the run's", "0; with --resume: the run's"
+    else:
+        also, weights_default, seed_default = "", "pretrained", "0"
+    recorded = from_chain or from_run
+    parser.add_argument("--model", required=not recorded,
+                        help="model name: detr-r50, vit-b16, deit-b16, swin-b, mobilenet-v2, timm:<name>, "
+                             f"hf:<id or folder>{also}")
+    parser.add_argument("--weights", default=None if recorded else "pretrained",
+                        help=f"pretrained | random | PATH of a weights file (default: {weights_default})")
+    parser.add_argument("--seed", type=non_negative_int, default=None if recorded else 0,
+                        help=f"seed of random weights and of training (default: {seed_default})")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--input-size", type=image_side, nargs=2, metavar=("H", "W"),
+                        help="override the model's input size (H W)" + also)
+
+
+# the values of --arch (modinv.inverse.chain.ARCHS) and what they mean, said the same way everywhere
+ARCH_CHOICES = ("default", "paper", "auto")
+ARCH_HELP = ("inverse components: default (the paper's where the model's family declares them: detr-r50, vit-b16, "
+             "vit-b16-noselfattn, deit-b16, swin-b; else auto), paper, or auto (built from the stage shapes of "
+             "any model); default: default")
+
+
+def add_arch_arg(parser: argparse.ArgumentParser, default: str | None = "default") -> None:
+    """``--arch``, the same word, choices, default and help in every command that builds a chain
+    (``default=None``: filled in later, e.g. from a resumed run, else ``"default"``)."""
+    parser.add_argument("--arch", choices=ARCH_CHOICES, default=default, help=ARCH_HELP)
+
+
+def add_amp_arg(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--amp`` of the training commands (``default=None``: filled in later, e.g. from a resumed run)."""
     parser.add_argument(
-        "--input-size", type=image_side, nargs=2, metavar=("H", "W"), help="override the model's input size (H W)"
+        "--amp", choices=AMP_CHOICES, default=default,
+        help="bf16 autocast while training: auto (CUDA / bf16-capable CPUs; default), bf16, off",
     )
 
 
-def add_amp_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--amp", choices=AMP_CHOICES, default="auto", help="bf16 autocast: auto (CUDA / bf16-capable CPUs), bf16, off"
-    )
-
-
-def add_report_amp_arg(parser: argparse.ArgumentParser) -> None:
-    """``--amp`` of the commands that report numbers (evaluate, analyze, reconstruct, eval-task):
-    float32 unless the user opts in to bf16 autocast (DESIGN.md, "Training")."""
+def add_report_amp_arg(parser: argparse.ArgumentParser, what: str = "the reported numbers") -> None:
+    """``--amp`` of the commands that report numbers or draw reconstructions (evaluate, analyze,
+    reconstruct, eval-task): float32 unless the user opts in to bf16 autocast (DESIGN.md,
+    "Training"); ``what`` says what the precision applies to."""
     parser.add_argument(
         "--amp", choices=AMP_CHOICES, default="off",
-        help="precision of the reported numbers: off (float32, default), bf16 (bf16 autocast), "
+        help=f"precision of {what}: off (float32, default), bf16 (bf16 autocast), "
              "auto (bf16 autocast on CUDA / bf16-capable CPUs)",
     )
 
@@ -140,13 +173,39 @@ def model_from_args(args: argparse.Namespace, device=None) -> StagedModel:
     return load_model(args.model, weights=args.weights, seed=args.seed, device=device, **options)
 
 
+# Output folders this command created (parents first): a command that fails before writing
+# anything into them removes them again (remove_unused_output_dirs), so no empty folder is left.
+CREATED_DIRS: list[Path] = []
+
+
+def make_output_dirs(path: Path) -> None:
+    """``mkdir -p path``, recording in :data:`CREATED_DIRS` each folder it creates."""
+    missing, current = [], path
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    path.mkdir(parents=True, exist_ok=True)
+    CREATED_DIRS.extend(reversed(missing))
+
+
+def remove_unused_output_dirs() -> None:
+    """Remove the folders of :data:`CREATED_DIRS` that are still empty (deepest first); called
+    when a command fails, so that it leaves no half-made output behind."""
+    for folder in reversed(CREATED_DIRS):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (results were written), or already gone
+            pass
+    CREATED_DIRS.clear()
+
+
 def writable_dir(path: str | Path) -> Path:
     """Create ``path`` if needed and make sure files can be written there, before any work: a
     file is created and removed (what permission bits cannot tell: read-only mounts, no inodes)
     and a disk with less than :data:`MIN_FREE_BYTES` free is refused, in one sentence naming it."""
     path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_output_dirs(path)
     except OSError as exc:
         raise ModinvError(os_error_sentence(exc, path, "create output folder")) from None
     if not os.access(path, os.W_OK):
@@ -219,3 +278,127 @@ def loop_settings(args: argparse.Namespace) -> dict:
     if hasattr(args, "no_channels_last"):
         settings["channels_last"] = not args.no_channels_last
     return settings
+
+
+# -- the model a chain was made for (commands taking --inverse) ------------------------------------
+# The settings a chain's manifest fixes: option dest -> what the option is called in messages.
+CHAIN_SETTINGS = {"model": "--model", "weights": "--weights", "seed": "--seed", "input_size": "--input-size"}
+
+
+def chain_folder(spec: str | os.PathLike) -> str:
+    """The chain an ``--inverse`` value names: a training run's folder (no manifest, but a
+    ``best/`` chain) means its ``best/``, which is said on stderr; anything else as given."""
+    folder = Path(spec)
+    if not (folder / "manifest.json").is_file() and (folder / "best" / "manifest.json").is_file():
+        print(f"modinv: {str(folder)!r} is a training run; using its best chain {str(folder / 'best')!r}",
+              file=sys.stderr)
+        return str(folder / "best")
+    return str(spec)
+
+
+def chain_model_seed(manifest: dict, folder: Path | None = None) -> int | None:
+    """The seed of the random weights a chain was made for: the manifest's own record when it has
+    one, else the ``--seed`` of the training run the chain belongs to (``folder/../config.json``,
+    which ``modinv train`` writes next to ``best/`` and whose ``--seed`` seeds the weights); None
+    when neither tells (component seeds need not be the model's)."""
+    for key in ("model_seed", "weights_seed", "seed"):
+        if isinstance(manifest.get(key), int) and not isinstance(manifest.get(key), bool):
+            return manifest[key]
+    config = folder.parent / "config.json" if folder is not None else None
+    if config is None or not config.is_file():
+        return None
+    from modinv.fileio import read_json
+
+    try:
+        run = read_json(config, "run config")
+    except ModinvError:
+        return None
+    seed = (run.get("train") or {}).get("seed") if isinstance(run, dict) else None
+    same = isinstance(run, dict) and run.get("model") == manifest.get("model") and run.get("weights") == "random"
+    return seed if same and isinstance(seed, int) else None
+
+
+def chain_settings(manifest: dict, folder: Path | None = None) -> dict:
+    """``{model, weights, seed, input_size}`` of the model a chain's manifest says it was made for
+    (``seed``: of random weights, None when unknown or irrelevant)."""
+    size, weights = manifest.get("input_size"), str(manifest.get("weights", "pretrained"))
+    return {"model": manifest["model"], "weights": weights,
+            "seed": chain_model_seed(manifest, folder) if weights == "random" else None,
+            "input_size": list(size) if size else None}
+
+
+def _same_setting(name: str, given: object, recorded: object) -> bool:
+    if name == "weights" and from_path(str(given)) and from_path(str(recorded)):
+        return Path(str(given)).expanduser().resolve() == Path(str(recorded)).expanduser().resolve()
+    if name == "input_size":
+        return list(given) == list(recorded)
+    return given == recorded
+
+
+def from_path(weights: str) -> bool:
+    """Whether a ``--weights`` value names a file (not ``pretrained`` or ``random``)."""
+    return weights not in ("pretrained", "random")
+
+
+def _chain_disagreement(given: dict, settings: dict, where: str, source: str | None = None) -> str | None:
+    """One sentence when a setting in ``given`` (from the command line, or from the chain ``source``)
+    contradicts the chain in ``where``; None when they agree."""
+    for name, option in CHAIN_SETTINGS.items():
+        value, recorded = given.get(name), settings[name]
+        if value is None or recorded is None or _same_setting(name, value, recorded):
+            continue
+        shown = " ".join(map(str, value)) if name == "input_size" else value
+        kept = " ".join(map(str, recorded)) if name == "input_size" else recorded
+        if source is not None:
+            return (f"the --inverse chains {source} and {where} were made for different models ({option} {shown} vs "
+                    f"{kept}); give them to separate commands")
+        return (f"{option} {shown} does not match the chain in {where}, which was made for {option} {kept}; "
+                "leave it out to use the chain's")
+    return None
+
+
+def model_for_chains(args: argparse.Namespace, device=None) -> StagedModel:
+    """The model the ``--inverse`` chain(s) were made for, read from their manifests: ``--model``,
+    ``--weights``, ``--seed`` and ``--input-size`` are taken from there when not given, and refused
+    in one sentence naming both when they disagree. Run folders are replaced by their ``best/``
+    in ``args.inverse``; several chains must have been made for the same model."""
+    from modinv.hub import resolve_chain_spec
+    from modinv.inverse.storage import read_manifest
+
+    single = not isinstance(args.inverse, (list, tuple))
+    specs = [chain_folder(p) for p in ([args.inverse] if single else args.inverse)]
+    args.inverse = specs[0] if single else specs
+    given = {name: getattr(args, name, None) for name in CHAIN_SETTINGS}
+    first: tuple[str, dict] | None = None
+    for spec in specs:
+        folder = resolve_chain_spec(spec)
+        settings = chain_settings(read_manifest(folder), folder)
+        why = _chain_disagreement(given, settings, repr(spec)) or (
+            first and _chain_disagreement(first[1], settings, repr(spec), source=repr(first[0])))
+        if why:
+            raise ModinvError(why)
+        first = first or (spec, settings)
+    for name in CHAIN_SETTINGS:  # what the options leave open, the (first) chain says
+        if given[name] is None:
+            setattr(args, name, first[1][name])
+    args.seed = 0 if args.seed is None else args.seed  # a chain that cannot tell: the usual default
+    args.weights = "pretrained" if args.weights is None else args.weights
+    return model_from_args(args, device=device)
+
+
+def caption_parts(model: StagedModel, chains=(), data: str | None = None, where: Iterable[str] = (),
+                  seed: int | None = None) -> dict:
+    """The caption line of a command's figures (:func:`modinv.figures.figure_caption`): model,
+    weights (with ``seed`` for random weights), the chain folders and their training steps, data."""
+    weights = str(model.weights)
+    parts: dict = {"model": model.name, "weights": f"{weights} (seed {seed})" if weights == "random" and seed is not None
+                   else weights, "data": data}
+    chains, where = list(chains), list(where)
+    if where:
+        parts["chain"] = ", ".join(str(w) for w in where)
+    steps = sorted({c.training_steps for c in chains if c.training_steps is not None})
+    if steps:
+        parts["steps"] = steps[0] if len(steps) == 1 else "/".join(map(str, steps))
+    elif chains:
+        parts["steps"] = "untrained or unknown"
+    return parts

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from modinv.cli.common import image_side, non_negative_int, positive_float, positive_int
+from modinv.cli.common import add_arch_arg, image_side, non_negative_int, positive_float, positive_int
 from modinv.runtime import AMP_CHOICES
 
 
@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    f"(default: {','.join(DEFAULT_HELD_OUT)})")
     p.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH,
                    help=f"crops per training step (default {DEFAULT_BATCH})")
-    p.add_argument("--arch", default="auto", help="inverse architecture: auto (default) | paper | default")
+    add_arch_arg(p)
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of random weights, components, crops (default 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--input-size", type=image_side, nargs=2, metavar=("H", "W"), help="override the model's input size")
@@ -52,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from modinv.cli.common import writable_dir
     from modinv.demo import run_demo
+    from modinv.metrics import DEFAULT_METRICS
 
     out = writable_dir(args.out)
     held = [n.strip() for n in args.held_out.split(",") if n.strip()]
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         amp=args.amp,
         input_size=tuple(args.input_size) if args.input_size else None,
         save_chain=not args.no_save_chain,
-        metrics=args.metrics,
+        metrics=args.metrics if args.metrics is not None else DEFAULT_METRICS,
         lpips_weights=args.lpips_weights,
     )
     return 0

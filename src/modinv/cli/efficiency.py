@@ -11,7 +11,7 @@ import argparse
 import time
 
 from modinv.analysis.efficiency import efficiency_figure, efficiency_table, measure_efficiency
-from modinv.cli.common import add_model_args, model_from_args, positive_int, writable_dir
+from modinv.cli.common import add_arch_arg, add_model_args, model_from_args, positive_int, writable_dir
 from modinv.fileio import write_json
 
 
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive_int, default=2, help="images per training step (default: 2)")
     p.add_argument("--steps", type=positive_int, default=1, help="timed training steps per inverse, after one untimed "
                                                          "counting step (default: 1)")
-    p.add_argument("--arch", default="default", help="inverse architecture: default | paper | auto (default: default)")
+    add_arch_arg(p)
     p.add_argument("--out", default="outputs/efficiency", help="output folder (default: outputs/efficiency)")
     p.set_defaults(handler=run, weights="random")
 

@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--data", required=True, help="coco:ROOT[:split] for detr-r50, imagenet:ROOT[:split] for classifiers")
     p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--batch", type=positive_int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--limit", type=positive_int, help="evaluate at most this many images")
     p.add_argument("--score-threshold", type=number_in(0, 1, high_open=True), default=0.0,
                    help="drop detections scoring at most this, in [0, 1) (default 0)")

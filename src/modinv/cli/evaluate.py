@@ -11,7 +11,7 @@ import argparse
 import warnings
 from typing import TYPE_CHECKING
 
-from modinv.cli.common import add_model_args, add_report_amp_arg, model_from_args, positive_int, writable_file
+from modinv.cli.common import add_model_args, add_report_amp_arg, model_for_chains, positive_int, writable_file
 from modinv.errors import ModinvError
 
 if TYPE_CHECKING:
@@ -30,29 +30,41 @@ def metric_names(text: str) -> tuple[str, ...]:
 
 def add_metric_args(parser: argparse.ArgumentParser) -> None:
     """``--metrics`` (default: all) and ``--lpips-weights``."""
-    parser.add_argument("--metrics", type=metric_names, default="mse,psnr,ssim,lpips",
-                        help="comma-separated: mse, psnr, ssim, lpips (default: all; LPIPS where its weights exist)")
+    parser.add_argument("--metrics", type=metric_names, default=None,
+                        help="comma-separated: mse, psnr, ssim, lpips (default: every one that can be computed "
+                             "here, saying which was left out and why; LPIPS needs torchvision's AlexNet weights, and "
+                             "asking for it by name without them is an error)")
     parser.add_argument("--lpips-weights", metavar="FILE",
                         help="torchvision AlexNet weights file for LPIPS (default: the torch hub cache; never "
                              "downloaded)")
 
 
 def lpips_from_args(args: argparse.Namespace, device) -> Lpips | None:
-    """The LPIPS network when ``--metrics`` asks for it (its ``reason`` says why when it is not
-    available), else None."""
-    from modinv.metrics import load_lpips
+    """The LPIPS network when ``--metrics`` asks for it, else None. Without ``--metrics`` every
+    metric is asked for and one that cannot be computed is left out (its ``reason`` printed by the
+    command); named in ``--metrics``, LPIPS without its weights is refused in one sentence.
+    Sets ``args.metrics`` to the metrics asked for."""
+    from modinv.metrics import DEFAULT_METRICS, load_lpips
 
-    return load_lpips(args.lpips_weights, device=device) if "lpips" in args.metrics else None
+    named = args.metrics is not None
+    args.metrics = tuple(args.metrics) if named else tuple(DEFAULT_METRICS)
+    if "lpips" not in args.metrics:
+        return None
+    lpips = load_lpips(args.lpips_weights, device=device)
+    if named and not lpips.available:
+        raise ModinvError(f"--metrics asks for LPIPS, which cannot be computed here: {lpips.reason}; give "
+                          "--lpips-weights FILE (torchvision's AlexNet weights) or leave lpips out of --metrics")
+    return lpips
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="reconstruction quality per stage (MSE, PSNR, SSIM, LPIPS) vs the mean-image "
                                         "baseline")
-    add_model_args(p)
-    p.add_argument("--inverse", required=True, help="inverse chain folder (e.g. RUN/best)")
+    add_model_args(p, from_chain=True)
+    p.add_argument("--inverse", required=True, help="inverse chain: a folder (RUN/best, or a RUN folder: its best/) or hf:USER/NAME; it names the model")
     p.add_argument("--data", required=True, help="image source spec")
     p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--batch", type=positive_int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--limit", type=positive_int, help="evaluate at most this many images")
     add_metric_args(p)
     add_report_amp_arg(p)
@@ -67,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = writable_file(args.out)
 
-    model = model_from_args(args)
+    model = model_for_chains(args)
     chain = InverseChain.load(args.inverse, model, map_location=model.device)
     source = open_source(args.data, size=tuple(model.input_size))
     lpips = lpips_from_args(args, model.device)

@@ -22,16 +22,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "as the paper did (--zero-lambda frozen keeps θ unchanged instead); λ = 1 ignores the task. "
                     "Writes OUT/best/ (inverse chain + forward.safetensors, loadable with --weights PATH).",
     )
-    add_model_args(p)
-    p.add_argument("--lam", type=number_in(0.0, 1.0), required=True, help="λ in [0, 1] (the paper: 0, 0.1, 0.9, 1)")
+    add_model_args(p, from_run=True)
+    p.add_argument("--lam", type=number_in(0.0, 1.0),
+                   help="λ in [0, 1] (the paper: 0, 0.1, 0.9, 1); required for a new run")
     p.add_argument("--stage", help="stage j of the inverse (default: the model's declared one, e.g. dec for DETR, "
                                    "enc for ViT/DeiT; required for models that declare none)")
     add_run_args(p, data_help="coco:ROOT[:split] for detectors, imagenet:ROOT for classifiers")
-    p.add_argument("--theta-lr", type=positive_float, default=1e-5, help="Adam learning rate of the forward weights (default 1e-5)")
-    p.add_argument("--forward-mode", choices=("dropout", "eval", "train"), default="dropout",
+    p.add_argument("--theta-lr", type=positive_float, help="Adam learning rate of the forward weights (default 1e-5)")
+    p.add_argument("--forward-mode", choices=("dropout", "eval", "train"),
                    help="forward model mode while θ trains: dropout on + BatchNorm statistics frozen (default), "
                         "eval, or full train mode")
-    p.add_argument("--zero-lambda", choices=("task", "frozen"), default="task",
+    p.add_argument("--zero-lambda", choices=("task", "frozen"),
                    help="at λ = 0: θ trained on the task loss alone (the paper's reading, default) or frozen "
                         "(only the classic inverse of the unmodified model trains)")
     add_label_map_arg(p)
@@ -42,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from modinv.training.entry import fresh_chain, train
     from modinv.training.finetune import FORWARD_WEIGHTS_FILE, default_finetune_stage, task_kind
 
+    from modinv.cli.resume import FINETUNE_OPTIONS, RUN_OPTIONS, fill_run_options
+
+    fill_run_options(args, {**RUN_OPTIONS, **FINETUNE_OPTIONS}, needed=("model", "data", "lam"))
     out = writable_dir(args.out)
     model = model_from_args(args)
     if args.lam < 1 and (args.lam > 0 or args.zero_lambda == "task"):  # the task loss needs its targets

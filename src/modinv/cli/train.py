@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from modinv.cli.common import (add_amp_arg, add_model_args, check_stage_names, loop_settings, model_from_args,
+from modinv.cli.common import (add_arch_arg, add_amp_arg, add_model_args, check_stage_names, loop_settings, model_from_args,
                                non_negative_int, number_in, parse_assignments, positive_float, positive_int,
                                writable_dir)
 from modinv.errors import ModinvError
@@ -62,41 +62,43 @@ def apply_recipe(args: argparse.Namespace, model: StagedModel, chain: InverseCha
 
 def add_run_args(p: argparse.ArgumentParser, data_help: str) -> None:
     """The arguments of a training run that ``train`` and ``finetune`` share."""
-    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--data", help=f"{data_help} (required for a new run; with --resume: the run's)")
     p.add_argument("--val-data", help="validation source (default: hold out --val-fraction of --data)")
-    p.add_argument("--val-fraction", type=number_in(0, 1, high_open=True), default=0.1,
+    p.add_argument("--val-fraction", type=number_in(0, 1, high_open=True),
                    help="held-out share when no --val-data (default 0.1)")
     p.add_argument("--out", required=True,
                    help="run folder: config.json, log.jsonl, best/, checkpoints/ (a new run needs an empty one)")
-    length = p.add_mutually_exclusive_group(required=True)
-    length.add_argument("--steps", type=positive_int, help="optimisation steps")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=positive_int, help="optimisation steps (this or --epochs; with --resume: "
+                                                           "default the run's)")
     length.add_argument("--epochs", type=positive_int, help="passes over the training data")
     p.add_argument("--max-minutes", type=positive_float, metavar="M",
                    help="time budget: stop after M minutes of training even if --steps/--epochs are not done "
                         "(validates, keeps the best, writes a checkpoint that --resume continues)")
     p.add_argument("--batch", type=positive_int, default=None,
                    help=f"global batch size (default: the recipe's, else {DEFAULT_BATCH})")
-    p.add_argument("--recipe", type=recipe_name, default="modinv",
+    p.add_argument("--recipe", type=recipe_name,
                    help="training recipe: modinv (default: train-mode BatchNorm, the weights' normalisation, "
                         "bf16 where native, image losses on [0, 1] pixels) or paper (what the authors' scripts "
                         "ran: see the README's recipe table)")
-    p.add_argument("--arch", default=None, help="paper | auto (default: paper for detr-r50/vit-b16, else auto)")
+    add_arch_arg(p, default=None)
     p.add_argument("--variant", action="append", metavar="STAGE=NAME", help="e.g. bb=local, pred=oh")
     p.add_argument("--lr", action="append", type=stage_rate, metavar="STAGE=LR",
                    help="override an inverse component's learning rate (a resume may change it)")
-    p.add_argument("--val-every", type=positive_int, default=500, help="steps between validations (default 500)")
-    p.add_argument("--val-batches", type=positive_int, default=25, help="batches per validation (default 25)")
-    p.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps between checkpoints (default 500)")
-    p.add_argument("--num-workers", type=non_negative_int, default=0, help="data-loading worker processes")
+    p.add_argument("--val-every", type=positive_int, help="steps between validations (default 500)")
+    p.add_argument("--val-batches", type=positive_int, help="batches per validation (default 25)")
+    p.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints (default 500)")
+    p.add_argument("--num-workers", type=non_negative_int, help="data-loading worker processes (default 0)")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true",
-                          help="continue the run in --out from its latest checkpoint (with its settings; more "
-                               "--steps/--epochs, other --lr or intervals are applied and recorded)")
+                          help="continue the run in --out from its latest checkpoint with its settings (options "
+                               "left out are the run's; more --steps/--epochs, other --lr or intervals are applied "
+                               "and recorded)")
     existing.add_argument("--overwrite", action="store_true",
                           help="replace the run in --out: its best/, checkpoints/, log.jsonl and config.json are "
                                "removed first (other files stay)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_amp_arg(p)
+    add_amp_arg(p, default=None)
 
 
 def run_settings(args: argparse.Namespace) -> dict:
@@ -112,7 +114,7 @@ def run_settings(args: argparse.Namespace) -> dict:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train inverse components (one frozen forward feeds all of them)")
-    add_model_args(p)
+    add_model_args(p, from_run=True)
     p.add_argument(
         "--classic", metavar="STAGE",
         help="instead of the modular components, train the classic baseline: a fresh chain STAGE -> image "
@@ -120,8 +122,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_run_args(p, data_help="samples | folder:PATH | coco:ROOT[:split] | imagenet:ROOT")
     p.add_argument("--stages", nargs="+", help="components to train (default: all)")
-    p.add_argument("--augment", action="store_true", help="random crops and flips of training images")
-    p.add_argument("--log-every", type=positive_int, default=10, help="steps between log records (default 10)")
+    p.add_argument("--augment", action="store_true", default=None, help="random crops and flips of training images")
+    p.add_argument("--log-every", type=positive_int, help="steps between log records (default 10)")
     p.add_argument("--compile", action="store_true", help="torch.compile each trained component")
     p.add_argument("--no-channels-last", action="store_true",
                    help="leave convolution layouts as they come (default: the device's fastest memory format: "
@@ -130,10 +132,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.classic and args.stages:
-        raise ModinvError("--classic trains the whole chain STAGE -> image together; leave out --stages")
+    from modinv.cli.resume import CLASSIC_OPTIONS, RUN_OPTIONS, fill_run_options
     from modinv.distributed import init_distributed, shutdown
 
+    fill_run_options(args, {**RUN_OPTIONS, **CLASSIC_OPTIONS})
+    if args.classic and args.stages:
+        raise ModinvError("--classic trains the whole chain STAGE -> image together; leave out --stages")
     out = writable_dir(args.out)
     settings = dict(stages=args.stages, **run_settings(args))
     dist, device = init_distributed(args.device)  # one process per GPU under torchrun

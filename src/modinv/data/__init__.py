@@ -21,18 +21,27 @@ from modinv.data.base import DataWarning, FolderSource, ImageSource, Unusable
 from modinv.data.coco import CocoSource
 from modinv.data.imagenet import ImageNetSource, imagenet_class_names, imagenet_synsets, resolve_label_map
 from modinv.data.sources import (
+    DEFAULT_SAMPLES,
+    DEMO_HELD_OUT,
+    DEMO_PHOTOS,
     EXTRA_SAMPLES,
     KNOWN_SAMPLES,
     MORE_SAMPLES,
     SAMPLE_PHOTOS,
+    SAMPLE_SETS,
     SOURCE_SPECS,
     SampleSource,
+    image_tensors,
     load_images,
     open_source,
     task_source_options,
 )
 
 __all__ = [
+    "DEFAULT_SAMPLES",
+    "DEMO_HELD_OUT",
+    "DEMO_PHOTOS",
+    "SAMPLE_SETS",
     "EXTRA_SAMPLES",
     "KNOWN_SAMPLES",
     "MORE_SAMPLES",
@@ -50,6 +59,7 @@ __all__ = [
     "collate",
     "imagenet_class_names",
     "imagenet_synsets",
+    "image_tensors",
     "load_images",
     "make_loader",
     "open_source",

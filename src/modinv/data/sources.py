@@ -27,7 +27,7 @@ from modinv.errors import ModinvError, brief
 
 # Spec forms, for messages and the CLI's help.
 SOURCE_SPECS: tuple[str, ...] = (
-    "samples[:all|NAME,NAME...]",
+    "samples[:demo|all|NAME,NAME...]",
     "folder:PATH",
     "coco:ROOT[:split]",
     "imagenet:ROOT[:split]",
@@ -47,6 +47,14 @@ MORE_SAMPLES: tuple[str, ...] = ("grace_hopper", "clock", "text", "cell", "brick
 # the photos of MORE_SAMPLES that come from matplotlib's sample data, not scikit-image: their file names
 MATPLOTLIB_SAMPLES: dict[str, str] = {"grace_hopper": "grace_hopper.jpg"}
 KNOWN_SAMPLES: tuple[str, ...] = SAMPLE_PHOTOS + EXTRA_SAMPLES + MORE_SAMPLES
+# What plain "samples" yields: the colour photos and four everyday grayscale ones, so that the
+# default validation split (one photo) leaves seven for training.
+DEFAULT_SAMPLES: tuple[str, ...] = SAMPLE_PHOTOS + ("camera", "coins", "clock", "grace_hopper")
+# The photos `modinv demo` shows and evaluates, and the 13 it trains on ("samples:demo").
+DEMO_HELD_OUT: tuple[str, ...] = ("chelsea", "coffee", "camera")
+DEMO_PHOTOS: tuple[str, ...] = tuple(n for n in KNOWN_SAMPLES if n not in DEMO_HELD_OUT)
+# the named sets of sample photos: "samples:<set>"
+SAMPLE_SETS: dict[str, tuple[str, ...]] = {"demo": DEMO_PHOTOS, "all": KNOWN_SAMPLES}
 
 
 class SampleSource(ImageSource):
@@ -55,11 +63,12 @@ class SampleSource(ImageSource):
 
     kind = "samples"
 
-    def __init__(self, names: tuple[str, ...] | list[str] = SAMPLE_PHOTOS, **kw: Any) -> None:
+    def __init__(self, names: tuple[str, ...] | list[str] = DEFAULT_SAMPLES, **kw: Any) -> None:
         super().__init__(**kw)
         bad = [n for n in names if n not in KNOWN_SAMPLES]
         if bad:
-            raise ModinvError(f"unknown sample photo {bad[0]!r}; valid names: {', '.join(KNOWN_SAMPLES)}")
+            raise ModinvError(f"unknown sample photo {bad[0]!r}; valid names: {', '.join(KNOWN_SAMPLES)} (or the "
+                              f"sets {', '.join(SAMPLE_SETS)})")
         self.names = list(names)
 
     def _read(self, index: int) -> np.ndarray:
@@ -76,8 +85,9 @@ class SampleSource(ImageSource):
 def open_source(spec: str, size: tuple[int, int], augment: bool = False, seed: int = 0, **options: Any) -> ImageSource:
     """The image source named by ``spec``, yielding float32 3×H×W images in [0, 1] at ``size``.
 
-    Specs: ``samples`` (scikit-image's colour photos, :data:`SAMPLE_PHOTOS`; ``samples:all`` adds
-    :data:`EXTRA_SAMPLES`, ``samples:chelsea,coffee`` picks any of :data:`KNOWN_SAMPLES`),
+    Specs: ``samples`` (8 photos, :data:`DEFAULT_SAMPLES`: scikit-image's colour photos and four
+    grayscale ones), ``samples:demo`` (the 13 photos ``modinv demo`` trains on, :data:`DEMO_PHOTOS`),
+    ``samples:all`` (all 16 of :data:`KNOWN_SAMPLES`), ``samples:chelsea,coffee`` (any of them by name),
     ``folder:PATH`` (every image under PATH, recursively, or one image file), ``coco:ROOT[:split]``
     (pycocotools; split defaults to val2017; see :class:`CocoSource`), ``imagenet:ROOT[:split]``
     (class-per-folder; see :class:`ImageNetSource`). Images are resized to exactly ``size`` = (H, W),
@@ -93,9 +103,9 @@ def open_source(spec: str, size: tuple[int, int], augment: bool = False, seed: i
     common = {"size": size, "augment": augment, "seed": seed, "spec": spec}
     try:
         if kind == "samples":
-            names = SAMPLE_PHOTOS
-            if rest == "all":
-                names = SAMPLE_PHOTOS + EXTRA_SAMPLES
+            names = DEFAULT_SAMPLES
+            if rest in SAMPLE_SETS:
+                names = SAMPLE_SETS[rest]
             elif rest:
                 names = tuple(n.strip() for n in rest.split(",") if n.strip())
                 if not names:
@@ -155,6 +165,51 @@ def load_images(items: str | Path | list[str | Path], size: tuple[int, int]) -> 
     if not images:
         raise ModinvError("no images given")
     return torch.stack(images), names
+
+
+def image_tensors(items: Any) -> list[torch.Tensor]:
+    """Images given in any of the usual forms as float32 3×h×w tensors in [0, 1], each at its own
+    size: file paths (or sample photo names, :data:`KNOWN_SAMPLES`), PIL images, numpy arrays (H×W, H×W×3, H×W×4; uint8, uint16 or float in
+    [0, 1]), tensors 3×h×w or B×3×h×w (float in [0, 1], or uint8), or a list mixing them."""
+    from PIL import Image
+
+    from modinv.data.decode import to_rgb_array
+
+    if isinstance(items, torch.Tensor) and items.ndim == 4:
+        items = list(items)
+    elif not isinstance(items, (list, tuple)):
+        items = [items]
+    out = []
+    for item in items:
+        if isinstance(item, (str, Path)):
+            path = Path(item).expanduser()
+            if not path_exists(path, "image") and str(item) in KNOWN_SAMPLES:
+                out.append(torch.from_numpy(SampleSource([str(item)], size=(1, 1))._read(0)).permute(2, 0, 1).float())
+                continue
+            if not path_exists(path, "image"):
+                raise ModinvError(f"image {str(path)!r} does not exist (nor is it a sample photo name)")
+            try:
+                array = read_image(path)
+            except Exception as exc:  # noqa: BLE001 (Pillow raises many kinds)
+                raise ModinvError(f"cannot read image {str(path)!r} ({brief(exc)})") from None
+        elif isinstance(item, Image.Image):
+            array = to_rgb_array(item)
+        elif isinstance(item, np.ndarray):
+            array = array_to_rgb(item)
+        elif isinstance(item, torch.Tensor):
+            if item.ndim != 3 or item.shape[0] not in (1, 3):
+                raise ModinvError(f"an image tensor must be 3×H×W (or 1×H×W), got shape {tuple(item.shape)}")
+            image = item.detach().cpu()
+            image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float().clamp(0.0, 1.0)
+            out.append(image.expand(3, -1, -1).contiguous())
+            continue
+        else:
+            raise ModinvError(f"cannot read a {type(item).__name__} as an image; give paths, PIL images, arrays "
+                              "or tensors")
+        out.append(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float())
+    if not out:
+        raise ModinvError("no images given")
+    return out
 
 
 def task_source_options(spec: str, label_map: str = "auto") -> dict[str, Any]:

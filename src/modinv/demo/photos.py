@@ -29,10 +29,10 @@ from typing import Sequence
 
 import numpy as np
 
-from modinv.data import KNOWN_SAMPLES, SampleSource
+from modinv.data import DEMO_HELD_OUT, KNOWN_SAMPLES, SampleSource
 from modinv.errors import ModinvError
 
-DEFAULT_HELD_OUT: tuple[str, ...] = ("chelsea", "coffee", "camera")
+DEFAULT_HELD_OUT: tuple[str, ...] = DEMO_HELD_OUT  # the rest ("samples:demo") trains
 DEFAULT_PHOTOS: tuple[str, ...] = KNOWN_SAMPLES
 PHOTO_SOURCE = ("freely licensed sample photos shipped with scikit-image and matplotlib (public domain, CC0 or no "
                 "known copyright restrictions)")

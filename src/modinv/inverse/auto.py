@@ -213,7 +213,8 @@ def auto_specs(shapes: dict[str, tuple[int, ...]], context: dict[str, Any], vari
     """``{stage: {"config": ..., "variant": "standard"}}`` for ``stages`` (default: all) of any model."""
     extra = {k: v for k, v in variants.items() if v != "standard"}
     if extra:
-        raise ModinvError(f"arch='auto' has no component variants (got {extra}); they belong to arch='paper'")
+        raise ModinvError(f"the auto architecture has no component variants (got "
+                          f"{', '.join(f'{k}={v}' for k, v in extra.items())}); they belong to the paper architecture")
     names = list(shapes)
     layouts = dict(context.get("stage_layouts") or {})
     specs = {}

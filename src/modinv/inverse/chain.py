@@ -17,6 +17,7 @@ import contextlib
 import copy
 import os
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,13 @@ class InverseChain(nn.Module):
             )
         return stages[stages.index(stage) - 1]
 
+    @property
+    def training_steps(self) -> int | None:
+        """The most optimisation steps any component was trained for (None: untrained or unknown)."""
+        steps = [m.get("training", {}).get("steps") for m in self.component_meta.values()]
+        steps = [int(v) for v in steps if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        return max(steps) if steps else None
+
     def seeds(self) -> dict[str, Any]:
         return {s: self.component_meta[s].get("seed") for s in self.stages}
 
@@ -185,7 +193,7 @@ class InverseChain(nn.Module):
                 "in_shape": list(shapes[stage]), "out_shape": list(shapes[prev]),
                 "training": {}, "metrics": {},
             }
-        return cls(components, layout, meta).to(model.device)
+        return cls(components, layout, meta).to(model.device).attach(model)
 
     def _put(self, stage: str, component: nn.Module, meta: dict[str, Any]) -> None:
         config = getattr(component, "config", None)
@@ -300,6 +308,48 @@ class InverseChain(nn.Module):
             for component in components:
                 x = component(x, trace.context)
         return x.float()
+
+    def reconstruct_images(self, images: Any, stage: str | None = None, model: StagedModel | None = None,
+                           original_size: bool = False) -> Tensor | list[Tensor]:
+        """Reconstructions of ``images`` from ``stage`` in one call: paths, PIL images, arrays or
+        tensors of any size (:func:`modinv.data.image_tensors`), resized to the model's input size
+        (the model normalises them as it declares), traced in float32 and inverted.
+
+        ``stage``: default the deepest stage the chain reconstructs from. ``model``: default the
+        one the chain was built or loaded with. Returns a float32 B×3×H×W tensor in [0, 1] at the
+        model's input size, or with ``original_size=True`` a list of 3×h×w tensors, each resized
+        back to its image's own size.
+        """
+        from modinv.data import image_tensors
+        from modinv.data.transforms import resize_image
+
+        model = model if model is not None else self.model
+        if model is None:
+            raise ModinvError("this chain knows no model (it was made without one); pass model=")
+        if stage is None:
+            complete = [s for s in self.model_stages if self._complete(s)]
+            if not complete:
+                raise ModinvError("this chain reconstructs from no stage: it lacks the first stage's component")
+            stage = complete[-1]
+        originals = image_tensors(images)
+        size = tuple(model.input_size)
+        batch = torch.stack([resize_image(image, size) for image in originals]).to(model.device)
+        with torch.no_grad():
+            recon = self.reconstruct(model.trace(batch), stage).cpu()
+        if not original_size:
+            return recon
+        return [resize_image(r, tuple(o.shape[-2:])) for r, o in zip(recon, originals)]
+
+    @property
+    def model(self) -> StagedModel | None:
+        """The model this chain was built or loaded with, while it exists (None otherwise)."""
+        ref = self.__dict__.get("_model_ref")
+        return ref() if ref is not None else None
+
+    def attach(self, model: StagedModel) -> "InverseChain":
+        """Remember ``model`` (weakly) as the one :meth:`reconstruct_images` uses; returns the chain."""
+        self.__dict__["_model_ref"] = weakref.ref(model)
+        return self
 
     @property
     def end_to_end_stage(self) -> str | None:
@@ -444,4 +494,6 @@ class InverseChain(nn.Module):
                           f"{layout['weights']!r}; the model has {weights!r}", stacklevel=2)
         for stage, other in (components or {}).items():
             chain.replace(stage, other)
+        if model is not None:
+            chain.attach(model)
         return chain.to(map_location).eval()

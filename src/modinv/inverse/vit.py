@@ -215,7 +215,8 @@ def paper_specs(shapes: dict[str, tuple[int, ...]], context: dict[str, Any], var
     patch = (h // grid[0], w // grid[1])
     bb = variants.get("bb", "standard")
     if bb == "local":
-        raise ModinvError("ViT's bb⁻¹ is local by construction: use variants={'bb': 'standard'} (or 'analytic')")
+        raise ModinvError("ViT's bb⁻¹ is local by construction (each patch token paints its own patch), so it has "
+                          "no separate local variant; choose the bb variant standard or analytic")
     if bb not in BB_VARIANTS:
         raise ModinvError(f"ViT's bb⁻¹ variants are {', '.join(BB_VARIANTS)}; got {bb!r}")
     if "pred" in variants:

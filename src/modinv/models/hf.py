@@ -29,6 +29,7 @@ output (or the last hidden state).
 from __future__ import annotations
 
 import inspect
+import os
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -345,6 +346,8 @@ def build(weights: str = "pretrained", seed: int = 0, source: str = "",
 
     if not source:
         raise ModinvError("hf: needs a Hugging Face model id or a save_pretrained folder, e.g. hf:google/vit-base-patch16-224")
+    if source.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(source)):
+        raise ModinvError(f"hf:{source}: the folder {source!r} does not exist (a hub id has the form owner/name)")
     config = _fetch(source, lambda: AutoConfig.from_pretrained(source), "config")
     auto, config, classifier = _model_class(config)
     if weights == "pretrained":

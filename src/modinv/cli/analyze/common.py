@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from modinv.analysis.registry import ANALYSES
-from modinv.cli.common import model_from_args, writable_dir
+from modinv.cli.common import caption_parts, model_for_chains, writable_dir
 from modinv.data import open_source
 from modinv.errors import ModinvError
 from modinv.fileio import finite_or_null, read_json, write_json
@@ -18,18 +18,29 @@ from modinv.models.base import StagedModel
 
 
 def model_and_source(args: argparse.Namespace) -> tuple[StagedModel, Any]:
-    """The model of ``--model/--weights/...`` and the image source of ``--data`` at its input size;
-    an analysis the model lacks a role for refuses here, before any chain or data is read."""
-    model = model_from_args(args)
+    """The model the ``--inverse`` chains were made for (``--model`` etc. may confirm it) and the image
+    source of ``--data`` at its input size; an analysis the model lacks a role for refuses here,
+    before any data is read."""
+    model = model_for_chains(args)
     analysis = ANALYSES.get(getattr(args, "analysis", None) or "")
     if analysis is not None:
         analysis.check(model)
+    _caption(caption_parts(model, data=args.data, seed=args.seed))
     return model, open_source(args.data, size=tuple(model.input_size))
 
 
 def load_chains(args: argparse.Namespace, model: StagedModel) -> list[InverseChain]:
     """Every ``--inverse`` chain, on ``model``'s device."""
-    return [InverseChain.load(path, model, map_location=model.device) for path in args.inverse]
+    chains = [InverseChain.load(path, model, map_location=model.device) for path in args.inverse]
+    _caption(caption_parts(model, chains, args.data, args.inverse, args.seed))
+    return chains
+
+
+def _caption(parts: Mapping[str, Any]) -> None:
+    """Name in the caption line of the command's figures what they were computed with."""
+    from modinv.figures import add_caption_parts
+
+    add_caption_parts(**parts)
 
 
 def single_chain_inputs(args: argparse.Namespace, analysis: str) -> tuple[Path, StagedModel, InverseChain, Any]:
@@ -66,6 +77,7 @@ def write_result(
     payload = dict(result.to_json() if hasattr(result, "to_json") else result)
     payload.update(extra or {})
     if plot is not None:
+        _caption({"n": payload.get("n_images")})
         payload["figure"] = plot(result, out / f"{name}.png", **plot_options).name
     write_json(out / f"{name}.json", payload)
     return finite_or_null(payload)
