@@ -368,6 +368,7 @@ def test_output_file_that_is_a_folder_or_of_an_unknown_format(chain_dir, tmp_pat
     assert fails(argv, capsys).startswith(f"cannot write '{tmp_path / 'g.xyz'}': the file name must end in ")
 
 
+@pytest.mark.slow  # two fresh interpreters importing the whole CLI
 @pytest.mark.parametrize("argv", [["info", "--model", "resnet-9000", "--weights", "random"],
                                   ["train", *VIT, "--data", "samples", "--steps", "1", "--out", "{blocker}/sub"]])
 def test_errors_from_a_real_process(argv, tmp_path):

@@ -116,6 +116,7 @@ def test_evaluate_reports_every_stage_and_baseline(vit_small, samples_small):
         assert 0 < r["mse"] < 1
 
 
+@pytest.mark.slow  # four commands end to end, each building ViT-B/16 afresh
 def test_cli_train_evaluate_reconstruct_info(tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--model", "vit-b16", "--weights", "random", "--device", "cpu", "--input-size", "32", "32"]
