@@ -289,11 +289,14 @@ def test_analysis_on_family(analysis, name, family, sources, tmp_path):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_the_cli_refuses_before_reading_chains_or_data(main, tmp_path, capsys):
-    """``modinv analyze layers`` on a model without layer stacks: exit 2 with the role's sentence,
-    although neither the chain folder nor the data exist (nothing was read)."""
-    rc = main("layers", "--model", "mobilenet-v2", "--weights", "random", "--device", "cpu", "--input-size", "32",
-              "32", "--inverse", str(tmp_path / "no-chain"), "--data", f"folder:{tmp_path / 'no-data'}",
+def test_the_cli_refuses_before_reading_data(main, tmp_path, capsys):
+    """``modinv analyze layers`` on a model without layer stacks: exit 2 with the role's sentence
+    as soon as the chain's manifest names the model, although the data do not exist (nothing read)."""
+    from modinv.models.registry import load_model
+
+    model = load_model("mobilenet-v2", weights="random", input_size=(32, 32))
+    modinv.InverseChain.build(model, arch="auto", seed=0).save(tmp_path / "chain")
+    rc = main("layers", "--inverse", str(tmp_path / "chain"), "--data", f"folder:{tmp_path / 'no-data'}",
               "--out", str(tmp_path / "out"))
     assert rc == 2
     assert capsys.readouterr().err.strip() == (

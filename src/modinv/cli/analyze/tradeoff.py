@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                             "default: --data")
     parser.add_argument("--label-map", default="auto", help="imagenet label map (as eval-task's)")
     parser.add_argument("--out", required=True, help="folder for tradeoff.png and tradeoff.json")
-    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--batch", type=positive_int, default=8, help="images per batch (default 8)")
     parser.add_argument("--limit", type=positive_int, help="use at most this many images")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     add_report_amp_arg(parser)
