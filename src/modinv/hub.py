@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from modinv.errors import ModinvError, brief
-from modinv.fileio import atomic_write_text, read_json
+from modinv.fileio import atomic_write_text, os_error_sentence, read_json
 from modinv.inverse.card import is_generated, model_card
 from modinv.models.weights import guarded_download, host_reachable
 
@@ -191,20 +191,29 @@ def _push_error(exc: Exception, repo_id: str) -> str:
 
 
 def _stage_upload(source: Path, upload: Path, repo_id: str) -> tuple[Path, dict[str, Any]]:
-    """A folder with links to the chain's files and its model card: the user's folder (or a read-only
-    hub snapshot) is never written to."""
+    """A folder holding copies of exactly the files the chain's manifest lists, and its model card,
+    checked by loading the copies (checksums, known kinds, weights that fit their configs): nothing
+    else of the user's folder is uploaded, a symbolic link is never followed out of the chain, and
+    the user's folder (or a read-only hub snapshot) is never written to."""
     from modinv.inverse import read_manifest
+    from modinv.inverse.chain import InverseChain
+    from modinv.inverse.storage import MANIFEST, stage_file
 
     manifest = read_manifest(source)  # a folder that is no saved chain fails here, with one sentence
     upload.mkdir(parents=True)
-    for path in sorted(source.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and path.name != CARD:
-            _link(path, upload / path.name)
+    listed = [source / MANIFEST] + [stage_file(source, s, ext) for s in manifest.get("components", {})
+                                    for ext in (".json", ".safetensors")]
+    for path in listed:
+        _copy_own(path, upload / path.name, source)
+    try:
+        InverseChain.load(upload)  # what is uploaded is what was checked
+    except ModinvError as exc:
+        raise ModinvError(f"not pushing {str(source)!r}: {str(exc).replace(str(upload), str(source))}") from None
     own = source / CARD
     if own.is_file() and not is_generated(own.read_text(encoding="utf-8", errors="replace")):
-        _link(own, upload / CARD)
+        _copy_own(own, upload / CARD, source)
     else:
-        meta = {s: read_json(source / f"{s}.json", "component file") for s in manifest.get("components", {})}
+        meta = {s: read_json(upload / f"{s}.json", "component file") for s in manifest.get("components", {})}
         card = model_card(manifest, meta, repo_id=repo_id, run_config=_run_config(source, manifest))
         atomic_write_text(upload / CARD, card)
     return upload, manifest
@@ -220,8 +229,18 @@ def _run_config(source: Path, manifest: Mapping[str, Any]) -> dict[str, Any] | N
     return config if isinstance(config, dict) and config.get("model") == manifest.get("model") else None
 
 
-def _link(path: Path, target: Path) -> None:
+def _copy_own(path: Path, target: Path, source: Path) -> None:
+    """Copy ``path``, a file of the chain folder ``source``, to ``target``; a symbolic link only when
+    it is a hub cache snapshot's link to its own blob (``<repo>/snapshots/<commit>/f -> <repo>/blobs/h``)."""
+    if not path.is_file():
+        raise ModinvError(f"not pushing {str(source)!r}: {str(path)!r}, which its manifest lists, is missing")
+    if path.is_symlink():
+        blobs = source.absolute().parent.parent / "blobs"
+        if path.resolve().parent != blobs.resolve():
+            raise ModinvError(f"not pushing {str(source)!r}: {str(path)!r} is a symbolic link (to "
+                              f"{str(path.resolve())!r}); push uploads only the chain's own files, so replace "
+                              "the link by a copy of the file")
     try:
-        os.symlink(path.resolve(), target)
-    except OSError:  # no symbolic links here (some file systems): copy
-        shutil.copy2(path, target)
+        shutil.copyfile(path, target)
+    except OSError as exc:
+        raise ModinvError(os_error_sentence(exc, path, "read")) from None
