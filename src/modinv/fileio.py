@@ -2,7 +2,8 @@
 
 Every file modinv produces (JSON, JSON-lines records, PNG figures, safetensors weights, reports,
 trainer state) goes through :func:`atomic_write`: the content is written to a temporary file in the
-target's folder, flushed, and renamed over the target. A crash, a full disk or a kill leaves the
+target's folder, flushed, given the mode the user's umask gives new files (as ``open`` would), and
+renamed over the target. A crash, a full disk or a kill leaves the
 previous version intact and no temporary file behind. Errors of the operating system (no space,
 no permission, read-only disk) become one :class:`~modinv.errors.ModinvError` sentence naming the
 path. This module is the bottom layer: it imports nothing else of modinv but the errors.
@@ -54,6 +55,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as f:  # flush the data before the rename publishes it
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide results from colleagues
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
@@ -62,6 +64,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
     return path
+
+
+def current_umask() -> int:
+    """The process's file-mode creation mask (from /proc where it can be read without changing it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it back at once
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -264,3 +264,17 @@ def test_stage_names_with_dots(tmp_path):
     chain.save(tmp_path / "dots")
     loaded = InverseChain.load(tmp_path / "dots", model)
     assert loaded.reconstruct(model.trace(images(model, b=1)), "layer.2").shape == (1, 3, 30, 44)
+
+
+def test_saved_files_get_the_mode_the_umask_gives(fake_detr, tmp_path):
+    """Was 0600 for every file: colleagues on a shared machine could not read a chain."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        folder = InverseChain.build(fake_detr, seed=0, variants={"bb": "local"}).save(tmp_path / "chain")
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in folder.iterdir()}
+    assert set(modes.values()) == {"0o644"}, modes
