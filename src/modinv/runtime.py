@@ -1,4 +1,5 @@
-"""Device and precision choices shared by training, evaluation and analyses.
+"""Device and precision choices shared by training, evaluation and analyses, and how a run ends
+on SIGTERM (what schedulers such as Slurm and Kubernetes send before they kill a job).
 
 Every choice is detected on the machine at hand (CUDA's bf16 support, the CPU's native bf16
 kernels), never assumed: a CPU without native bf16 (AVX2 only, e.g.) computes bf16 matrix products
@@ -8,11 +9,14 @@ hundreds of times slower than float32, so "auto" keeps it in float32.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from typing import ContextManager
 
 import torch
 
-from modinv.errors import ModinvError
+from modinv.errors import ModinvError, Terminated
 
 AMP_CHOICES = ("auto", "bf16", "off")
 
@@ -77,3 +81,53 @@ def conv_memory_format(device: torch.device, dtype: torch.dtype | None) -> torch
     if device.type == "cpu" and dtype == torch.bfloat16 and cpu_supports_bf16():
         return torch.channels_last
     return torch.contiguous_format
+
+
+# -- SIGTERM ---------------------------------------------------------------------------------------
+
+class _Termination:
+    handled = False  # a handler of ours is installed
+    deferred = 0  # > 0 while a training loop asks to stop at its next safe point instead
+    requested = False
+
+
+_TERM = _Termination()
+
+
+@contextlib.contextmanager
+def sigterm_handled() -> Iterator[None]:
+    """Within: SIGTERM raises :class:`~modinv.errors.Terminated` (a ``KeyboardInterrupt``), or, inside
+    :func:`deferred_termination`, asks the loop to stop at its next safe point. Only the main
+    thread can install signal handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        _TERM.requested = True
+        if not _TERM.deferred:
+            raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    _TERM.handled, _TERM.requested = True, False
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _TERM.handled = False
+
+
+@contextlib.contextmanager
+def deferred_termination() -> Iterator[None]:
+    """Within (a training loop): SIGTERM does not interrupt the work in progress; the loop asks
+    :func:`termination_requested` at its safe points and stops there (checkpoint written)."""
+    _TERM.deferred += 1
+    try:
+        yield
+    finally:
+        _TERM.deferred -= 1
+
+
+def termination_requested() -> bool:
+    """Whether SIGTERM arrived while :func:`sigterm_handled` was in effect."""
+    return _TERM.requested
