@@ -13,6 +13,7 @@ import argparse
 import errno
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -140,11 +141,15 @@ def model_from_args(args: argparse.Namespace, device=None) -> StagedModel:
     return load_model(args.model, weights=args.weights, seed=args.seed, device=device, **options)
 
 
-def writable_dir(path: str | Path) -> Path:
+def writable_dir(path: str | Path, inputs: Iterable[str | Path] = (), run: bool = False) -> Path:
     """Create ``path`` if needed and make sure files can be written there, before any work: a
     file is created and removed (what permission bits cannot tell: read-only mounts, no inodes)
-    and a disk with less than :data:`MIN_FREE_BYTES` free is refused, in one sentence naming it."""
+    and a disk with less than :data:`MIN_FREE_BYTES` free is refused, in one sentence naming it.
+    Refused too: a folder that is one of ``inputs`` or lies inside an inverse chain or a run folder
+    (``run``: the folder is a training run's own, so only the folders above it are looked at)."""
     path = Path(path)
+    _refuse_owned(path.parent if run else path)
+    _refuse_inputs(path, inputs)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -164,20 +169,80 @@ def writable_dir(path: str | Path) -> Path:
     return path
 
 
-def writable_file(path: str | Path, suffixes: tuple[str, ...] | None = None) -> Path:
+def writable_file(path: str | Path, suffixes: tuple[str, ...] | None = None,
+                  inputs: Iterable[str | Path] = ()) -> Path:
     """Check before any work is done that the file ``path`` can be written (its folder is created);
-    ``suffixes``: the accepted file name endings (lower case, with the dot)."""
+    ``suffixes``: the accepted file name endings (lower case, with the dot), so that no file is
+    written over one of another kind (a JSON over a photo). Refused too: a file that is one of
+    ``inputs`` (see :func:`input_paths`) or lies inside an inverse chain or a run folder."""
     path = Path(path)
+    if path.is_dir():
+        raise ModinvError(f"output file {str(path)!r} is an existing folder; give a file name inside it")
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise ModinvError(
             f"cannot write {str(path)!r}: the file name must end in {', '.join(suffixes)}"
         )
-    writable_dir(path.parent if str(path.parent) else ".")
-    if path.is_dir():
-        raise ModinvError(f"output file {str(path)!r} is an existing folder; give a file name inside it")
+    _refuse_inputs(path, inputs)
+    writable_dir(path.parent if str(path.parent) else ".")  # refuses chain and run folders
     if path.exists() and not os.access(path, os.W_OK):
         raise ModinvError(f"output file {str(path)!r} exists and is not writable")
     return path
+
+
+def input_paths(args: argparse.Namespace) -> list[str]:
+    """Every path the options of a command read from (option values and lists of them, with a
+    data-source prefix such as ``folder:`` removed), for :func:`writable_file`'s check."""
+    found: list[str] = []
+    for name, value in vars(args).items():
+        if name == "out" or callable(value):
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, (str, os.PathLike)):
+                text = str(item)
+                found.append(text.split(":", 1)[1] if _SOURCE_PREFIX.match(text) else text)
+    return found
+
+
+_SOURCE_PREFIX = re.compile(r"^[a-z]+:(?!//)")
+
+
+def _refuse_inputs(path: Path, inputs: Iterable[str | Path]) -> None:
+    target = _real(path)
+    for given in inputs:
+        if str(given) and os.path.exists(given) and _real(Path(given)) == target:
+            raise ModinvError(f"the output {str(path)!r} is also an input of this command; write it elsewhere, "
+                              "or the input would be overwritten")
+
+
+def _refuse_owned(folder: Path) -> None:
+    """One sentence when ``folder`` is, or lies inside, an inverse chain or a training run folder:
+    what modinv wrote there would be overwritten or mixed with foreign files."""
+    from modinv.training.run_folder import LOCK_FILE, run_config
+
+    for place in [_real(folder), *_real(folder).parents]:
+        if _is_chain_folder(place):
+            raise ModinvError(f"the output {str(folder)!r} lies inside the inverse chain {str(place)!r}; "
+                              "write results outside it")
+        if run_config(place) is not None or (place / LOCK_FILE).is_file():
+            raise ModinvError(f"the output {str(folder)!r} lies inside the training run folder {str(place)!r}; "
+                              "write results outside it")
+
+
+def _is_chain_folder(place: Path) -> bool:
+    from modinv.inverse.storage import FORMAT, MANIFEST
+
+    manifest = place / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            return f'"{FORMAT}"' in f.read(4096)  # the format entry comes first in the files modinv writes
+    except OSError:
+        return False
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
 
 
 def parse_assignments(items: list[str] | None, kind: Callable = str, what: str = "value",

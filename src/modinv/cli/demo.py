@@ -50,10 +50,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modinv.cli.common import writable_dir
+    from modinv.cli.common import input_paths, writable_dir
     from modinv.demo import run_demo
 
-    out = writable_dir(args.out)
+    out = writable_dir(args.out, inputs=input_paths(args))
     held = [n.strip() for n in args.held_out.split(",") if n.strip()]
     run_demo(
         out,

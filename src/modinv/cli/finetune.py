@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from modinv.training.finetune import (FORWARD_WEIGHTS_FILE, FinetuneConfig, FinetuneTrainer,
                                           default_finetune_stage, task_kind)
 
-    out = writable_dir(args.out)
+    out = writable_dir(args.out, run=True)
     model = model_from_args(args)
     if args.lam < 1 and (args.lam > 0 or args.zero_lambda == "task"):  # the task loss needs its targets
         needed = "coco" if task_kind(model) == "detection" else "imagenet"

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise ModinvError("--classic trains the whole chain STAGE -> image together; leave out --stages")
     from modinv.distributed import init_distributed, shutdown
 
-    out = writable_dir(args.out)
+    out = writable_dir(args.out, run=True)
     settings = dict(stages=args.stages, **run_settings(args))
     dist, device = init_distributed(args.device)  # one process per GPU under torchrun
     try:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from modinv.cli.common import model_from_args, writable_dir
+from modinv.cli.common import input_paths, model_from_args, writable_dir
 from modinv.data import open_source
 from modinv.errors import ModinvError
 from modinv.fileio import finite_or_null, read_json, write_json
@@ -29,7 +29,7 @@ def load_chains(args: argparse.Namespace, model: StagedModel) -> list[InverseCha
 
 def single_chain_inputs(args: argparse.Namespace, analysis: str) -> tuple[Path, StagedModel, InverseChain, Any]:
     """``(out_dir, model, chain, source)`` for an analysis that takes exactly one inverse chain."""
-    out = writable_dir(args.out)
+    out = writable_dir(args.out, inputs=input_paths(args))
     if len(args.inverse) != 1:
         raise ModinvError(f"the {analysis} analysis takes one inverse chain, got {len(args.inverse)}")
     model, source = model_and_source(args)

@@ -14,7 +14,7 @@ from typing import Any
 from modinv.analysis.token_noise import DEFAULT_FRACTION, NOISE_MODES
 from modinv.analysis.tokens import token_noise_analysis, token_noise_figure
 from modinv.cli.analyze.common import load_chains, model_and_source, run_record, write_result, wrote
-from modinv.cli.common import non_negative_int, number_in, positive_int, writable_dir
+from modinv.cli.common import input_paths, non_negative_int, number_in, positive_int, writable_dir
 from modinv.metrics import format_ci
 
 
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    out = writable_dir(args.out)
+    out = writable_dir(args.out, inputs=input_paths(args))
     model, source = model_and_source(args)
     chains = load_chains(args, model)
     seed = args.seed if args.token_seed is None else args.token_seed
