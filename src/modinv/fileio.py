@@ -133,6 +133,8 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise ModinvError(os_error_sentence(exc, path, "read")) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModinvError(f"cannot read {what} {str(path)!r} ({type(exc).__name__}: {exc})") from None
+    except RecursionError:  # a hostile file of arrays in arrays, 100,000 deep
+        raise ModinvError(f"cannot read {what} {str(path)!r}: its JSON is nested too deeply") from None
 
 
 def sha256_file(path: str | os.PathLike) -> str:
