@@ -9,6 +9,7 @@ hundreds of times slower than float32, so "auto" keeps it in float32.
 from __future__ import annotations
 
 import contextlib
+import operator
 import signal
 import threading
 from collections.abc import Iterator
@@ -21,16 +22,38 @@ from modinv.errors import ModinvError, Terminated
 AMP_CHOICES = ("auto", "bf16", "off")
 
 
+# Seeds are whole numbers 0 .. 2**32 - 1, the range every generator modinv seeds (torch, numpy) takes.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: object, what: str = "seed") -> int:
+    """``seed`` as an int, or one sentence when it is not a whole number in 0 .. :data:`MAX_SEED`."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        try:
+            if isinstance(seed, bool):
+                raise TypeError
+            seed = operator.index(seed)  # numpy integers
+        except TypeError:
+            raise ModinvError(f"{what} must be a whole number from 0 to {MAX_SEED}, got {seed!r}") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise ModinvError(f"{what} must be a whole number from 0 to {MAX_SEED}, got {seed}")
+    return int(seed)
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/"auto" -> CUDA when available, else CPU; a named device must exist."""
+    """``None``/"auto" -> CUDA when available, else CPU; a named device must exist in this build."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise ModinvError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModinvError(f"device {str(device)!r} requested but CUDA is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        backend = getattr(torch, device.type, None) if device.type in ("mps", "xpu") else None
+        if backend is None or not backend.is_available():
+            raise ModinvError(f"device {str(device)!r} is not available in this build of torch; use cpu or cuda")
     return device
 
 

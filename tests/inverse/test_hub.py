@@ -5,6 +5,7 @@ hands to the upload (intercepted by a fake HfApi)."""
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -325,6 +326,9 @@ def _unknown_kind(folder: Path) -> None:
     meta = read_json(folder / "s4.json")
     meta["config"]["kind"] = "no-such-kind"
     (folder / "s4.json").write_text(json.dumps(meta))
+    manifest = read_json(folder / "manifest.json")  # its checksum forged to match
+    manifest["components"]["s4"]["config_sha256"] = hashlib.sha256((folder / "s4.json").read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _missing_file(folder: Path) -> None:

@@ -2,7 +2,7 @@
 
 Option values are checked while the command line is parsed, before any work, by the ``type=``
 functions below (:func:`positive_int`, :func:`non_negative_int`, :func:`positive_float`,
-:func:`number_in`, :func:`image_side`): a bad value exits with status 2 and argparse's one-line
+:func:`number_in`, :func:`image_side`, :func:`seed_int`): a bad value exits with status 2 and argparse's one-line
 ``modinv CMD: error: argument --OPTION: ...`` after the usage line. What needs the model (stage
 names) is checked right after it is loaded (:func:`check_stage_names`), before anything else.
 """
@@ -25,7 +25,7 @@ from modinv.errors import ModinvError
 from modinv.fileio import os_error_sentence
 from modinv.models.base import StagedModel
 from modinv.models.registry import load_model
-from modinv.runtime import AMP_CHOICES, resolve_device
+from modinv.runtime import AMP_CHOICES, MAX_SEED, resolve_device
 
 # The largest --input-size side accepted: beyond it a model's activations would not fit in memory.
 MAX_INPUT_SIDE = 4096
@@ -42,6 +42,14 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """A whole number of at least 0 (worker counts, seeds, optional counts)."""
     return _int_at_least(text, 0, "a whole number, 0 or more")
+
+
+def seed_int(text: str) -> int:
+    """A seed: a whole number from 0 to :data:`~modinv.runtime.MAX_SEED`."""
+    value = _int_at_least(text, 0, "a whole number, 0 or more")
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, got {value}")
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -107,7 +115,7 @@ def check_stage_names(model: StagedModel, names: Iterable[str], option: str) -> 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="detr-r50, vit-b16, mobilenet-v2, timm:<name>, ...")
     parser.add_argument("--weights", default="pretrained", help="pretrained | random | PATH (default: pretrained)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
+    parser.add_argument("--seed", type=seed_int, default=0,
                         help="seed of random weights and of training (default: 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from modinv.cli.common import image_side, non_negative_int, positive_float, positive_int
+from modinv.cli.common import image_side, positive_float, positive_int, seed_int
 from modinv.runtime import AMP_CHOICES
 
 
@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH,
                    help=f"crops per training step (default {DEFAULT_BATCH})")
     p.add_argument("--arch", default="auto", help="inverse architecture: auto (default) | paper | default")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of random weights, components, crops (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of random weights, components, crops (default 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--input-size", type=image_side, nargs=2, metavar=("H", "W"), help="override the model's input size")
     p.add_argument("--amp", choices=AMP_CHOICES, default="auto",

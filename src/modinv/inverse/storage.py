@@ -40,7 +40,7 @@ FORMAT = "modinv-inverse-chain"
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 # What a manifest says about the model and training a chain was made for (the chain's ``layout``).
-LAYOUT_KEYS = ("model", "weights", "stages", "shapes", "input_size", "arch", "training", "classic_stage",
+LAYOUT_KEYS = ("model", "weights", "model_seed", "stages", "shapes", "input_size", "arch", "training", "classic_stage",
                "finetune_stage", "lambda", "zero_lambda", "start_weights", "forward_weights")
 _ENTRY_KEYS = ("file", "kind", "seed", "variant", "arch", "parameters", "sha256")  # per component, in the manifest
 _UNCHECKED_WARNED: set[str] = set()  # old chains without checksums: one warning per folder
@@ -58,13 +58,28 @@ def _version() -> str:
 def model_layout(model: StagedModel) -> dict[str, Any]:
     """Model name, weights id, stage layout, per-sample stage shapes and input size of ``model``."""
     shapes = model.stage_shapes()
-    return {
+    layout = {
         "model": model.name,
         "weights": str(getattr(model, "weights", "unknown")),
         "stages": list(model.all_stages),
         "shapes": {s: list(shapes[s]) for s in model.all_stages},
         "input_size": list(model.input_size),
     }
+    if layout["weights"] == "random" and isinstance(getattr(model, "seed", None), int):
+        layout["model_seed"] = model.seed  # random weights of another seed are another network
+    return layout
+
+
+def model_seed_mismatch(made_for: Mapping[str, Any], model: StagedModel) -> str | None:
+    """Why a chain made for random weights of one seed does not fit a model of random weights of
+    another (None when it fits, or when either does not say)."""
+    theirs, mine = made_for.get("model_seed"), getattr(model, "seed", None)
+    if made_for.get("weights") != "random" or str(getattr(model, "weights", "")) != "random":
+        return None
+    if isinstance(theirs, int) and isinstance(mine, int) and theirs != mine:
+        return (f"it was trained on random {made_for.get('model')} weights of seed {theirs}, but the model has random "
+                f"weights of seed {mine} (another network); load the model with seed {theirs}")
+    return None
 
 
 def fmt_shape(shape: Sequence[int]) -> str:

@@ -11,6 +11,7 @@ from typing import Callable, Iterator, TypeVar
 import torch
 
 from modinv.errors import ModinvError, WeightsUnavailableError, brief
+from modinv.runtime import check_seed
 
 DOWNLOAD_TIMEOUT_S = 20.0
 HUB_HOST = "huggingface.co"
@@ -20,6 +21,7 @@ T = TypeVar("T")
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Run a block (e.g. model construction) under ``seed`` without touching the caller's RNG."""
+    seed = check_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield

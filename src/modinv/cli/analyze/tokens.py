@@ -14,7 +14,7 @@ from typing import Any
 from modinv.analysis.token_noise import DEFAULT_FRACTION, NOISE_MODES
 from modinv.analysis.tokens import token_noise_analysis, token_noise_figure
 from modinv.cli.analyze.common import load_chains, model_and_source, run_record, write_result, wrote
-from modinv.cli.common import input_paths, non_negative_int, number_in, positive_int, writable_dir
+from modinv.cli.common import input_paths, number_in, positive_int, seed_int, writable_dir
 from modinv.metrics import format_ci
 
 
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of spatial tokens replaced (default: 0.2)")
     parser.add_argument("--noise", choices=NOISE_MODES, default="matched",
                         help="matched: uniform with the tokens' per-channel mean and variance (default); unit: U(0, 1)")
-    parser.add_argument("--token-seed", type=non_negative_int, help="seed of the token choice and the noise (default: --seed)")
+    parser.add_argument("--token-seed", type=seed_int, help="seed of the token choice and the noise (default: --seed)")
     parser.add_argument("--figure-images", type=positive_int, default=2, help="images shown in the figure (default: 2)")
 
 
