@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from modinv.errors import ModinvError
+from modinv.errors import ModinvError, brief
 
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -60,10 +60,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         tmp = None
     except OSError as exc:
         raise ModinvError(os_error_sentence(exc, path)) from None
+    except Exception as exc:
+        sentence = writer_error_sentence(exc, path)
+        if sentence is None:
+            raise
+        raise ModinvError(sentence) from None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
     return path
+
+
+_DISK_FULL_WORDS = ("no space left", "storagefull", "os error 28", "code: 28", "disk quota")
+
+
+def writer_error_sentence(exc: Exception, path: str | os.PathLike) -> str | None:
+    """One sentence for a failed write reported by a library's own writer rather than as an
+    ``OSError`` (safetensors' ``SafetensorError``, ``torch.save``'s "file write failed"
+    ``RuntimeError``); None for an exception that is no write failure."""
+    text = str(exc).lower()
+    if any(words in text for words in _DISK_FULL_WORDS):
+        return os_error_sentence(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path)
+    if type(exc).__name__ == "SafetensorError" or "file write failed" in text or "inline_container" in text:
+        return f"cannot write {str(path)!r} ({brief(exc)})"
+    return None
 
 
 def current_umask() -> int:

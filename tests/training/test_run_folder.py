@@ -449,3 +449,48 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(mobilenet, tmp_p
     resumed = _trainer(mobilenet, out, val=False, steps=3)
     resumed.fit(resume=True, progress=False)
     assert resumed.step == 3 and torch.isfinite(torch.cat([p.flatten() for p in resumed.chain.parameters()])).all()
+
+
+def _safetensors_full(*args, **kwargs):
+    from safetensors import SafetensorError
+
+    raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                          'left on device" })')
+
+
+def _torch_save_full(*args, **kwargs):
+    raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                       "data/0: file write failed")
+
+
+@pytest.mark.parametrize("writer", ["safetensors", "torch.save"])
+@pytest.mark.parametrize("when", ["checkpoint", "best"])
+def test_a_full_disk_reported_by_the_writers_is_one_sentence(mobilenet, tmp_path, monkeypatch, writer, when):
+    """Was a SafetensorError / inline_container RuntimeError traceback: the writers do not raise OSError."""
+    import safetensors.torch
+
+    out = tmp_path / "run"
+    trainer = _trainer(mobilenet, out, val=False, steps=3)
+    real = safetensors.torch.save_file if writer == "safetensors" else torch.save
+    fake = _safetensors_full if writer == "safetensors" else _torch_save_full
+
+    def failing(*args, **kwargs):
+        in_best = any("best" in Path(str(a)).parts for a in args if isinstance(a, (str, Path)))
+        if in_best if when == "best" else (trainer.step == 2 and not in_best):
+            return fake(*args, **kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch if writer == "safetensors" else torch, "save_file" if writer == "safetensors"
+                        else "save", failing)
+    if when == "best" and writer == "torch.save":
+        pytest.skip("best/ holds no torch.save file")
+    with pytest.raises(ModinvError) as err:
+        trainer.fit(progress=False)
+    monkeypatch.undo()
+    message = str(err.value)
+    assert "\n" not in message and str(out) in message
+    assert "the disk is full" in message or "cannot write" in message
+    assert not (out / LOCK_FILE).exists() and not [p for p in out.rglob(".*")]
+    latest = ckpt.latest(out / "checkpoints")
+    assert ckpt.load_state(latest)["step"] == (1 if when == "checkpoint" else 3)  # the previous one / the final one
+    modinv.InverseChain.load(latest / "chain", mobilenet)
