@@ -162,6 +162,9 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
         return "'shapes' is not a mapping of stage names to shapes"
     if "input_size" in manifest and not (_is_shape(manifest["input_size"]) and len(manifest["input_size"]) == 2):
         return "'input_size' is not [height, width]"
+    files = manifest.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        return "'files' is not a mapping of file names to checksums"
     components = manifest.get("components", {})
     if not isinstance(components, dict) or not all(isinstance(k, str) for k in components):
         return "'components' is not a mapping of stage names"
@@ -177,6 +180,15 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
         if unchecked:
             return f"the entries of {unchecked} under 'components' lack their checksums ('sha256', 'config_sha256')"
     return None
+
+
+def record_file_checksum(directory: str | os.PathLike, name: str) -> None:
+    """Add the SHA-256 of ``directory/name``, a file written next to a saved chain (a fine-tuned
+    model's ``forward.safetensors``), to the chain's manifest under ``"files"``: loading it checks it."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    manifest.setdefault("files", {})[name] = sha256_file(directory / name)
+    write_json(directory / MANIFEST, manifest)
 
 
 # -- one component -------------------------------------------------------------------------------------

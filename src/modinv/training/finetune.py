@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modinv.errors import ModinvError
+from modinv.inverse.storage import record_file_checksum
 from modinv.models.base import IMAGE, Trace
 from modinv.training.classic import classic_path, reconstruct_through
 from modinv.training.engine import Engine, TrainConfig
@@ -244,6 +245,7 @@ class FinetuneObjective(Objective):
 
     def on_best(self, folder: Path) -> None:
         self.save_forward(folder / FORWARD_WEIGHTS_FILE)
+        record_file_checksum(folder, FORWARD_WEIGHTS_FILE)  # checked when --weights loads it
 
     def save_forward(self, path: str | os.PathLike) -> Path:
         """The forward weights as a safetensors state dict ``load_model(..., weights=PATH)`` reads."""
