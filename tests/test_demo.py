@@ -194,3 +194,13 @@ def test_report_shows_every_metric_with_intervals(tmp_path):
     assert baseline_row.count("95% CI [") == 3
     assert "LPIPS not computed: the LPIPS weights file" in md
     assert (tmp_path / "report.md").read_text() == md
+
+
+@pytest.mark.parametrize("held", [("chelsea", "chelsea"), ("coffee", "chelsea", "coffee")])
+def test_a_photo_held_out_twice_is_refused(held):
+    """Was: the repeated photo was its own mean image, a baseline of 0 in a report that read as normal."""
+    from modinv.errors import ModinvError
+
+    with pytest.raises(ModinvError, match=f"the photo '{held[-1] if held[0] == held[-1] else held[0]}' is held out "
+                                          "more than once"):
+        split_photos(held)

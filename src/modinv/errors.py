@@ -9,6 +9,11 @@ class WeightsUnavailableError(ModinvError):
     """Pretrained weights could not be fetched or found locally."""
 
 
+class Terminated(KeyboardInterrupt):
+    """The process received SIGTERM (what schedulers send before they kill a job): handled like
+    Ctrl-C (locks released, finished work kept); the command line exits with status 143."""
+
+
 def brief(exc: BaseException, limit: int = 200) -> str:
     """``"TypeName: first line of the message"`` for quoting a library's exception inside a one-sentence
     error: torch's, Pillow's and safetensors' messages can run over several lines, with links and

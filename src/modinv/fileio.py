@@ -2,7 +2,8 @@
 
 Every file modinv produces (JSON, JSON-lines records, PNG figures, safetensors weights, reports,
 trainer state) goes through :func:`atomic_write`: the content is written to a temporary file in the
-target's folder, flushed, and renamed over the target. A crash, a full disk or a kill leaves the
+target's folder, flushed, given the mode the user's umask gives new files (as ``open`` would), and
+renamed over the target. A crash, a full disk or a kill leaves the
 previous version intact and no temporary file behind. Errors of the operating system (no space,
 no permission, read-only disk) become one :class:`~modinv.errors.ModinvError` sentence naming the
 path. This module is the bottom layer: it imports nothing else of modinv but the errors.
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from modinv.errors import ModinvError
+from modinv.errors import ModinvError, brief
 
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -54,14 +55,49 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as f:  # flush the data before the rename publishes it
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide results from colleagues
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
         raise ModinvError(os_error_sentence(exc, path)) from None
+    except Exception as exc:
+        sentence = writer_error_sentence(exc, path)
+        if sentence is None:
+            raise
+        raise ModinvError(sentence) from None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
     return path
+
+
+_DISK_FULL_WORDS = ("no space left", "storagefull", "os error 28", "code: 28", "disk quota")
+
+
+def writer_error_sentence(exc: Exception, path: str | os.PathLike) -> str | None:
+    """One sentence for a failed write reported by a library's own writer rather than as an
+    ``OSError`` (safetensors' ``SafetensorError``, ``torch.save``'s "file write failed"
+    ``RuntimeError``); None for an exception that is no write failure."""
+    text = str(exc).lower()
+    if any(words in text for words in _DISK_FULL_WORDS):
+        return os_error_sentence(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path)
+    if type(exc).__name__ == "SafetensorError" or "file write failed" in text or "inline_container" in text:
+        return f"cannot write {str(path)!r} ({brief(exc)})"
+    return None
+
+
+def current_umask() -> int:
+    """The process's file-mode creation mask (from /proc where it can be read without changing it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it back at once
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -117,6 +153,8 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise ModinvError(os_error_sentence(exc, path, "read")) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModinvError(f"cannot read {what} {str(path)!r} ({type(exc).__name__}: {exc})") from None
+    except RecursionError:  # a hostile file of arrays in arrays, 100,000 deep
+        raise ModinvError(f"cannot read {what} {str(path)!r}: its JSON is nested too deeply") from None
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 from modinv.inverse.chain import InverseChain
+from modinv.inverse import remote
 from modinv.inverse.remote import (
     CARD,
     CHAIN_FILES,
@@ -26,7 +27,6 @@ from modinv.inverse.remote import (
     PREFIX,
     is_hub_spec,
     parse_hub_id,
-    push_to_hub,
     resolve_chain_spec,
     snapshot,
 )
@@ -51,3 +51,11 @@ def from_pretrained(repo_id_or_path: str | os.PathLike, model: StagedModel | Non
     """``InverseChain.load`` of a hub id (``"user/name"``, ``"hf:user/name[@revision]"``) or a local
     folder; the manifest is checked against ``model`` exactly as for a local folder."""
     return InverseChain.from_pretrained(repo_id_or_path, model, revision=revision, token=token, **load_kwargs)
+
+
+def push_to_hub(chain_dir_or_chain: str | os.PathLike | InverseChain, repo_id: str, **kwargs: Any) -> str:
+    """Upload a saved chain folder (or a chain object, saved first) with its model card to the hub
+    repository ``repo_id``; only the files its manifest lists, after loading them (checksums, known
+    kinds); returns the URL (``kwargs``: token, private, commit_message, api; see
+    :func:`modinv.inverse.remote.push_to_hub`)."""
+    return remote.push_to_hub(chain_dir_or_chain, repo_id, verify=InverseChain.load, **kwargs)

@@ -1,4 +1,5 @@
-"""Device and precision choices shared by training, evaluation and analyses.
+"""Device and precision choices shared by training, evaluation and analyses, and how a run ends
+on SIGTERM (what schedulers such as Slurm and Kubernetes send before they kill a job).
 
 Every choice is detected on the machine at hand (CUDA's bf16 support, the CPU's native bf16
 kernels), never assumed: a CPU without native bf16 (AVX2 only, e.g.) computes bf16 matrix products
@@ -8,25 +9,51 @@ hundreds of times slower than float32, so "auto" keeps it in float32.
 from __future__ import annotations
 
 import contextlib
+import operator
+import signal
+import threading
+from collections.abc import Iterator
 from typing import ContextManager
 
 import torch
 
-from modinv.errors import ModinvError
+from modinv.errors import ModinvError, Terminated
 
 AMP_CHOICES = ("auto", "bf16", "off")
 
 
+# Seeds are whole numbers 0 .. 2**32 - 1, the range every generator modinv seeds (torch, numpy) takes.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: object, what: str = "seed") -> int:
+    """``seed`` as an int, or one sentence when it is not a whole number in 0 .. :data:`MAX_SEED`."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        try:
+            if isinstance(seed, bool):
+                raise TypeError
+            seed = operator.index(seed)  # numpy integers
+        except TypeError:
+            raise ModinvError(f"{what} must be a whole number from 0 to {MAX_SEED}, got {seed!r}") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise ModinvError(f"{what} must be a whole number from 0 to {MAX_SEED}, got {seed}")
+    return int(seed)
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/"auto" -> CUDA when available, else CPU; a named device must exist."""
+    """``None``/"auto" -> CUDA when available, else CPU; a named device must exist in this build."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise ModinvError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModinvError(f"device {str(device)!r} requested but CUDA is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        backend = getattr(torch, device.type, None) if device.type in ("mps", "xpu") else None
+        if backend is None or not backend.is_available():
+            raise ModinvError(f"device {str(device)!r} is not available in this build of torch; use cpu or cuda")
     return device
 
 
@@ -77,3 +104,53 @@ def conv_memory_format(device: torch.device, dtype: torch.dtype | None) -> torch
     if device.type == "cpu" and dtype == torch.bfloat16 and cpu_supports_bf16():
         return torch.channels_last
     return torch.contiguous_format
+
+
+# -- SIGTERM ---------------------------------------------------------------------------------------
+
+class _Termination:
+    handled = False  # a handler of ours is installed
+    deferred = 0  # > 0 while a training loop asks to stop at its next safe point instead
+    requested = False
+
+
+_TERM = _Termination()
+
+
+@contextlib.contextmanager
+def sigterm_handled() -> Iterator[None]:
+    """Within: SIGTERM raises :class:`~modinv.errors.Terminated` (a ``KeyboardInterrupt``), or, inside
+    :func:`deferred_termination`, asks the loop to stop at its next safe point. Only the main
+    thread can install signal handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        _TERM.requested = True
+        if not _TERM.deferred:
+            raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    _TERM.handled, _TERM.requested = True, False
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _TERM.handled = False
+
+
+@contextlib.contextmanager
+def deferred_termination() -> Iterator[None]:
+    """Within (a training loop): SIGTERM does not interrupt the work in progress; the loop asks
+    :func:`termination_requested` at its safe points and stops there (checkpoint written)."""
+    _TERM.deferred += 1
+    try:
+        yield
+    finally:
+        _TERM.deferred -= 1
+
+
+def termination_requested() -> bool:
+    """Whether SIGTERM arrived while :func:`sigterm_handled` was in effect."""
+    return _TERM.requested

@@ -75,6 +75,14 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def write_component_json(chain_dir: Path, stage: str, meta: dict) -> None:
+    """Edit ``<stage>.json`` as an attacker would: its checksum in the manifest forged to match."""
+    (chain_dir / f"{stage}.json").write_text(json.dumps(meta))
+    manifest = json.loads((chain_dir / "manifest.json").read_text())
+    manifest["components"][stage]["config_sha256"] = sha256(chain_dir / f"{stage}.json")
+    (chain_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _reuse_models(model_cache):
     """Every command of this module builds its model through the root conftest's ``model_cache``:
@@ -274,7 +282,7 @@ def test_chain_with_an_edited_manifest(chain_copy, tmp_path, capsys):
 def test_component_config_asking_for_a_huge_module_is_refused_before_building(chain_copy, tmp_path, capsys):
     meta = json.loads((chain_copy / "enc.json").read_text())
     meta["config"]["width"] = 2**20  # 2-block transformer of width 2²⁰: terabytes, if it were built
-    (chain_copy / "enc.json").write_text(json.dumps(meta))
+    write_component_json(chain_copy, "enc", meta)
     message = fails(evaluate(chain_copy, "samples", tmp_path), capsys)
     assert message.startswith(f"weights in '{chain_copy / 'enc.safetensors'}' do not fit their config: missing [")
 
@@ -285,13 +293,13 @@ def test_truncated_component_file(chain_copy, tmp_path, capsys):
     message = fails(evaluate(chain_copy, "samples", tmp_path), capsys)
     assert message == (f"weights file '{weights}' does not match the checksum in bb.json: "
                        "it is truncated, corrupt or was replaced; save the chain again")
-    # without the recorded checksum, the safetensors reader notices by itself
+    # the recorded checksum removed: refused (was: skipped, and the reader alone noticed)
     meta = json.loads((chain_copy / "bb.json").read_text())
     del meta["sha256"]
-    (chain_copy / "bb.json").write_text(json.dumps(meta))
+    write_component_json(chain_copy, "bb", meta)
     message = fails(evaluate(chain_copy, "samples", tmp_path), capsys)
-    assert message.startswith(f"cannot read weights file '{weights}' (corrupt or truncated, or not a safetensors "
-                              "file: SafetensorError: ")
+    assert message == (f"'{chain_copy / 'bb.json'}' lacks the checksum of its weights ('sha256'): it is truncated, "
+                       "corrupt or was replaced; save the chain again")
 
 
 def test_corrupt_component_file(chain_copy, tmp_path, capsys):
@@ -301,7 +309,7 @@ def test_corrupt_component_file(chain_copy, tmp_path, capsys):
     # random bytes with a matching checksum (as an attacker would write): the reader refuses them
     meta = json.loads((chain_copy / "enc.json").read_text())
     meta["sha256"] = sha256(weights)
-    (chain_copy / "enc.json").write_text(json.dumps(meta))
+    write_component_json(chain_copy, "enc", meta)
     message = fails(evaluate(chain_copy, "samples", tmp_path), capsys)
     assert message.startswith(f"cannot read weights file '{weights}' (corrupt or truncated")
 
@@ -366,6 +374,57 @@ def test_output_file_that_is_a_folder_or_of_an_unknown_format(chain_dir, tmp_pat
     assert fails(argv, capsys) == f"output file '{folder}' is an existing folder; give a file name inside it"
     argv = ["reconstruct", *VIT, "--inverse", str(chain_dir), "--images", "chelsea", "--out", str(tmp_path / "g.xyz")]
     assert fails(argv, capsys).startswith(f"cannot write '{tmp_path / 'g.xyz'}': the file name must end in ")
+
+
+@pytest.fixture
+def fake_run(tmp_path) -> Path:
+    """A folder a training run wrote: its config.json and best/ chain (a copy of none: a marker)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"model": "vit-b16", "train": {"steps": 1}}\n')
+    return run
+
+
+def _keep(path: Path, text: str = "keep me") -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case", ["chain manifest", "chain component json", "run config", "run subfolder",
+                                  "photo", "reconstruct over its input", "reconstruct over a link to its input",
+                                  "reconstruct into the chain", "analyze into the chain", "train into the chain",
+                                  "eval-task over a photo", "params over a photo"])
+def test_an_output_never_replaces_an_input_or_a_file_modinv_owns(case, chain_copy, fake_run, tmp_path, capsys):
+    """Each of these overwrote a file before: a chain's manifest, a run's config.json, a photo
+    with JSON, the image a reconstruction was made from."""
+    keep = _keep(tmp_path / "keep.png")
+    Image.new("RGB", (8, 8)).save(keep)
+    link = tmp_path / "link.png"
+    link.symlink_to(keep)
+    evaluate_to = evaluate(chain_copy, "samples", tmp_path)[:-1]
+    reconstruct = ["reconstruct", *VIT, "--inverse", str(chain_copy), "--images", str(keep), "--out"]
+    argv, words = {
+        "chain manifest": ([*evaluate_to, str(chain_copy / "manifest.json")], "lies inside the inverse chain"),
+        "chain component json": ([*evaluate_to, str(chain_copy / "enc.json")], "lies inside the inverse chain"),
+        "run config": ([*evaluate_to, str(fake_run / "config.json")], "lies inside the training run folder"),
+        "run subfolder": ([*evaluate_to, str(fake_run / "eval" / "e.json")], "lies inside the training run folder"),
+        "photo": ([*evaluate_to, str(keep)], "the file name must end in .json"),
+        "reconstruct over its input": ([*reconstruct, str(keep)], "is also an input of this command"),
+        "reconstruct over a link to its input": ([*reconstruct, str(link)], "is also an input of this command"),
+        "reconstruct into the chain": ([*reconstruct, str(chain_copy / "grid.png")], "lies inside the inverse chain"),
+        "analyze into the chain": (["analyze", "stages", *VIT, "--inverse", str(chain_copy), "--data", "samples",
+                                    "--out", str(chain_copy)], "lies inside the inverse chain"),
+        "train into the chain": (["train", *VIT, "--data", "samples", "--steps", "1", "--out",
+                                  str(chain_copy / "run")], "lies inside the inverse chain"),
+        "eval-task over a photo": (["eval-task", *VIT, "--data", "samples", "--out", str(keep)],
+                                   "the file name must end in .json"),
+        "params over a photo": (["params", *VIT, "--out", str(keep)], "the file name must end in .json"),
+    }[case]
+    before = {p: sha256(p) for p in [keep, *chain_copy.iterdir(), *fake_run.iterdir()] if p.is_file()}
+    assert words in fails(argv, capsys)
+    assert {p: sha256(p) for p in before} == before
+    assert sorted(p.name for p in chain_copy.iterdir()) == sorted(p.name for p in before if p.parent == chain_copy)
+    assert not (fake_run / "eval").exists()
 
 
 @pytest.mark.slow  # two fresh interpreters importing the whole CLI
@@ -507,7 +566,7 @@ def test_component_replaced_by_a_pickle_is_refused_without_running_it(chain_copy
     assert "does not match the checksum" in fails(evaluate(chain_copy, "samples", tmp_path), capsys)
     meta = json.loads((chain_copy / "bb.json").read_text())
     meta["sha256"] = sha256(weights)  # a consistent forgery: the checksum cannot catch it, the reader does
-    (chain_copy / "bb.json").write_text(json.dumps(meta))
+    write_component_json(chain_copy, "bb", meta)
     message = fails(evaluate(chain_copy, "samples", tmp_path), capsys)
     assert message.startswith(f"cannot read weights file '{weights}' (corrupt or truncated, or not a safetensors file")
     with pytest.raises(ModinvError, match="not a safetensors file"):
@@ -518,11 +577,12 @@ def test_component_replaced_by_a_pickle_is_refused_without_running_it(chain_copy
 def test_trainer_state_replaced_by_a_pickle_is_refused_without_running_it(tmp_path, capsys):
     marker = tmp_path / "pickle-ran"
     run = tmp_path / "run"
-    folder = ckpt.new_checkpoint_dir(run / "checkpoints", 1)
+    argv = ["train", "--model", "mobilenet-v2", "--weights", "random", "--device", "cpu", "--input-size", "32", "32",
+            "--arch", "auto", "--data", "samples", "--batch", "2", "--no-progress", "--out", str(run)]
+    assert main([*argv, "--steps", "1"]) == 0  # a real run (a resume needs its config.json)
+    folder = ckpt.latest(run / "checkpoints")
     write_malicious_pickle(folder / ckpt.STATE_FILE, marker)
-    ckpt.publish(run / "checkpoints", folder)
-    argv = ["train", *VIT, "--arch", "auto", "--data", "samples", "--steps", "2", "--out", str(run), "--resume"]
-    assert fails(argv, capsys) == f"cannot read trainer state in '{folder}' (UnpicklingError)"
+    assert fails([*argv, "--steps", "2", "--resume"], capsys) == f"cannot read trainer state in '{folder}' (UnpicklingError)"
     assert not marker.exists()
 
 

@@ -174,3 +174,42 @@ def test_assignments_name_their_option_and_check_their_values():
     assert str(info.value) == "--lr: bad learning rate in 's4=-1' (must be a positive number, got -1)"
     with pytest.raises(ModinvError, match=r"^expected STAGE=VALUE, got 'x'$"):
         cli_common.parse_assignments(["x"])  # without an option: the message as before
+
+
+# -- issue 27: integers out of range, devices the build lacks, inputs too large --------------------------
+
+@pytest.mark.parametrize("command", ["info", "train", "demo"])
+@pytest.mark.parametrize("seed", ["9223372036854775807", "18446744073709551616", "4294967296"])
+def test_seeds_out_of_range_are_refused_naming_the_option(command, seed, tmp_path, capsys, no_work):
+    argv = {"info": ["info", "--model", "mobilenet-v2", "--weights", "random"],
+            "train": ["train", *VIT, "--data", "samples", "--out", str(tmp_path / "run")],
+            "demo": ["demo", "--out", str(tmp_path / "demo")]}[command]
+    message = refused([*argv, "--seed", seed], capsys)
+    assert message == f"--seed: must be a whole number from 0 to 4294967295, got {seed}"
+    assert not (tmp_path / "run").exists() and not (tmp_path / "demo").exists()
+
+
+def _fails(argv: list[str], capsys) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+@pytest.mark.parametrize("device, words", [("tpu", "unknown device 'tpu'"),
+                                           ("mps", "device 'mps' is not available in this build of torch"),
+                                           ("meta", "device 'meta' is not available in this build of torch")])
+def test_devices_the_build_lacks(device, words, capsys):
+    message = _fails(["info", "--model", "mobilenet-v2", "--weights", "random", "--device", device], capsys)
+    assert message == f"modinv info: error: {words}" + ("; use cpu, cuda or cuda:N" if device == "tpu" else
+                                                        "; use cpu or cuda")
+
+
+@pytest.mark.parametrize("command", ["info", "train"])
+def test_an_input_size_too_large_to_run_is_refused_at_once(command, tmp_path, capsys):
+    """Was: `info --input-size 4096 4096` on ViT ran past 5 minutes."""
+    argv = ["info"] if command == "info" else ["train", "--data", "samples", "--steps", "1", "--out", str(tmp_path / "run")]
+    message = _fails([*argv, "--model", "vit-b16", "--weights", "random", "--device", "cpu",
+                      "--input-size", "4096", "4096"], capsys)
+    assert "input size 4096×4096 is 16,777,216 pixels, above the 4,194,304 (2048×2048)" in message

@@ -73,6 +73,50 @@ def test_annotations_that_would_give_wrong_targets_are_refused(edit, problem, tm
     assert " is malformed: " in message and problem in message
 
 
+def _point(value):
+    def edit(data):
+        data["annotations"][0]["segmentation"][0][2] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (_point(1e30), "annotation 1 (image 1) has a polygon point (1e+30, "),  # was a segfault in pycocotools
+    (_point(1e9), "far outside its 40×30 image"),  # grew memory to the machine's limit
+    (_point(-1e12), "far outside its 40×30 image"),
+    (_point(float("nan")), "annotation 1 (image 1) has a polygon point that is NaN or infinite"),
+    (_point(float("inf")), "has a polygon point that is NaN or infinite"),
+    (_point("7"), "has a polygon that is not a list of x, y numbers"),
+    (lambda d: d["annotations"][0]["segmentation"][0].pop(), "has a polygon that is not a list of x, y numbers"),
+    (lambda d: d["annotations"][0].update(segmentation={"size": [100000, 100000], "counts": "0"}),
+     "has a run-length mask of size [100000, 100000], not its image's [30, 40]"),
+    (lambda d: d["annotations"][0].update(segmentation="polygon"), "has a segmentation of type str"),
+    (lambda d: d["images"][0].update(height=100000, width=100000),
+     "image 1 has height 100000 and width 100000, above the 16384 pixels a side modinv accepts"),
+    (lambda d: d["images"][0].update(width=16385), "above the 16384 pixels a side"),
+])
+def test_annotation_numbers_are_checked_before_pycocotools(edit, problem, tmp_path):
+    message = _refused(f"coco:{_coco(tmp_path, edit)}")
+    assert message.startswith(f"COCO annotation file {tmp_path}/coco/annotations/instances_val2017.json is malformed")
+    assert problem in message
+
+
+def test_a_polygon_just_past_the_border_is_kept(tmp_path):
+    root = _coco(tmp_path, _point(41.5))  # annotation tools snap points slightly past the edge
+    source = open_source(f"coco:{root}", SIZE)
+    assert source[0]["masks"].shape[0] >= 1
+
+
+def test_an_image_whose_annotated_size_is_not_its_own_is_skipped_and_named(tmp_path):
+    """The masks would be placed on a 40×30 grid over a 20×30 photo: silently wrong before."""
+    root = _coco(tmp_path, lambda d: None)
+    Image.new("RGB", (20, 30)).save(root / "val2017" / "000000000002.png")
+    source = open_source(f"coco:{root}", SIZE)
+    assert source[0] is not None and source[2] is not None
+    item = source.load(1)
+    assert item.reason == ("ValueError: the annotation file gives image 2 the size 40×30 (width×height), "
+                           "but the file is 20×30")
+
+
 def test_non_finite_boxes_are_dropped_and_counted_once(tmp_path):
     def poison(data):
         data["annotations"][0]["bbox"][0] = float("nan")  # the astronaut
@@ -286,3 +330,29 @@ def test_source_options_that_would_select_nothing_are_refused():
     assert _refused("samples:,").startswith("image source 'samples:,' names no sample photo; valid names: astronaut")
     with pytest.raises(ModinvError, match="limit must be a positive number of images, got True"):
         open_source("samples", SIZE, limit=True)  # was one image, as if limit=1
+
+
+# -- integer images: the range a viewer shows --------------------------------------------------------------
+
+@pytest.mark.parametrize("peak, scale", [(200, 255), (40000, 65535), (2**31 - 1, 2**31 - 1)])
+def test_a_32_bit_integer_tiff_decodes_in_the_range_its_values_use(tmp_path, peak, scale):
+    """Mode I was divided by 65535: an 8-bit-range TIFF came out near-black."""
+    values = np.linspace(0, peak, 48).astype(np.int32).reshape(6, 8)
+    Image.fromarray(values).save(tmp_path / "i32.tif")
+    assert Image.open(tmp_path / "i32.tif").mode == "I"
+    rgb = read_image(tmp_path / "i32.tif")
+    assert rgb.shape == (6, 8, 3) and rgb.dtype == np.float32
+    np.testing.assert_allclose(rgb[..., 0], values / scale, atol=1e-6)
+
+
+def test_negative_integer_pixels_are_black(tmp_path):
+    Image.fromarray(np.array([[-5, 100]], dtype=np.int32)).save(tmp_path / "neg.tif")
+    np.testing.assert_allclose(read_image(tmp_path / "neg.tif")[0, :, 0], [0.0, 100 / 255], atol=1e-6)
+
+
+def test_a_reduced_16_bit_image_keeps_its_16_bit_range(tmp_path, monkeypatch):
+    monkeypatch.setattr(decode, "REDUCE_ABOVE_PIXELS", 16)
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint16)).save(tmp_path / "dark16.png")
+    rgb = read_image(tmp_path / "dark16.png")
+    assert rgb.shape == (4, 4, 3)
+    np.testing.assert_allclose(rgb, 200 / 65535, atol=1e-6)  # dark, as stored: not read as 8-bit range

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from modinv.data import imagenet_class_names, imagenet_synsets, open_source, resolve_label_map, task_source_options
@@ -39,3 +41,23 @@ def test_task_source_options(synset_folder):
     assert task_source_options(f" imagenet:{synset_folder} ") == {"label_map": "imagenet"}
     assert task_source_options(f"imagenet:{synset_folder}", "sorted") == {"label_map": "sorted"}
     assert task_source_options("samples") == {}
+
+
+@pytest.mark.parametrize("others", [["extra"], ["notes", "backup", "tmp", "zzz"]])
+def test_synset_folders_mixed_with_others_are_refused_naming_them(synset_folder, tmp_path, others):
+    """Was: one stray folder switched every label to sorted positions (top-1 0.0 instead of 1.0)."""
+    import shutil
+
+    from modinv.errors import ModinvError
+
+    root = Path(shutil.copytree(synset_folder, tmp_path / "inet"))
+    for name in others:
+        (root / "val" / name).mkdir()
+    with pytest.raises(ModinvError) as info:
+        resolve_label_map(f"imagenet:{root}")
+    message = str(info.value)
+    assert "\n" not in message and f"mixes ImageNet-1k synset folders with {len(others)} folder(s)" in message
+    assert repr(sorted(others)[0]) in message and "'sorted'" in message
+    assert resolve_label_map(f"imagenet:{root}", "sorted") == "sorted"  # an explicit choice is kept
+    with pytest.raises(ModinvError, match="is not an ImageNet-1k synset id"):
+        open_source(f"imagenet:{root}", (16, 16), label_map="imagenet")

@@ -298,3 +298,36 @@ def test_reconstruct_images_after_load_and_without_a_model(tinyconv, tmp_path):
         bare.reconstruct_images(tmp_path / "missing.png", model=tinyconv)
     with pytest.raises(ModinvError, match="3×H×W"):
         bare.reconstruct_images(torch.rand(5, 8, 8), model=tinyconv)
+
+
+# -- bad arguments to the API (issue 27) ------------------------------------------------------------------
+
+def test_build_without_a_model_is_one_sentence():
+    for model in (None, "mobilenet-v2"):
+        with pytest.raises(ModinvError, match="InverseChain.build needs a StagedModel"):
+            InverseChain.build(model)
+
+
+@pytest.fixture(scope="module")
+def random_mobilenet():
+    return modinv.load_model("mobilenet-v2", weights="random", seed=0, input_size=(32, 32))
+
+
+def test_load_with_a_device_that_does_not_exist(random_mobilenet, tmp_path):
+    folder = InverseChain.build(random_mobilenet, arch="auto").save(tmp_path / "chain")
+    for device in ("banana", "tpu"):
+        with pytest.raises(ModinvError, match=f"unknown device '{device}'"):
+            InverseChain.load(folder, random_mobilenet, map_location=device)
+
+
+def test_a_chain_for_random_weights_of_another_seed_is_refused(random_mobilenet, tmp_path):
+    """Was: a chain trained on random weights of seed 0 loaded onto seed-7 weights without a word."""
+    folder = InverseChain.build(random_mobilenet, arch="auto").save(tmp_path / "chain")
+    other = modinv.load_model("mobilenet-v2", weights="random", seed=7, input_size=(32, 32))
+    with pytest.raises(ModinvError) as info:
+        InverseChain.load(folder, other)
+    assert str(info.value) == (f"the inverse chain in '{folder}' does not fit model 'mobilenet-v2': it was trained on "
+                               "random mobilenet-v2 weights of seed 0, but the model has random weights of seed 7 "
+                               "(another network); load the model with seed 0")
+    InverseChain.load(folder, random_mobilenet)  # its own seed
+    InverseChain.load(folder)  # no model: nothing to compare

@@ -5,6 +5,8 @@ hands to the upload (intercepted by a fake HfApi)."""
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -272,6 +274,79 @@ def test_push_refuses_what_is_no_chain(tmp_path):
     assert "manifest.json" in one_sentence(exc) and api.calls == []
     with pytest.raises(ModinvError, match="not a revision"):
         hub.push_to_hub(tmp_path, "user/tiny@main", api=api)
+
+
+def _copy(tiny_chain: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "chain"
+    shutil.copytree(tiny_chain, folder)
+    return folder
+
+
+def test_push_uploads_only_what_the_manifest_lists(tiny_chain, tmp_path):
+    """A secret linked into the folder, stray JSON and weights, hidden files: none of them is uploaded."""
+    folder = _copy(tiny_chain, tmp_path)
+    secret = tmp_path / "passwd"
+    secret.write_text('{"root": "x:0:0"}')
+    (folder / "secrets.json").symlink_to(secret)
+    (folder / "notes.json").write_text('{"private": true}')
+    (folder / "extra.safetensors").write_bytes((folder / "s4.safetensors").read_bytes())
+    (folder / "sub").mkdir()
+    (folder / "sub" / "more.json").write_text("{}")
+    api = FakeApi()
+    hub.push_to_hub(folder, "user/tiny", api=api)
+    assert set(api.files) == expected_files(tiny_chain)
+
+
+@pytest.mark.parametrize("case", ["linked weights", "linked manifest"])
+def test_push_never_follows_a_symbolic_link(tiny_chain, tmp_path, case):
+    folder = _copy(tiny_chain, tmp_path)
+    name = "s4.safetensors" if case == "linked weights" else "manifest.json"
+    outside = tmp_path / f"outside-{name}"
+    (folder / name).rename(outside)
+    (folder / name).symlink_to(outside)
+    api = FakeApi()
+    with pytest.raises(ModinvError) as exc:
+        hub.push_to_hub(folder, "user/tiny", api=api)
+    assert "symbolic link" in one_sentence(exc) and api.calls == []
+
+
+def test_push_of_a_hub_cache_snapshot_follows_its_own_blob_links(tiny_chain, hub_cache):
+    snap = cache_repo(hub_cache, "user/tiny", tiny_chain)
+    api = FakeApi()
+    hub.push_to_hub(snap, "user/copy", api=api)
+    assert set(api.files) == expected_files(tiny_chain)
+
+
+def _tamper_weights(folder: Path) -> None:
+    data = bytearray((folder / "s4.safetensors").read_bytes())
+    data[-1] ^= 1
+    (folder / "s4.safetensors").write_bytes(bytes(data))
+
+
+def _unknown_kind(folder: Path) -> None:
+    meta = read_json(folder / "s4.json")
+    meta["config"]["kind"] = "no-such-kind"
+    (folder / "s4.json").write_text(json.dumps(meta))
+    manifest = read_json(folder / "manifest.json")  # its checksum forged to match
+    manifest["components"]["s4"]["config_sha256"] = hashlib.sha256((folder / "s4.json").read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _missing_file(folder: Path) -> None:
+    (folder / "s8.json").unlink()
+
+
+@pytest.mark.parametrize("damage, words", [(_tamper_weights, "checksum"), (_unknown_kind, "no-such-kind"),
+                                           (_missing_file, "missing")])
+def test_push_refuses_a_chain_that_does_not_load(tiny_chain, tmp_path, damage, words):
+    folder = _copy(tiny_chain, tmp_path)
+    damage(folder)
+    api = FakeApi()
+    with pytest.raises(ModinvError) as exc:
+        hub.push_to_hub(folder, "user/tiny", api=api)
+    message = one_sentence(exc)
+    assert words in message and "not pushing" in message and api.calls == []
+    assert "modinv-push-" not in message  # names the user's folder, not the staging copy
 
 
 # -- the command line ------------------------------------------------------------------------------------

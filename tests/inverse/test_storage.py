@@ -7,6 +7,7 @@ import copy
 import errno
 import json
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -126,15 +127,25 @@ def test_truncated_or_corrupt_weights_are_refused(saved, fake_detr, tmp_path):
     (broken / "enc.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ModinvError, match="truncated"):
         InverseChain.load(broken, fake_detr)
-    # without the recorded checksum the safetensors reader itself notices
-    meta = json.loads((broken / "enc.json").read_text())
-    del meta["sha256"]
-    (broken / "enc.json").write_text(json.dumps(meta))
-    with pytest.raises(ModinvError, match="corrupt or truncated"):
+    # a chain of format 1 without checksums (one warning): the safetensors reader itself notices
+    make_format_1(broken)
+    with pytest.warns(UserWarning, match="has no checksums"), pytest.raises(ModinvError, match="corrupt or truncated"):
         InverseChain.load(broken, fake_detr)
     (broken / "enc.safetensors").write_bytes(b"\x00" * 7)
     with pytest.raises(ModinvError, match="corrupt or truncated"):
         InverseChain.load(broken, fake_detr)
+
+
+def make_format_1(folder) -> None:
+    """Turn a saved chain into one an older modinv wrote: format 1, no checksums anywhere."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    for stage, entry in manifest["components"].items():
+        entry.pop("sha256"), entry.pop("config_sha256")
+        meta = json.loads((folder / f"{stage}.json").read_text())
+        del meta["sha256"]
+        (folder / f"{stage}.json").write_text(json.dumps(meta))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_manifest_checksums_are_verified(saved, fake_detr, tmp_path):
@@ -149,6 +160,9 @@ def test_manifest_checksums_are_verified(saved, fake_detr, tmp_path):
     meta = json.loads((swapped / "enc.json").read_text())
     meta["sha256"] = sha256_file(weights)
     (swapped / "enc.json").write_text(json.dumps(meta))
+    manifest = json.loads((swapped / "manifest.json").read_text())
+    manifest["components"]["enc"]["config_sha256"] = sha256_file(swapped / "enc.json")  # forged too
+    (swapped / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModinvError) as info:
         InverseChain.load(swapped, fake_detr)
     assert str(info.value) == expected
@@ -180,6 +194,10 @@ def test_chain_saved_with_decoder_final_norm_still_loads(fake_detr, tmp_path):
     meta = json.loads((tmp_path / "old" / "dec.json").read_text())
     del meta["config"]["final_norm"]
     (tmp_path / "old" / "dec.json").write_text(json.dumps(meta))
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())  # format 1: no JSON checksums
+    manifest["format_version"] = 1
+    del manifest["components"]["dec"]["config_sha256"]
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
     loaded = InverseChain.load(tmp_path / "old", fake_detr)
     assert n_params(loaded.components["dec"]) == 9_498_624
     assert loaded.components["dec"].config["final_norm"] is True
@@ -264,3 +282,80 @@ def test_stage_names_with_dots(tmp_path):
     chain.save(tmp_path / "dots")
     loaded = InverseChain.load(tmp_path / "dots", model)
     assert loaded.reconstruct(model.trace(images(model, b=1)), "layer.2").shape == (1, 3, 30, 44)
+
+
+def test_saved_files_get_the_mode_the_umask_gives(fake_detr, tmp_path):
+    """Was 0600 for every file: colleagues on a shared machine could not read a chain."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        folder = InverseChain.build(fake_detr, seed=0, variants={"bb": "local"}).save(tmp_path / "chain")
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in folder.iterdir()}
+    assert set(modes.values()) == {"0o644"}, modes
+
+
+
+def test_checksums_are_required(saved, fake_detr, tmp_path):
+    """Was: a checksum was skipped when its field was missing, so deleting it hid any damage."""
+    root, _ = saved
+    for key in ("sha256", "config_sha256"):
+        folder = tmp_path / key
+        shutil.copytree(root / "s0", folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        del manifest["components"]["enc"][key]
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ModinvError, match=r"lack their checksums \('sha256', 'config_sha256'\)"):
+            InverseChain.load(folder, fake_detr)
+
+
+def test_an_edited_component_config_is_refused(saved, fake_detr, tmp_path):
+    root, _ = saved
+    folder = tmp_path / "edited"
+    shutil.copytree(root / "s0", folder)
+    meta = json.loads((folder / "enc.json").read_text())
+    meta["variant"] = "something else"
+    (folder / "enc.json").write_text(json.dumps(meta))
+    with pytest.raises(ModinvError) as info:
+        InverseChain.load(folder, fake_detr)
+    assert str(info.value).startswith(f"component file '{folder / 'enc.json'}' does not match the checksum in "
+                                      "manifest.json")
+
+
+def test_an_old_chain_without_checksums_loads_with_one_warning(saved, fake_detr, tmp_path):
+    root, chains = saved
+    folder = tmp_path / "old"
+    shutil.copytree(root / "s0", folder)
+    make_format_1(folder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = InverseChain.load(folder, fake_detr)
+        InverseChain.load(folder, fake_detr)
+    assert [str(w.message) for w in caught if "checksums" in str(w.message)] == [
+        f"the inverse chain in '{folder}' has no checksums (an older modinv wrote it), so damage to its files "
+        "cannot be detected; save it again to add them"]
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), chains[0].state_dict().values()))
+
+
+def test_a_component_with_a_nan_weight_is_refused_saying_why(fake_detr, tmp_path):
+    """Was: every stage evaluated to "n/a ... n=0" with exit 0."""
+    chain = InverseChain.build(fake_detr, seed=0, variants={"bb": "local"})
+    with torch.no_grad():
+        next(chain.components["enc"].parameters()).view(-1)[0] = float("nan")
+    folder = chain.save(tmp_path / "nan")
+    with pytest.raises(ModinvError) as info:
+        InverseChain.load(folder, fake_detr)
+    message = str(info.value)
+    assert message.startswith(f"weights file '{folder / 'enc.safetensors'}' holds NaN or infinite values (in ")
+    assert "diverged" in message and "\n" not in message
+
+
+def test_a_manifest_nested_too_deeply_is_one_sentence(tmp_path):
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    (folder / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModinvError, match="its JSON is nested too deeply"):
+        read_manifest(folder)

@@ -160,7 +160,7 @@ def _alexnet_features(path):
 
 def test_lpips_from_a_file_and_from_the_cache(pair, tmp_path, monkeypatch):
     recon, targets = pair
-    lpips = load_lpips(_alexnet_features(tmp_path / "alexnet.pth"))
+    lpips = load_lpips(_alexnet_features(tmp_path / "alexnet.pth"), verify=False)  # random: not the release
     assert lpips.available, lpips.reason
     values = image_metrics(recon, targets, lpips=lpips)
     assert list(values) == ["mse", "psnr", "ssim", "lpips"]
@@ -171,7 +171,7 @@ def test_lpips_from_a_file_and_from_the_cache(pair, tmp_path, monkeypatch):
     cached = cached_weights_path()
     cached.parent.mkdir(parents=True)
     (tmp_path / "alexnet.pth").rename(cached)
-    from_cache = load_lpips()
+    from_cache = load_lpips(verify=False)
     assert from_cache.available and from_cache.source == str(cached)
     assert torch.allclose(from_cache(recon, targets), values["lpips"])
 
@@ -180,3 +180,37 @@ def test_lpips_rejects_a_file_of_the_wrong_network(tmp_path):
     torch.save({"features.0.weight": torch.zeros(2, 3, 1, 1)}, tmp_path / "bad.pth")
     lpips = load_lpips(tmp_path / "bad.pth")
     assert not lpips.available and "cannot be used" in lpips.reason
+
+
+
+def test_lpips_refuses_weights_that_are_not_the_release(tmp_path):
+    """Was: another network's (or random) AlexNet weights of the right shapes gave numbers."""
+    lpips = load_lpips(_alexnet_features(tmp_path / "alexnet.pth"))
+    assert not lpips.available and "\n" not in lpips.reason
+    assert "is not torchvision's released alexnet weights file (its SHA-256 does not begin with 7be5be79)" in lpips.reason
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (self.marker,)
+
+
+@pytest.mark.parametrize("content", ["text", "pickle", "list", "fake safetensors"])
+def test_lpips_weights_that_are_no_tensor_file_are_one_sentence(tmp_path, content):
+    """Was a traceback; the unpickler's own message advises weights_only=False, never to be shown."""
+    marker = tmp_path / "pickle-ran"
+    path = tmp_path / ("w.safetensors" if content == "fake safetensors" else "w.pth")
+    if content in ("text", "fake safetensors"):
+        path.write_text("these are not weights\n")
+    elif content == "pickle":
+        torch.save({"features.0.weight": torch.zeros(1), "x": _Payload(marker)}, path)
+    else:
+        torch.save([torch.zeros(1)], path)
+    lpips = load_lpips(path)
+    assert not lpips.available and "\n" not in lpips.reason and "cannot be used" in lpips.reason
+    assert "weights_only" not in lpips.reason and not marker.exists()

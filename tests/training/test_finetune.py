@@ -6,6 +6,7 @@ test is about a specific model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import modinv
+from modinv.errors import ModinvError
 from modinv.cli import main
 from modinv.data import make_loader, open_source
 from modinv.training import finetune as ft
@@ -56,6 +58,18 @@ def test_lambda_zero_frozen_option_keeps_theta_bit_identical(tmp_path, image_fol
     assert "classic_stage" not in manifest and manifest["finetune_stage"]  # a fine-tuned chain, not a classic one
     assert manifest["zero_lambda"] == "frozen"
     assert json.loads((tmp_path / "config.json").read_text())["zero_lambda"] == "frozen"
+    # forward.safetensors carries a checksum in the manifest, required on load (issue 27)
+    forward = tmp_path / "best" / "forward.safetensors"
+    assert manifest["files"] == {"forward.safetensors": hashlib.sha256(forward.read_bytes()).hexdigest()}
+    data = bytearray(forward.read_bytes())
+    data[-1] ^= 1  # a flipped bit in a tensor: the file still reads, the numbers are wrong
+    forward.write_bytes(bytes(data))
+    with pytest.raises(ModinvError, match=f"weights file '{forward}' does not match the checksum in "):
+        modinv.load_model("mobilenet-v2", weights=str(forward), input_size=SMALL)
+    del manifest["files"]  # written by an older modinv: one warning
+    (tmp_path / "best" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="has no checksum"):
+        modinv.load_model("mobilenet-v2", weights=str(forward), input_size=SMALL)
 
 
 def test_lambda_zero_trains_theta_on_the_task_loss_alone_by_default(tmp_path, image_folder):

@@ -129,6 +129,64 @@ def test_overwrite_removes_only_what_the_previous_run_wrote(tmp_path, capsys):
     assert "argument --resume: not allowed with argument --overwrite" in message
 
 
+@pytest.mark.parametrize("user_files", [
+    {"config.json": '{"lr": 0.1}\n'},  # the user's own config, no run ever wrote here
+    {"config.json": "[1, 2]\n"},
+    {"best/notes.txt": "mine\n"},
+    {"log.jsonl": "my diary\n"},
+    {"checkpoints/model.pt": "x"},
+])
+def test_overwrite_keeps_files_no_run_wrote(tmp_path, capsys, user_files):
+    """Was: --overwrite into a folder that held no run deleted the user's best/ and config.json."""
+    out = tmp_path / "mine"
+    for name, text in user_files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    before = _files(out)
+    message = _error([*TRAIN, "--out", str(out), "--steps", "1", "--overwrite"], capsys)
+    assert message.startswith("--overwrite removes only what a run wrote, and ") and "are not a run's files" in message
+    assert _files(out) == before
+
+
+def test_overwrite_of_a_run_with_a_foreign_best_keeps_everything(tmp_path, capsys):
+    out = tmp_path / "run"
+    _finished_run(out, capsys)
+    (out / "best" / "manifest.json").write_text("{}")  # not a chain's manifest any more
+    before = _files(out)
+    assert "best in" in _error([*TRAIN, "--out", str(out), "--steps", "1", "--overwrite"], capsys)
+    assert _files(out) == before
+
+
+@pytest.mark.parametrize("state", ["missing", "empty", "user files"])
+def test_resume_with_nothing_to_resume_is_an_error(tmp_path, capsys, state):
+    """Was: a mistyped --out with --resume trained from step 0 and exited 0."""
+    out = tmp_path / "typo"
+    if state != "missing":
+        out.mkdir()
+    if state == "user files":
+        (out / "data.csv").write_text("1\n")
+    message = _error([*TRAIN, "--out", str(out), "--steps", "1", "--resume"], capsys)
+    assert message == (f"there is no run to resume in '{out}' (no config.json, no checkpoint); check --out, "
+                       "or start the run without --resume")
+    assert not (out / "config.json").exists()
+
+
+@pytest.mark.parametrize("config", [None, "[]", '{"model": "mobilenet-v2"}'])
+def test_resume_without_the_run_config_cannot_change_settings(mobilenet, tmp_path, capsys, config):
+    """Was: deleting config.json let a resume continue with another --data and --batch."""
+    out = tmp_path / "run"
+    _finished_run(out, capsys)
+    (out / "config.json").unlink()
+    if config is not None:
+        (out / "config.json").write_text(config)
+    before = _files(out)
+    message = _error([*TRAIN, "--out", str(out), "--steps", "2", "--batch", "3", "--resume"], capsys)
+    assert message.startswith(f"cannot resume the run in '{out}': its config.json is missing or is not a run's")
+    assert _files(out) == before
+    with pytest.raises(ModinvError, match="config.json is missing"):
+        _trainer(mobilenet, out).fit(resume=True, progress=False)
+
+
 def test_resume_and_overwrite_together_are_refused(mobilenet, tmp_path):
     with pytest.raises(ModinvError, match="not both"):
         _trainer(mobilenet, tmp_path).fit(resume=True, overwrite=True, progress=False)
@@ -391,3 +449,48 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(mobilenet, tmp_p
     resumed = _trainer(mobilenet, out, val=False, steps=3)
     resumed.fit(resume=True, progress=False)
     assert resumed.step == 3 and torch.isfinite(torch.cat([p.flatten() for p in resumed.chain.parameters()])).all()
+
+
+def _safetensors_full(*args, **kwargs):
+    from safetensors import SafetensorError
+
+    raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                          'left on device" })')
+
+
+def _torch_save_full(*args, **kwargs):
+    raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                       "data/0: file write failed")
+
+
+@pytest.mark.parametrize("writer", ["safetensors", "torch.save"])
+@pytest.mark.parametrize("when", ["checkpoint", "best"])
+def test_a_full_disk_reported_by_the_writers_is_one_sentence(mobilenet, tmp_path, monkeypatch, writer, when):
+    """Was a SafetensorError / inline_container RuntimeError traceback: the writers do not raise OSError."""
+    import safetensors.torch
+
+    out = tmp_path / "run"
+    trainer = _trainer(mobilenet, out, val=False, steps=3)
+    real = safetensors.torch.save_file if writer == "safetensors" else torch.save
+    fake = _safetensors_full if writer == "safetensors" else _torch_save_full
+
+    def failing(*args, **kwargs):
+        in_best = any("best" in Path(str(a)).parts for a in args if isinstance(a, (str, Path)))
+        if in_best if when == "best" else (trainer.step == 2 and not in_best):
+            return fake(*args, **kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch if writer == "safetensors" else torch, "save_file" if writer == "safetensors"
+                        else "save", failing)
+    if when == "best" and writer == "torch.save":
+        pytest.skip("best/ holds no torch.save file")
+    with pytest.raises(ModinvError) as err:
+        trainer.fit(progress=False)
+    monkeypatch.undo()
+    message = str(err.value)
+    assert "\n" not in message and str(out) in message
+    assert "the disk is full" in message or "cannot write" in message
+    assert not (out / LOCK_FILE).exists() and not [p for p in out.rglob(".*")]
+    latest = ckpt.latest(out / "checkpoints")
+    assert ckpt.load_state(latest)["step"] == (1 if when == "checkpoint" else 3)  # the previous one / the final one
+    modinv.InverseChain.load(latest / "chain", mobilenet)

@@ -7,7 +7,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from modinv.errors import ModinvError
+from modinv.errors import ModinvError, Terminated
 
 # subcommand -> module in this package (each imported when the parser is built)
 COMMANDS: dict[str, str] = {
@@ -42,22 +42,30 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; user errors print one sentence (no traceback) and exit with status 2."""
+    """Run the CLI; user errors print one sentence (no traceback) and exit with status 2; Ctrl-C
+    exits 130 and SIGTERM 143 (training first finishes its step and writes a checkpoint), one line each."""
     from modinv.cli.common import CREATED_DIRS, remove_unused_output_dirs
+    from modinv.runtime import sigterm_handled
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None  # a known command: import only its module
-    args = build_parser(command).parse_args(argv)
+    prefix = "modinv"  # "modinv train" once the command is known
     CREATED_DIRS.clear()
     try:
-        status = args.handler(args)
+        with sigterm_handled():
+            args = build_parser(command).parse_args(argv)  # inside: Ctrl-C while the modules load is no traceback
+            prefix = f"modinv {args.command}"
+            status = args.handler(args)
         CREATED_DIRS.clear()  # kept, even if empty: the command succeeded
         return status if isinstance(status, int) else 0  # analyses return their numbers
     except ModinvError as exc:
-        print(f"modinv {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated as exc:
+        print(f"{prefix}: terminated (SIGTERM){': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print(f"modinv {args.command}: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
     finally:
         remove_unused_output_dirs()  # a failed command leaves no empty output folder behind

@@ -2,7 +2,7 @@
 
 Option values are checked while the command line is parsed, before any work, by the ``type=``
 functions below (:func:`positive_int`, :func:`non_negative_int`, :func:`positive_float`,
-:func:`number_in`, :func:`image_side`): a bad value exits with status 2 and argparse's one-line
+:func:`number_in`, :func:`image_side`, :func:`seed_int`): a bad value exits with status 2 and argparse's one-line
 ``modinv CMD: error: argument --OPTION: ...`` after the usage line. What needs the model (stage
 names) is checked right after it is loaded (:func:`check_stage_names`), before anything else.
 """
@@ -13,6 +13,7 @@ import argparse
 import errno
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from modinv.errors import ModinvError
 from modinv.fileio import os_error_sentence
 from modinv.models.base import StagedModel
 from modinv.models.registry import load_model
-from modinv.runtime import AMP_CHOICES, resolve_device
+from modinv.runtime import AMP_CHOICES, MAX_SEED, resolve_device
 
 # The largest --input-size side accepted: beyond it a model's activations would not fit in memory.
 MAX_INPUT_SIDE = 4096
@@ -42,6 +43,14 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """A whole number of at least 0 (worker counts, seeds, optional counts)."""
     return _int_at_least(text, 0, "a whole number, 0 or more")
+
+
+def seed_int(text: str) -> int:
+    """A seed: a whole number from 0 to :data:`~modinv.runtime.MAX_SEED`."""
+    value = _int_at_least(text, 0, "a whole number, 0 or more")
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, got {value}")
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -124,7 +133,7 @@ def add_model_args(parser: argparse.ArgumentParser, from_chain: bool = False, fr
                              f"hf:<id or folder>{also}")
     parser.add_argument("--weights", default=None if recorded else "pretrained",
                         help=f"pretrained | random | PATH of a weights file (default: {weights_default})")
-    parser.add_argument("--seed", type=non_negative_int, default=None if recorded else 0,
+    parser.add_argument("--seed", type=seed_int, default=None if recorded else 0,
                         help=f"seed of random weights and of training (default: {seed_default})")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--input-size", type=image_side, nargs=2, metavar=("H", "W"),
@@ -199,11 +208,15 @@ def remove_unused_output_dirs() -> None:
     CREATED_DIRS.clear()
 
 
-def writable_dir(path: str | Path) -> Path:
+def writable_dir(path: str | Path, inputs: Iterable[str | Path] = (), run: bool = False) -> Path:
     """Create ``path`` if needed and make sure files can be written there, before any work: a
     file is created and removed (what permission bits cannot tell: read-only mounts, no inodes)
-    and a disk with less than :data:`MIN_FREE_BYTES` free is refused, in one sentence naming it."""
+    and a disk with less than :data:`MIN_FREE_BYTES` free is refused, in one sentence naming it.
+    Refused too: a folder that is one of ``inputs`` or lies inside an inverse chain or a run folder
+    (``run``: the folder is a training run's own, so only the folders above it are looked at)."""
     path = Path(path)
+    _refuse_owned(path.parent if run else path)
+    _refuse_inputs(path, inputs)
     try:
         make_output_dirs(path)
     except OSError as exc:
@@ -223,20 +236,80 @@ def writable_dir(path: str | Path) -> Path:
     return path
 
 
-def writable_file(path: str | Path, suffixes: tuple[str, ...] | None = None) -> Path:
+def writable_file(path: str | Path, suffixes: tuple[str, ...] | None = None,
+                  inputs: Iterable[str | Path] = ()) -> Path:
     """Check before any work is done that the file ``path`` can be written (its folder is created);
-    ``suffixes``: the accepted file name endings (lower case, with the dot)."""
+    ``suffixes``: the accepted file name endings (lower case, with the dot), so that no file is
+    written over one of another kind (a JSON over a photo). Refused too: a file that is one of
+    ``inputs`` (see :func:`input_paths`) or lies inside an inverse chain or a run folder."""
     path = Path(path)
+    if path.is_dir():
+        raise ModinvError(f"output file {str(path)!r} is an existing folder; give a file name inside it")
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise ModinvError(
             f"cannot write {str(path)!r}: the file name must end in {', '.join(suffixes)}"
         )
-    writable_dir(path.parent if str(path.parent) else ".")
-    if path.is_dir():
-        raise ModinvError(f"output file {str(path)!r} is an existing folder; give a file name inside it")
+    _refuse_inputs(path, inputs)
+    writable_dir(path.parent if str(path.parent) else ".")  # refuses chain and run folders
     if path.exists() and not os.access(path, os.W_OK):
         raise ModinvError(f"output file {str(path)!r} exists and is not writable")
     return path
+
+
+def input_paths(args: argparse.Namespace) -> list[str]:
+    """Every path the options of a command read from (option values and lists of them, with a
+    data-source prefix such as ``folder:`` removed), for :func:`writable_file`'s check."""
+    found: list[str] = []
+    for name, value in vars(args).items():
+        if name == "out" or callable(value):
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, (str, os.PathLike)):
+                text = str(item)
+                found.append(text.split(":", 1)[1] if _SOURCE_PREFIX.match(text) else text)
+    return found
+
+
+_SOURCE_PREFIX = re.compile(r"^[a-z]+:(?!//)")
+
+
+def _refuse_inputs(path: Path, inputs: Iterable[str | Path]) -> None:
+    target = _real(path)
+    for given in inputs:
+        if str(given) and os.path.exists(given) and _real(Path(given)) == target:
+            raise ModinvError(f"the output {str(path)!r} is also an input of this command; write it elsewhere, "
+                              "or the input would be overwritten")
+
+
+def _refuse_owned(folder: Path) -> None:
+    """One sentence when ``folder`` is, or lies inside, an inverse chain or a training run folder:
+    what modinv wrote there would be overwritten or mixed with foreign files."""
+    from modinv.training.run_folder import LOCK_FILE, run_config
+
+    for place in [_real(folder), *_real(folder).parents]:
+        if _is_chain_folder(place):
+            raise ModinvError(f"the output {str(folder)!r} lies inside the inverse chain {str(place)!r}; "
+                              "write results outside it")
+        if run_config(place) is not None or (place / LOCK_FILE).is_file():
+            raise ModinvError(f"the output {str(folder)!r} lies inside the training run folder {str(place)!r}; "
+                              "write results outside it")
+
+
+def _is_chain_folder(place: Path) -> bool:
+    from modinv.inverse.storage import FORMAT, MANIFEST
+
+    manifest = place / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            return f'"{FORMAT}"' in f.read(4096)  # the format entry comes first in the files modinv writes
+    except OSError:
+        return False
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
 
 
 def parse_assignments(items: list[str] | None, kind: Callable = str, what: str = "value",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from modinv.cli.common import add_arch_arg, image_side, non_negative_int, positive_float, positive_int
+from modinv.cli.common import add_arch_arg, image_side, non_negative_int, positive_float, positive_int, seed_int
 from modinv.runtime import AMP_CHOICES
 
 
@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH,
                    help=f"crops per training step (default {DEFAULT_BATCH})")
     add_arch_arg(p)
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of random weights, components, crops (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of random weights, components, crops (default 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--input-size", type=image_side, nargs=2, metavar=("H", "W"), help="override the model's input size")
     p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
@@ -50,11 +50,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modinv.cli.common import writable_dir
+    from modinv.cli.common import input_paths, writable_dir
     from modinv.demo import run_demo
     from modinv.metrics import DEFAULT_METRICS
 
-    out = writable_dir(args.out)
+    out = writable_dir(args.out, inputs=input_paths(args))
     held = [n.strip() for n in args.held_out.split(",") if n.strip()]
     run_demo(
         out,

@@ -11,7 +11,7 @@ import argparse
 import time
 
 from modinv.analysis.efficiency import efficiency_figure, efficiency_table, measure_efficiency
-from modinv.cli.common import add_arch_arg, add_model_args, model_from_args, positive_int, writable_dir
+from modinv.cli.common import add_arch_arg, add_model_args, input_paths, model_from_args, positive_int, writable_dir
 from modinv.fileio import write_json
 
 
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = writable_dir(args.out)
+    out = writable_dir(args.out, inputs=input_paths(args))
     started = time.perf_counter()
     model = model_from_args(args)
     result = measure_efficiency(model, stages=args.stages, batch=args.batch, steps=args.steps, arch=args.arch,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from modinv.cli.common import add_model_args, add_report_amp_arg, model_from_args, number_in, positive_int, writable_file
+from modinv.cli.common import (add_model_args, add_report_amp_arg, input_paths,
+                               model_from_args, number_in, positive_int, writable_file)
 from modinv.data.imagenet import LABEL_MAPS
 from modinv.data.sources import task_source_options
 from modinv.errors import ModinvError
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from modinv.data import open_source
     from modinv.fileio import write_json
 
-    out = writable_file(args.out)
+    out = writable_file(args.out, suffixes=(".json",), inputs=input_paths(args))
     model = model_from_args(args)
     task = model.meta.task
     _check_data(args.model, task, args.data)

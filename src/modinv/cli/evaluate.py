@@ -11,7 +11,8 @@ import argparse
 import warnings
 from typing import TYPE_CHECKING
 
-from modinv.cli.common import add_model_args, add_report_amp_arg, model_for_chains, positive_int, writable_file
+from modinv.cli.common import (add_model_args, add_report_amp_arg, input_paths, model_for_chains, positive_int,
+                               writable_file)
 from modinv.errors import ModinvError
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from modinv.fileio import write_json
     from modinv.inverse.chain import InverseChain
 
-    out = writable_file(args.out)
+    out = writable_file(args.out, suffixes=(".json",), inputs=input_paths(args))
 
     model = model_for_chains(args)
     chain = InverseChain.load(args.inverse, model, map_location=model.device)

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from modinv.cli.resume import FINETUNE_OPTIONS, RUN_OPTIONS, fill_run_options
 
     fill_run_options(args, {**RUN_OPTIONS, **FINETUNE_OPTIONS}, needed=("model", "data", "lam"))
-    out = writable_dir(args.out)
+    out = writable_dir(args.out, run=True)
     model = model_from_args(args)
     if args.lam < 1 and (args.lam > 0 or args.zero_lambda == "task"):  # the task loss needs its targets
         needed = "coco" if task_kind(model) == "detection" else "imagenet"

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Mapping
 
-from modinv.cli.common import (add_arch_arg, add_model_args, check_stage_names, model_from_args, parse_assignments,
-                               writable_file)
+from modinv.cli.common import (add_arch_arg, add_model_args, check_stage_names, input_paths, model_from_args,
+                               parse_assignments, writable_file)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from modinv.fileio import write_json
     from modinv.inverse.summary import parameter_comparison
 
-    out = writable_file(args.out) if args.out else None
+    out = writable_file(args.out, suffixes=(".json",), inputs=input_paths(args)) if args.out else None
     variants = parse_assignments(args.variant, what="variant", option="--variant")
     model = model_from_args(args)
     check_stage_names(model, variants, "--variant")

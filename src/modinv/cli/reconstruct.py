@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from modinv.cli.common import add_model_args, add_report_amp_arg, caption_parts, model_for_chains, writable_file
+from modinv.cli.common import add_model_args, add_report_amp_arg, caption_parts, input_paths, model_for_chains, writable_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from matplotlib.backend_bases import FigureCanvasBase
 
     formats = tuple(sorted(f".{ext}" for ext in FigureCanvasBase.get_supported_filetypes()))
-    out = writable_file(args.out, suffixes=formats)
+    out = writable_file(args.out, suffixes=formats, inputs=input_paths(args))
     model = model_for_chains(args)
     chain = InverseChain.load(args.inverse, model, map_location=model.device)
     images, names = load_images(args.images, size=tuple(model.input_size))

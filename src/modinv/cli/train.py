@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     fill_run_options(args, {**RUN_OPTIONS, **CLASSIC_OPTIONS})
     if args.classic and args.stages:
         raise ModinvError("--classic trains the whole chain STAGE -> image together; leave out --stages")
-    out = writable_dir(args.out)
+    out = writable_dir(args.out, run=True)
     settings = dict(stages=args.stages, **run_settings(args))
     dist, device = init_distributed(args.device)  # one process per GPU under torchrun
     try:

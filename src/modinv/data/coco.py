@@ -15,12 +15,18 @@ import numpy as np
 import torch
 
 from modinv.data.base import DataWarning, ImageSource, existing_path
-from modinv.data.decode import read_image
+from modinv.data.decode import image_size, read_image
 from modinv.data.transforms import resize_masks, scale_boxes
 from modinv.errors import ModinvError
 from modinv.fileio import os_error_sentence
 
 DEFAULT_COCO_SPLIT = "val2017"
+# The largest annotated image side accepted (COCO's own images are at most 640 px a side): a size of
+# 100000×100000 would make every mask allocate 10 GB before anything else could fail.
+MAX_ANNOTATED_SIDE = 16384
+# How far outside its image a polygon point may lie (fraction of the side; annotation tools snap
+# points slightly past the border): huge or non-finite points make pycocotools crash or fill memory.
+POLYGON_MARGIN = 0.1
 
 
 class CocoSource(ImageSource):
@@ -71,6 +77,11 @@ class CocoSource(ImageSource):
         self.names = [str(p) for p in self.paths]
 
     def _read(self, index: int) -> np.ndarray:
+        info = self.coco.imgs[self.image_ids[index]]
+        found = image_size(self.paths[index])
+        if found != (int(info["width"]), int(info["height"])):  # masks and boxes would be misplaced
+            raise ValueError(f"the annotation file gives image {info['id']} the size {info['width']}×{info['height']} "
+                             f"(width×height), but the file is {found[0]}×{found[1]}")
         return read_image(self.paths[index])
 
     def _extras(self, index: int) -> dict[str, Any]:
@@ -183,6 +194,7 @@ def _structure_problem(data: Any) -> str | None:
 def _content_problem(data: dict) -> str | None:
     """Values that pycocotools would accept but that would give wrong targets."""
     first: dict[Any, str] = {}
+    sizes: dict[Any, tuple[int, int]] = {}
     for img in data["images"]:
         if not _whole(img["id"]):
             return f"image id {img['id']!r} of {img['file_name']!r} is not an integer"
@@ -193,7 +205,11 @@ def _content_problem(data: dict) -> str | None:
         if img["id"] in first:
             return (f"image id {img['id']} is used twice (for {first[img['id']]!r} and {img['file_name']!r}); "
                     "every image needs its own id, or annotations would be attached to the wrong photo")
+        if max(img["height"], img["width"]) > MAX_ANNOTATED_SIDE:
+            return (f"image {img['id']} has height {img['height']!r} and width {img['width']!r}, above the "
+                    f"{MAX_ANNOTATED_SIDE} pixels a side modinv accepts")
         first[img["id"]] = img["file_name"]
+        sizes[img["id"]] = (int(img["height"]), int(img["width"]))
     seen: set[Any] = set()
     for ann in data["annotations"]:
         if not _whole(ann["id"]):
@@ -207,6 +223,35 @@ def _content_problem(data: dict) -> str | None:
             return f"annotation {ann['id']} has bbox {box!r}, not four numbers [x, y, width, height]"
         if not _whole(ann["category_id"]):
             return f"annotation {ann['id']} has category_id {ann['category_id']!r}, not an integer"
+        segm = _segmentation_problem(ann.get("segmentation"), sizes.get(ann["image_id"]))
+        if segm:
+            return f"annotation {ann['id']} (image {ann['image_id']}) {segm}"
+    return None
+
+
+def _segmentation_problem(segm: Any, size: tuple[int, int] | None) -> str | None:
+    """What is wrong with an annotation's segmentation for an image of ``size`` (h, w): polygons
+    need finite points near the image, run-length encodings the image's own size."""
+    if segm is None or size is None:
+        return None
+    h, w = size
+    if isinstance(segm, dict):  # run-length encoding
+        if segm.get("size") != [h, w]:
+            return f"has a run-length mask of size {segm.get('size')!r}, not its image's [{h}, {w}]"
+        return None
+    if not isinstance(segm, list):
+        return f"has a segmentation of type {type(segm).__name__}, neither polygons nor a run-length mask"
+    for polygon in segm:
+        if not isinstance(polygon, list) or not all(_number(v) for v in polygon) or len(polygon) % 2:
+            return "has a polygon that is not a list of x, y numbers"
+        points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+        if not np.isfinite(points).all():
+            return "has a polygon point that is NaN or infinite"
+        mx, my = POLYGON_MARGIN * w + 1, POLYGON_MARGIN * h + 1
+        outside = ((points[:, 0] < -mx) | (points[:, 0] > w + mx) | (points[:, 1] < -my) | (points[:, 1] > h + my))
+        if outside.any():
+            x, y = points[outside.argmax()]
+            return f"has a polygon point ({x:g}, {y:g}) far outside its {w}×{h} image"
     return None
 
 

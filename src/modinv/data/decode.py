@@ -4,9 +4,10 @@ Pillow does the decoding; this module only normalises what Pillow hands back:
 
 * grayscale (``1``, ``L``), palette (``P``), CMYK, YCbCr, LAB, HSV -> RGB by Pillow's conversions
   (CMYK naively, without colour management; embedded ICC profiles are ignored, as torchvision does);
-* 16-bit grayscale (``I;16*``, and ``I``, which is read as 16-bit) -> divided by 65535, so no
-  precision is lost before resizing; 32-bit float (``F``) is taken as [0, 1] (or 8/16-bit range
-  when its values exceed 1) and clipped;
+* 16-bit grayscale (``I;16*``) -> divided by 65535, so no precision is lost before resizing;
+  32-bit integer (``I``) and float (``F``) have no fixed white, so the range is read from the
+  values, as image viewers do: [0, 1] (float only), else 8-bit, 16-bit or 32-bit range by the
+  largest value, negatives and NaN as black;
 * transparency (``RGBA``, ``LA``, ``PA``, a palette or RGB image with a transparent colour) ->
   **composited over white** (``rgb * alpha + (1 - alpha)``): the colour a viewer shows, whereas
   dropping alpha exposes whatever the encoder left under transparent pixels (often black);
@@ -42,7 +43,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm",
 )
 
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 # Images with more pixels than this are reduced while decoding (see the module notes).
 REDUCE_ABOVE_PIXELS: int = 4096 * 4096
@@ -71,6 +72,17 @@ def read_image(path: str | Path) -> np.ndarray:
             raise ValueError(f"image too large: {exc}") from None
         with src:
             return to_rgb_array(decode_reduced(src))
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of the image file at ``path`` as stored, read from its header only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as img:
+                return img.size
+        except Image.DecompressionBombError as exc:
+            raise ValueError(f"image too large: {exc}") from None
 
 
 def decode_reduced(img: Image.Image) -> Image.Image:
@@ -106,8 +118,8 @@ def _reduce(img: Image.Image, factor: int) -> Image.Image:
         img = img.convert("L")
     elif img.mode in ("P", "PA") or (_has_alpha(img) and img.mode not in ("RGBA", "LA")):
         img = img.convert("RGBA" if _has_alpha(img) else "RGB")  # palette indices cannot be averaged
-    elif img.mode.startswith("I;16"):
-        img = img.convert("I")  # read back as 16-bit by to_rgb_array
+    elif img.mode.startswith("I;16"):  # reduce takes 32-bit integers: reduce those, then back to 16-bit
+        return img.convert("I").reduce(factor).convert("I;16")
     try:
         return img.reduce(factor)
     except ValueError:  # a mode reduce does not handle
@@ -120,12 +132,12 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     if mode in _SIXTEEN_BIT:
         gray = np.asarray(img).astype(np.float32) / 65535.0
         return _gray_to_rgb(np.clip(gray, 0.0, 1.0))
-    if mode == "F":
-        gray = np.asarray(img, dtype=np.float32)
-        peak = float(np.nanmax(gray)) if gray.size else 0.0
-        if peak > 1.0:
-            gray = gray / (255.0 if peak <= 255.0 else 65535.0)
-        return _gray_to_rgb(np.clip(np.nan_to_num(gray), 0.0, 1.0))
+    if mode in ("F", "I"):
+        gray = np.asarray(img, dtype=np.float64)
+        peak = float(np.nanmax(gray)) if gray.size and not np.isnan(gray).all() else 0.0
+        if peak > 1.0 or mode == "I":
+            gray = gray / next(top for top in (255.0, 65535.0, 2.0**31 - 1, peak) if peak <= top)
+        return _gray_to_rgb(np.clip(np.nan_to_num(gray), 0.0, 1.0).astype(np.float32))
     if _has_alpha(img):
         rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
         alpha = rgba[..., 3:4]

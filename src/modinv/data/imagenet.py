@@ -100,7 +100,9 @@ def imagenet_class_names() -> tuple[str, ...]:
 def resolve_label_map(spec: str, label_map: str = "auto") -> str:
     """The label map of the ``imagenet:ROOT[:split]`` source ``spec``: ``label_map`` itself unless it
     is ``"auto"``, which becomes ``"imagenet"`` when every class folder is an ImageNet-1k synset id
-    (so a subset of the classes keeps the standard indices), else ``"sorted"``."""
+    (so a subset of the classes keeps the standard indices), ``"sorted"`` when none is; a folder
+    that mixes synset folders with others is refused, naming the others (sorted positions would
+    silently give every class another label)."""
     if label_map != "auto":
         return label_map
     root, split = split_root(spec.strip().partition(":")[2])
@@ -113,4 +115,12 @@ def resolve_label_map(spec: str, label_map: str = "auto") -> str:
         return "sorted"  # the source reports the missing folder itself
     classes = subfolders(folder)
     known = set(_synsets())
-    return "imagenet" if classes and all(c in known for c in classes) else "sorted"
+    others = [c for c in classes if c not in known]
+    if others and len(others) < len(classes):
+        shown = ", ".join(repr(c) for c in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise ModinvError(
+            f"{folder} mixes ImageNet-1k synset folders with {len(others)} folder(s) that are not synset ids "
+            f"({shown}); move them away to keep the standard class indices, or choose the label map 'sorted' "
+            "(labels by sorted folder position)"
+        )
+    return "imagenet" if classes and not others else "sorted"

@@ -55,6 +55,10 @@ def split_photos(held_out: Sequence[str] = DEFAULT_HELD_OUT,
                  photos: Sequence[str] = DEFAULT_PHOTOS) -> tuple[list[str], list[str]]:
     """``(train, held_out)`` sample photo names: every photo of ``photos`` not held out trains."""
     held = list(dict.fromkeys(str(n) for n in held_out))
+    if len(held) < len(list(held_out)):  # the mean-image baseline of one photo repeated is 0
+        twice = next(n for n in held if [str(m) for m in held_out].count(n) > 1)
+        raise ModinvError(f"the photo {twice!r} is held out more than once; name each held-out photo once (a "
+                          "repeated photo would make the mean-image baseline meaningless)")
     photos = list(dict.fromkeys(str(n) for n in photos))
     unknown = [n for n in held + photos if n not in KNOWN_SAMPLES]
     if unknown:

@@ -35,12 +35,14 @@ from modinv.inverse.storage import (
     layout_of,
     load_component,
     model_layout,
+    model_seed_mismatch,
     read_manifest,
     save_chain,
 )
 from modinv.inverse.stage_modules import StageModules
 from modinv.models.base import IMAGE, StagedModel, Trace
 from modinv.models.weights import seeded
+from modinv.runtime import resolve_device
 
 # "paper": the components of the family the model declares (model.meta.inverse_family); "auto": chosen
 # from the stage shapes of any model; "default": "paper" where the model declares a family, else "auto".
@@ -152,6 +154,8 @@ class InverseChain(nn.Module):
         model declares a family, else ``"auto"``. ``variants``: ``{"bb": "standard" | "local" |
         "analytic", "pred": "fd" | "oh"}``. The chain is on the model's device, in training mode.
         """
+        if not isinstance(model, StagedModel):
+            raise ModinvError(f"InverseChain.build needs a StagedModel (from modinv.load_model), got {model!r}")
         if arch not in ARCHS:
             raise ModinvError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
         family = model.meta.inverse_family
@@ -436,7 +440,7 @@ class InverseChain(nn.Module):
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Upload this chain with its model card to hub repository ``repo_id``; returns its URL
         (``kwargs``: token, private, commit_message; see :func:`modinv.inverse.remote.push_to_hub`)."""
-        return push_to_hub(self, repo_id, **kwargs)
+        return push_to_hub(self, repo_id, verify=InverseChain.load, **kwargs)
 
     @classmethod
     def from_pretrained(cls, repo_id_or_path: str | os.PathLike, model: StagedModel | None = None,
@@ -477,11 +481,13 @@ class InverseChain(nn.Module):
             return cls.from_pretrained(path, model, map_location=map_location, components=components)
         if map_location is None:
             map_location = model.device if model is not None else "cpu"
+        else:  # one the caller named: it must exist here
+            map_location = resolve_device(map_location)
         directory = Path(path)
         manifest = read_manifest(directory)
         layout = layout_of(manifest)
         if model is not None:
-            why = layout_mismatch(layout, model_layout(model))
+            why = layout_mismatch(layout, model_layout(model)) or model_seed_mismatch(layout, model)
             if why:
                 raise ModinvError(f"the inverse chain in {str(directory)!r} does not fit model {model.name!r}: {why}")
         loaded, meta = {}, {}

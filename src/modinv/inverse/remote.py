@@ -16,15 +16,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from modinv.errors import ModinvError, brief
-from modinv.fileio import atomic_write_text, read_json
+from modinv.fileio import atomic_write_text, os_error_sentence, read_json
 from modinv.inverse.card import is_generated, model_card
-from modinv.inverse.storage import read_manifest
+from modinv.inverse.storage import MANIFEST, read_manifest, stage_file
 from modinv.models.weights import guarded_download, host_reachable
 
 PREFIX = "hf:"
@@ -126,13 +126,16 @@ class Saveable(Protocol):
 
 # -- pushing -------------------------------------------------------------------------------------------
 
-def push_to_hub(chain_dir_or_chain: "str | os.PathLike | Saveable", repo_id: str, *, token: str | None = None,
-                private: bool = False, commit_message: str | None = None, api: Any = None) -> str:
+def push_to_hub(chain_dir_or_chain: "str | os.PathLike | Saveable", repo_id: str, *,
+                verify: Callable[[Path], Any], token: str | None = None, private: bool = False,
+                commit_message: str | None = None, api: Any = None) -> str:
     """Upload a saved chain folder (or a chain object, saved first) to the hub repository
     ``repo_id`` (created if needed) with its model card; returns the repository's URL.
 
-    The upload holds the folder's safetensors and JSON files and README.md: the folder's own
-    README when a person wrote it, else a card generated from the manifest (naming ``repo_id``).
+    The upload holds exactly the files the manifest lists (components and manifest) and README.md:
+    the folder's own README when a person wrote it, else a card generated from the manifest
+    (naming ``repo_id``). ``verify(folder)`` loads the staged copies (checksums, known kinds) and
+    raises :class:`ModinvError` for a chain that does not load: what is uploaded is what was checked.
     ``api``: a ``huggingface_hub.HfApi`` (default: a new one with ``token``).
     """
     repo_id, revision = parse_hub_id(repo_id)
@@ -143,7 +146,7 @@ def push_to_hub(chain_dir_or_chain: "str | os.PathLike | Saveable", repo_id: str
             source = Path(chain_dir_or_chain)
         else:
             source = chain_dir_or_chain.save(Path(tmp) / "saved")
-        upload, manifest = _stage_upload(source, Path(tmp) / "upload", repo_id)
+        upload, manifest = _stage_upload(source, Path(tmp) / "upload", repo_id, verify)
         if api is None:
             api = _online_api(token)
         try:
@@ -180,19 +183,27 @@ def _push_error(exc: Exception, repo_id: str) -> str:
     return f"could not push to the hub repository {repo_id!r} ({brief(exc)})"
 
 
-def _stage_upload(source: Path, upload: Path, repo_id: str) -> tuple[Path, dict[str, Any]]:
-    """A folder with links to the chain's files and its model card: the user's folder (or a read-only
-    hub snapshot) is never written to."""
+def _stage_upload(source: Path, upload: Path, repo_id: str,
+                  verify: Callable[[Path], Any]) -> tuple[Path, dict[str, Any]]:
+    """A folder holding copies of exactly the files the chain's manifest lists, and its model card,
+    checked with ``verify`` (loading the copies): nothing else of the user's folder is uploaded, a
+    symbolic link is never followed out of the chain, and the user's folder (or a read-only hub
+    snapshot) is never written to."""
     manifest = read_manifest(source)  # a folder that is no saved chain fails here, with one sentence
     upload.mkdir(parents=True)
-    for path in sorted(source.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and path.name != CARD:
-            _link(path, upload / path.name)
+    listed = [source / MANIFEST] + [stage_file(source, s, ext) for s in manifest.get("components", {})
+                                    for ext in (".json", ".safetensors")]
+    for path in listed:
+        _copy_own(path, upload / path.name, source)
+    try:
+        verify(upload)
+    except ModinvError as exc:
+        raise ModinvError(f"not pushing {str(source)!r}: {str(exc).replace(str(upload), str(source))}") from None
     own = source / CARD
     if own.is_file() and not is_generated(own.read_text(encoding="utf-8", errors="replace")):
-        _link(own, upload / CARD)
+        _copy_own(own, upload / CARD, source)
     else:
-        meta = {s: read_json(source / f"{s}.json", "component file") for s in manifest.get("components", {})}
+        meta = {s: read_json(upload / f"{s}.json", "component file") for s in manifest.get("components", {})}
         card = model_card(manifest, meta, repo_id=repo_id, run_config=_run_config(source, manifest))
         atomic_write_text(upload / CARD, card)
     return upload, manifest
@@ -208,8 +219,18 @@ def _run_config(source: Path, manifest: Mapping[str, Any]) -> dict[str, Any] | N
     return config if isinstance(config, dict) and config.get("model") == manifest.get("model") else None
 
 
-def _link(path: Path, target: Path) -> None:
+def _copy_own(path: Path, target: Path, source: Path) -> None:
+    """Copy ``path``, a file of the chain folder ``source``, to ``target``; a symbolic link only when
+    it is a hub cache snapshot's link to its own blob (``<repo>/snapshots/<commit>/f -> <repo>/blobs/h``)."""
+    if not path.is_file():
+        raise ModinvError(f"not pushing {str(source)!r}: {str(path)!r}, which its manifest lists, is missing")
+    if path.is_symlink():
+        blobs = source.absolute().parent.parent / "blobs"
+        if path.resolve().parent != blobs.resolve():
+            raise ModinvError(f"not pushing {str(source)!r}: {str(path)!r} is a symbolic link (to "
+                              f"{str(path.resolve())!r}); push uploads only the chain's own files, so replace "
+                              "the link by a copy of the file")
     try:
-        os.symlink(path.resolve(), target)
-    except OSError:  # no symbolic links here (some file systems): copy
-        shutil.copy2(path, target)
+        shutil.copyfile(path, target)
+    except OSError as exc:
+        raise ModinvError(os_error_sentence(exc, path, "read")) from None

@@ -5,11 +5,12 @@
                           metrics, parameter count and the SHA-256 of its safetensors file
     manifest.json         format and version, model name and weights, stage layout and shapes,
                           input size, arch, seeds, variants, metrics, parameter counts, and per
-                          component its file, kind and SHA-256
+                          component its file, kind and the SHA-256 of its two files
 
 Loading rebuilds each component from its JSON config through the registry of kinds and reads its
-weights from the safetensors file, after checking both recorded checksums: no pickle, no code from
-the folder runs. Saving writes every file complete under a temporary name first and renames them
+weights from the safetensors file, after checking the recorded checksums (required; a chain of
+format 1 without them loads with one warning) and that every weight is finite: no pickle, no code
+from the folder runs. Saving writes every file complete under a temporary name first and renames them
 all into place at the end (the manifest last), so an interrupted save leaves the previous chain
 readable. Files are written through :mod:`modinv.fileio`.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -33,12 +35,15 @@ from modinv.models.base import IMAGE, StagedModel
 from modinv.models.weights import describe_load_error, load_into, seeded
 
 FORMAT = "modinv-inverse-chain"
-FORMAT_VERSION = 1
+# 2: every file carries a checksum in the manifest, and a missing one is refused (format-1 chains
+# without checksums load with one warning).
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 # What a manifest says about the model and training a chain was made for (the chain's ``layout``).
-LAYOUT_KEYS = ("model", "weights", "stages", "shapes", "input_size", "arch", "training", "classic_stage",
+LAYOUT_KEYS = ("model", "weights", "model_seed", "stages", "shapes", "input_size", "arch", "training", "classic_stage",
                "finetune_stage", "lambda", "zero_lambda", "start_weights", "forward_weights")
 _ENTRY_KEYS = ("file", "kind", "seed", "variant", "arch", "parameters", "sha256")  # per component, in the manifest
+_UNCHECKED_WARNED: set[str] = set()  # old chains without checksums: one warning per folder
 _DAMAGED = "it is truncated, corrupt or was replaced; save the chain again"
 
 
@@ -53,13 +58,28 @@ def _version() -> str:
 def model_layout(model: StagedModel) -> dict[str, Any]:
     """Model name, weights id, stage layout, per-sample stage shapes and input size of ``model``."""
     shapes = model.stage_shapes()
-    return {
+    layout = {
         "model": model.name,
         "weights": str(getattr(model, "weights", "unknown")),
         "stages": list(model.all_stages),
         "shapes": {s: list(shapes[s]) for s in model.all_stages},
         "input_size": list(model.input_size),
     }
+    if layout["weights"] == "random" and isinstance(getattr(model, "seed", None), int):
+        layout["model_seed"] = model.seed  # random weights of another seed are another network
+    return layout
+
+
+def model_seed_mismatch(made_for: Mapping[str, Any], model: StagedModel) -> str | None:
+    """Why a chain made for random weights of one seed does not fit a model of random weights of
+    another (None when it fits, or when either does not say)."""
+    theirs, mine = made_for.get("model_seed"), getattr(model, "seed", None)
+    if made_for.get("weights") != "random" or str(getattr(model, "weights", "")) != "random":
+        return None
+    if isinstance(theirs, int) and isinstance(mine, int) and theirs != mine:
+        return (f"it was trained on random {made_for.get('model')} weights of seed {theirs}, but the model has random "
+                f"weights of seed {mine} (another network); load the model with seed {theirs}")
+    return None
 
 
 def fmt_shape(shape: Sequence[int]) -> str:
@@ -142,16 +162,33 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
         return "'shapes' is not a mapping of stage names to shapes"
     if "input_size" in manifest and not (_is_shape(manifest["input_size"]) and len(manifest["input_size"]) == 2):
         return "'input_size' is not [height, width]"
+    files = manifest.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        return "'files' is not a mapping of file names to checksums"
     components = manifest.get("components", {})
     if not isinstance(components, dict) or not all(isinstance(k, str) for k in components):
         return "'components' is not a mapping of stage names"
     unknown = [s for s in components if s not in stages or s == IMAGE]
     if unknown:
         return f"it lists components for {unknown}, which are not among its stages {stages}"
-    bad = [s for s, e in components.items() if not isinstance(e, dict) or not isinstance(e.get("sha256", ""), str)]
+    bad = [s for s, e in components.items() if not isinstance(e, dict)
+           or not all(isinstance(e.get(k, ""), str) for k in ("sha256", "config_sha256"))]
     if bad:
         return f"the entries of {bad} under 'components' are not mappings with a 'sha256' text"
+    if manifest.get("format_version", 0) >= 2:
+        unchecked = [s for s, e in components.items() if not (e.get("sha256") and e.get("config_sha256"))]
+        if unchecked:
+            return f"the entries of {unchecked} under 'components' lack their checksums ('sha256', 'config_sha256')"
     return None
+
+
+def record_file_checksum(directory: str | os.PathLike, name: str) -> None:
+    """Add the SHA-256 of ``directory/name``, a file written next to a saved chain (a fine-tuned
+    model's ``forward.safetensors``), to the chain's manifest under ``"files"``: loading it checks it."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    manifest.setdefault("files", {})[name] = sha256_file(directory / name)
+    write_json(directory / MANIFEST, manifest)
 
 
 # -- one component -------------------------------------------------------------------------------------
@@ -172,11 +209,17 @@ def load_component(path: str | os.PathLike, stage: str, map_location: str | torc
     if entry is None:
         raise ModinvError(f"{str(directory)!r} holds no component for stage {stage!r}")
     json_file, weights_file = stage_file(directory, stage, ".json"), stage_file(directory, stage, ".safetensors")
+    if json_file.is_file() and entry.get("config_sha256"):
+        _check_digest(json_file, sha256_file(json_file), entry["config_sha256"], MANIFEST, "component file")
     meta = read_json(json_file, "component file")
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise ModinvError(f"{str(json_file)!r} holds no component config")
     if not weights_file.is_file():
         raise ModinvError(f"weights file {str(weights_file)!r} is missing")
+    if not (meta.get("sha256") and entry.get("sha256")):
+        if manifest.get("format_version", 0) >= 2:
+            raise ModinvError(f"{str(json_file)!r} lacks the checksum of its weights ('sha256'): {_DAMAGED}")
+        _warn_unchecked(directory)
     digest = sha256_file(weights_file)
     _check_digest(weights_file, digest, meta.get("sha256"), json_file.name)
     try:
@@ -188,6 +231,7 @@ def load_component(path: str | os.PathLike, stage: str, map_location: str | torc
         ) from None
     # after the reader: a file forged to match its JSON is refused by the reader if it can be
     _check_digest(weights_file, digest, entry.get("sha256"), MANIFEST)
+    _check_finite(state, weights_file)
     config = upgrade_config(meta["config"])
     _check_config_fits(config, state, weights_file)
     try:
@@ -203,9 +247,27 @@ def load_component(path: str | os.PathLike, stage: str, map_location: str | torc
     return module.to(map_location), meta
 
 
-def _check_digest(weights_file: Path, digest: str, expected: Any, where: str) -> None:
+def _check_digest(file: Path, digest: str, expected: Any, where: str, what: str = "weights file") -> None:
     if expected and digest != expected:
-        raise ModinvError(f"weights file {str(weights_file)!r} does not match the checksum in {where}: {_DAMAGED}")
+        raise ModinvError(f"{what} {str(file)!r} does not match the checksum in {where}: {_DAMAGED}")
+
+
+def _warn_unchecked(directory: Path) -> None:
+    """One warning per folder for a chain written before checksums were required (format 1)."""
+    key = str(directory.resolve())
+    if key not in _UNCHECKED_WARNED:
+        _UNCHECKED_WARNED.add(key)
+        warnings.warn(f"the inverse chain in {str(directory)!r} has no checksums (an older modinv wrote it), so "
+                      "damage to its files cannot be detected; save it again to add them", UserWarning, stacklevel=4)
+
+
+def _check_finite(state: Mapping[str, Tensor], weights_file: Path) -> None:
+    """Refuse weights holding NaN or infinities: every number computed from them would be n/a."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModinvError(f"weights file {str(weights_file)!r} holds NaN or infinite values (in {name}): the "
+                              "component diverged or was damaged; retrain it (e.g. with a lower --lr) or use an "
+                              "earlier checkpoint")
 
 
 def _check_config_fits(config: dict[str, Any], state: Mapping[str, Tensor], weights_file: Path) -> None:
@@ -271,8 +333,8 @@ def save_chain(path: str | os.PathLike, components: Mapping[str, nn.Module],
             meta = copy.deepcopy(dict(metas[stage])) | {"config": copy.deepcopy(module.config)} | header | {
                 "model": fields["model"], "weights": fields.get("weights"), "file": weights_file.name,
                 "sha256": sha256_file(tmp), "parameters": sum(p.numel() for p in module.parameters())}
-            stage_write(stage_file(directory, stage, ".json"), lambda t, m=meta: write_json(t, m))
-            entries[stage] = {k: meta.get(k) for k in _ENTRY_KEYS}
+            json_tmp = stage_write(stage_file(directory, stage, ".json"), lambda t, m=meta: write_json(t, m))
+            entries[stage] = {k: meta.get(k) for k in _ENTRY_KEYS} | {"config_sha256": sha256_file(json_tmp)}
             written[stage] = meta
         manifest = header | copy.deepcopy(dict(fields)) | {"components": entries}
         readme = directory / "README.md"  # the model card; a card a person wrote is kept

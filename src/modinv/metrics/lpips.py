@@ -4,7 +4,8 @@ LPIPS compares deep features of two images: a frozen ImageNet backbone (AlexNet 
 the LPIPS authors recommend for evaluation) and small learned 1×1 "linear" heads. torchmetrics
 (pinned in pyproject.toml) ships the linear heads inside its package; the backbone weights are
 torchvision's. They are taken from, in order: a file the user passes (a torchvision state dict of
-that backbone: ``.pth``/``.pt`` read with ``weights_only=True``, or ``.safetensors``), or the torch
+that backbone: ``.pth``/``.pt`` read with ``weights_only=True``, or ``.safetensors``; by default it
+must be torchvision's released file, checked by its SHA-256), or the torch
 hub cache (``torch.hub.get_dir()/checkpoints/<torchvision's file name>``, where any earlier
 ``torchvision.models.alexnet(weights="DEFAULT")`` left them). Where neither exists, :func:`load_lpips`
 returns an :class:`Lpips` whose ``reason`` says so in one sentence and nothing else fails.
@@ -59,15 +60,44 @@ def cached_weights_path(backbone: str = "alex") -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def _read_state(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def release_digest_prefix(backbone: str = "alex") -> str:
+    """The start of the SHA-256 of torchvision's released ``backbone`` weights, which torchvision
+    writes into the file name (``alexnet-owt-7be5be79.pth``)."""
+    return cached_weights_path(backbone).stem.rsplit("-", 1)[-1]
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path.name} holds a {type(state).__name__}, not a state dict")
+
+def _read_state(path: Path) -> dict[str, Tensor]:
+    """The tensors of a weights file; ``ValueError`` (one line, never the unpickler's advice to
+    load untrusted files with ``weights_only=False``) for anything else."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - text, a pickle of objects, a foreign format: all refused alike
+        raise ValueError(f"it is not a file of tensors ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"it holds a {type(state).__name__}, not a state dict of tensors")
     return state
+
+
+def _check_release(path: Path, backbone: str) -> None:
+    """``ValueError`` unless ``path`` is torchvision's released ``backbone`` file (by its SHA-256):
+    LPIPS's linear heads were calibrated on those weights only, so other weights of the same shapes
+    (another training run, random ones) would give numbers that mean nothing."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    expected = release_digest_prefix(backbone)
+    if not digest.hexdigest().startswith(expected):
+        raise ValueError(f"it is not torchvision's released {BACKBONES[backbone][0]} weights file (its SHA-256 "
+                         f"does not begin with {expected}), whose features LPIPS was calibrated on")
 
 
 def _copy_backbone(net: nn.Module, state: dict[str, Tensor]) -> None:
@@ -86,11 +116,13 @@ def _copy_backbone(net: nn.Module, state: dict[str, Tensor]) -> None:
 
 
 def load_lpips(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-               backbone: str = "alex") -> Lpips:
+               backbone: str = "alex", verify: bool = True) -> Lpips:
     """LPIPS with ``backbone`` weights from ``weights`` (a file) or the local torch hub cache.
 
-    Never downloads. When the weights are missing or unreadable the result has ``net=None`` and a
-    one-sentence ``reason`` (``"LPIPS not computed: " + reason`` is what reports print).
+    Never downloads. When the weights are missing or unreadable, are not the backbone's tensors,
+    or (``verify``, the default) are not torchvision's released file by its SHA-256, the result has
+    ``net=None`` and a one-sentence ``reason`` (``"LPIPS not computed: " + reason`` is what reports
+    print). ``verify=False`` accepts any weights of the right shapes (tests, experiments).
     """
     if backbone not in BACKBONES:
         return Lpips(None, f"unknown LPIPS backbone {backbone!r} (choose from {', '.join(BACKBONES)})",
@@ -107,10 +139,12 @@ def load_lpips(weights: str | os.PathLike | None = None, device: str | torch.dev
     net = _NoTrainLpips(net=backbone, pretrained=True, pnet_rand=True)
     try:
         _copy_backbone(net.net, _read_state(path))
+        if verify:
+            _check_release(path, backbone)
     except (OSError, RuntimeError, ValueError) as exc:
         return Lpips(None, f"the weights in {str(path)!r} cannot be used as the {BACKBONES[backbone][0]} "
                            f"backbone ({str(exc).splitlines()[0]})", backbone=backbone)
     return Lpips(net.eval().to(device), source=str(path), backbone=backbone)
 
 
-__all__ = ["BACKBONES", "Lpips", "cached_weights_path", "load_lpips"]
+__all__ = ["BACKBONES", "Lpips", "cached_weights_path", "load_lpips", "release_digest_prefix"]

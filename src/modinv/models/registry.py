@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import importlib.metadata
+import operator
 import pkgutil
 import types
 import warnings
@@ -28,6 +29,7 @@ import torch
 from modinv.errors import ModinvError
 from modinv.models.base import StagedModel
 from modinv.models.family import Family, register_family, registered
+from modinv.runtime import check_seed, resolve_device
 
 ENTRY_POINT_GROUP = "modinv.models"
 _loaded = False
@@ -121,6 +123,26 @@ def _builder(family: Family) -> Callable[..., StagedModel]:
     return getattr(importlib.import_module(module), func)
 
 
+# The most pixels an input may have: a frozen forward pass (and the dry run that measures the stage
+# shapes) at more would not fit in memory for token models (2048×2048 is 16,384 ViT tokens).
+MAX_INPUT_PIXELS = 2048 * 2048
+
+
+def check_input_size(size: Any) -> tuple[int, int]:
+    """``size`` as ``(H, W)``, or one sentence when it is not two positive whole numbers of at most
+    :data:`MAX_INPUT_PIXELS` pixels in all."""
+    try:
+        h, w = (operator.index(v) for v in size)
+    except (TypeError, ValueError):
+        raise ModinvError(f"input_size must be (height, width) in pixels, got {size!r}") from None
+    if h < 1 or w < 1:
+        raise ModinvError(f"input_size must be positive, got {h}×{w}")
+    if h * w > MAX_INPUT_PIXELS:
+        raise ModinvError(f"input size {h}×{w} is {h * w:,} pixels, above the {MAX_INPUT_PIXELS:,} (2048×2048) a "
+                          "model can run at in memory")
+    return h, w
+
+
 def load_model(
     name: str,
     weights: str = "pretrained",
@@ -135,6 +157,10 @@ def load_model(
     ``options`` go to the adapter (e.g. ``input_size=(H, W)``, ``indices=`` for timm models).
     """
     family, extra = _resolve(name)
+    device, seed = resolve_device(device), check_seed(seed)  # before anything is built
+    if "input_size" in options:
+        options["input_size"] = check_input_size(options["input_size"])
     model = _builder(family)(weights=str(weights), seed=seed, **extra, **options)
     model.weights = str(weights)
+    model.seed = seed  # random weights are known by their seed (a chain records it)
     return model.freeze().to(device)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import torch
 
 from modinv.errors import ModinvError, WeightsUnavailableError, brief
+from modinv.fileio import read_json, sha256_file
+from modinv.runtime import check_seed
 
 DOWNLOAD_TIMEOUT_S = 20.0
 HUB_HOST = "huggingface.co"
@@ -20,6 +23,7 @@ T = TypeVar("T")
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Run a block (e.g. model construction) under ``seed`` without touching the caller's RNG."""
+    seed = check_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
@@ -35,6 +39,7 @@ def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ModinvError(f"weights file {str(path)!r} does not exist")
+    _check_recorded_checksum(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -49,6 +54,34 @@ def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModinvError(f"weights file {str(path)!r} holds no state dict of tensors")
     return state
+
+
+_UNCHECKED_WARNED: set[str] = set()
+
+
+def _check_recorded_checksum(path: Path) -> None:
+    """Forward weights written next to a chain (a fine-tuned model's) must match the checksum its
+    manifest records (``"files"``); written before checksums were recorded: one warning."""
+    manifest_file = path.parent / "manifest.json"
+    if not manifest_file.is_file():
+        return
+    try:
+        manifest = read_json(manifest_file, "manifest")
+    except ModinvError:
+        return
+    if not isinstance(manifest, dict) or manifest.get("forward_weights") != path.name:
+        return
+    files = manifest.get("files")
+    expected = files.get(path.name) if isinstance(files, dict) else None
+    if not expected:
+        if str(path.resolve()) not in _UNCHECKED_WARNED:
+            _UNCHECKED_WARNED.add(str(path.resolve()))
+            warnings.warn(f"weights file {str(path)!r} has no checksum in {str(manifest_file)!r} (an older modinv "
+                          "wrote it), so damage to it cannot be detected", UserWarning, stacklevel=4)
+        return
+    if sha256_file(path) != expected:
+        raise ModinvError(f"weights file {str(path)!r} does not match the checksum in {str(manifest_file)!r}: it is "
+                          "truncated, corrupt or was replaced")
 
 
 def describe_load_error(exc: BaseException) -> str:

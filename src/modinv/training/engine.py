@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 
 from modinv.data import make_loader
 from modinv.distributed import SINGLE, DistContext
-from modinv.errors import ModinvError
+from modinv.errors import ModinvError, Terminated
 from modinv.fileio import append_jsonl, write_json
 from modinv.inverse.chain import InverseChain
 from modinv.models.base import StagedModel, Trace
-from modinv.runtime import amp_dtype, autocast
+from modinv.runtime import amp_dtype, autocast, deferred_termination, termination_requested
 from modinv.training import checkpoint as ckpt
 from modinv.training.config import TrainConfig
 from modinv.training.data import set_data_epoch, usable_batches
@@ -394,7 +394,8 @@ class Engine:
         self._started, first = time.perf_counter(), self.step
         self.stop_reason = self._stop_reason()
         try:
-            self._loop()
+            with deferred_termination():  # SIGTERM: stop after the step in progress, checkpoint written
+                self._loop()
         except KeyboardInterrupt:
             if not self.config.stop_on_interrupt or self.step == first:
                 raise
@@ -410,6 +411,9 @@ class Engine:
         if self.dist.enabled:
             sums = replica_checksums({s: self.chain.components[s] for s in self.stages}, self.dist, self.device)
             self._log({"step": self.step, "event": "replica_checksums", "checksums": sums})
+        if self.stop_reason == "terminated":
+            raise Terminated(f"training stopped after step {self.step} with its checkpoint written; continue "
+                             f"with --resume (--out {self.out})")
         return self._metrics()
 
     def _loop(self) -> None:
@@ -434,6 +438,8 @@ class Engine:
     def _stop_reason(self) -> str | None:
         """Why training stops after the current step, or None. Every process decides alike."""
         self.seconds = time.perf_counter() - self._started
+        if self._terminated():
+            return "terminated"
         total = self.total_steps
         if total is not None and self.step >= total:
             return "step limit"
@@ -443,6 +449,13 @@ class Engine:
         if self.dist.enabled:  # clocks differ: stop when any process is over
             over = float(self.dist.all_reduce_sum(torch.tensor([float(over)], device=self.device))[0]) > 0
         return "time budget" if over else None
+
+    def _terminated(self) -> bool:
+        """Whether SIGTERM arrived (at any process, under DDP: every process stops alike)."""
+        asked = termination_requested()
+        if self.dist.enabled:
+            asked = float(self.dist.all_reduce_sum(torch.tensor([float(asked)], device=self.device))[0]) > 0
+        return asked
 
     def _after_step(self, losses: dict[str, float], final: bool) -> None:
         cfg = self.config

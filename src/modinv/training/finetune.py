@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 
 from modinv.errors import ModinvError
+from modinv.inverse.storage import record_file_checksum
 from modinv.models.base import IMAGE, Trace
 from modinv.training.classic import classic_path, reconstruct_through
 from modinv.training.engine import Engine, TrainConfig
@@ -243,6 +244,7 @@ class FinetuneObjective(Objective):
 
     def on_best(self, folder: Path) -> None:
         self.save_forward(folder / FORWARD_WEIGHTS_FILE)
+        record_file_checksum(folder, FORWARD_WEIGHTS_FILE)  # checked when --weights loads it
 
     def save_forward(self, path: str | os.PathLike) -> Path:
         """The forward weights as a safetensors state dict ``load_model(..., weights=PATH)`` reads."""

@@ -56,12 +56,74 @@ def folder_contents(out: Path) -> list[str]:
     return [n for n in names if not n.startswith(".") and n != LOCK_FILE]
 
 
+def run_config(out: Path) -> dict[str, Any] | None:
+    """The ``config.json`` in ``out`` when a modinv run wrote it (a mapping naming the model and
+    holding the run's ``train`` settings); None when there is none or it is someone else's file."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = read_json(path, "run config")
+    except (ModinvError, RecursionError):
+        return None
+    if isinstance(config, dict) and isinstance(config.get("model"), str) and isinstance(config.get("train"), dict):
+        return config
+    return None
+
+
+def _run_wrote(path: Path) -> bool:
+    """Whether ``path`` (an entry of :data:`RUN_FILES`) is provably a run's: ``best/`` a saved chain
+    (or empty), ``checkpoints/`` only checkpoints, ``log.jsonl`` JSON records of steps."""
+    from modinv.training import checkpoint as ckpt
+
+    if path.name == "config.json":
+        return run_config(path.parent) is not None
+    if path.name == "log.jsonl":
+        try:
+            with open(path, encoding="utf-8") as f:
+                first = f.readline()
+            record = json.loads(first) if first.strip() else {}
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and "step" in record
+    if path.is_symlink() or not path.is_dir():
+        return False
+    names = [p.name for p in path.iterdir() if not p.name.startswith(".")]
+    if path.name == "checkpoints":
+        return all(n == ckpt.POINTER or n.startswith("ckpt-") for n in names)
+    return not names or (path / "manifest.json").is_file() and _is_chain(path)
+
+
+def _is_chain(path: Path) -> bool:
+    from modinv.inverse.storage import read_manifest
+
+    try:
+        read_manifest(path)
+    except (ModinvError, RecursionError):
+        return False
+    return True
+
+
 def check_run_folder(out: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> None:
     """Refuse (one sentence) a new run into a folder that is not empty, unless ``resume`` or
-    ``overwrite``; read-only, so a command can call it before any work."""
+    ``overwrite``; a resume where there is no run, or whose config.json is gone; an overwrite of
+    files no run provably wrote. Read-only, so a command can call it before any work."""
     if resume and overwrite:
         raise ModinvError("give --resume (continue the run) or --overwrite (replace it), not both")
-    found = folder_contents(Path(out))
+    out = Path(out)
+    found = folder_contents(out)
+    if resume and run_config(out) is None:
+        if not [n for n in found if n in RUN_FILES]:
+            raise ModinvError(f"there is no run to resume in {str(out)!r} (no config.json, no checkpoint); check "
+                              "--out, or start the run without --resume")
+        raise ModinvError(f"cannot resume the run in {str(out)!r}: its config.json is missing or is not a run's, "
+                          "so the settings cannot be checked against the run's; restore it, or start a new run "
+                          "(another --out, or --overwrite)")
+    if overwrite:
+        foreign = [n for n in RUN_FILES if n in found and not _run_wrote(out / n)]
+        if foreign:
+            raise ModinvError(f"--overwrite removes only what a run wrote, and {', '.join(foreign)} in {str(out)!r} "
+                              "are not a run's files; move them away, or choose another --out")
     if found and not (resume or overwrite):
         shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
         raise ModinvError(
@@ -72,17 +134,20 @@ def check_run_folder(out: str | os.PathLike, resume: bool = False, overwrite: bo
 
 
 def clear_run(out: Path) -> list[str]:
-    """Remove what a previous run wrote into ``out`` (:data:`RUN_FILES`); returns the names removed."""
+    """Remove what a previous run wrote into ``out`` (:data:`RUN_FILES`, each only when provably a
+    run's; :func:`check_run_folder` refuses the others first); returns the names removed."""
     removed = []
     for name in RUN_FILES:
         path = out / name
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if not _run_wrote(path):
+            raise ModinvError(f"--overwrite removes only what a run wrote, and {str(path)!r} is not a run's file")
         try:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
             else:
-                continue
+                path.unlink()
         except OSError as exc:
             raise ModinvError(os_error_sentence(exc, path, "remove")) from None
         removed.append(name)

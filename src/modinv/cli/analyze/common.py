@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from modinv.analysis.registry import ANALYSES
-from modinv.cli.common import caption_parts, model_for_chains, writable_dir
+from modinv.cli.common import caption_parts, input_paths, model_for_chains, writable_dir
 from modinv.data import open_source
 from modinv.errors import ModinvError
 from modinv.fileio import finite_or_null, read_json, write_json
@@ -45,7 +45,7 @@ def _caption(parts: Mapping[str, Any]) -> None:
 
 def single_chain_inputs(args: argparse.Namespace, analysis: str) -> tuple[Path, StagedModel, InverseChain, Any]:
     """``(out_dir, model, chain, source)`` for an analysis that takes exactly one inverse chain."""
-    out = writable_dir(args.out)
+    out = writable_dir(args.out, inputs=input_paths(args))
     if len(args.inverse) != 1:
         raise ModinvError(f"the {analysis} analysis takes one inverse chain, got {len(args.inverse)}")
     model, source = model_and_source(args)

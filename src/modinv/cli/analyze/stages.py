@@ -10,7 +10,7 @@ from modinv.analysis.evaluate import evaluation_lines
 from modinv.analysis.common import unique_label
 from modinv.analysis.stages import load_results, stage_errors, stage_errors_figure
 from modinv.cli.analyze.common import load_chains, model_and_source, wrote, write_result
-from modinv.cli.common import writable_dir
+from modinv.cli.common import input_paths, writable_dir
 from modinv.cli.evaluate import add_metric_args, lpips_from_args
 from modinv.errors import ModinvError
 
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    out = writable_dir(args.out)
+    out = writable_dir(args.out, inputs=input_paths(args))
     compare: dict[str, dict[str, Any]] = {}
     for file in args.compare:  # read them first: a bad file fails before any work
         for label, entry in load_results(file).items():

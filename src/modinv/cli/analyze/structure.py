@@ -7,7 +7,7 @@ from typing import Any
 
 from modinv.analysis.structure import pred_variant, require_pred, structure_analysis, structure_figure
 from modinv.cli.analyze.common import load_chains, model_and_source, wrote, write_result
-from modinv.cli.common import number_in, positive_int, writable_dir
+from modinv.cli.common import input_paths, number_in, positive_int, writable_dir
 from modinv.errors import ModinvError
 from modinv.metrics import format_ci
 
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    out = writable_dir(args.out)
+    out = writable_dir(args.out, inputs=input_paths(args))
     if len(args.inverse) != 2:
         raise ModinvError(
             f"the structure analysis takes two inverse chains (--inverse FD_CHAIN OH_CHAIN, any order), "

@@ -15,7 +15,7 @@ from typing import Any
 from modinv.analysis.token_noise import DEFAULT_FRACTION, NOISE_MODES
 from modinv.analysis.tokens import token_noise_analysis, token_noise_figure
 from modinv.cli.analyze.common import load_chains, model_and_source, run_record, write_result, wrote
-from modinv.cli.common import non_negative_int, number_in, positive_int, writable_dir
+from modinv.cli.common import input_paths, number_in, positive_int, seed_int, writable_dir
 from modinv.metrics import format_ci
 
 
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of spatial tokens replaced (default: 0.2)")
     parser.add_argument("--noise", choices=NOISE_MODES, default="matched",
                         help="matched: uniform with the tokens' per-channel mean and variance (default); unit: U(0, 1)")
-    parser.add_argument("--token-seed", type=non_negative_int, help="seed of the token choice and the noise (default: --seed)")
+    parser.add_argument("--token-seed", type=seed_int, help="seed of the token choice and the noise (default: --seed)")
     parser.add_argument("--figure-images", type=positive_int, default=2, help="images shown in the figure (default: 2)")
     parser.add_argument("--token-stages", nargs=2, metavar=("FIRST", "SECOND"),
                         help="the two token stages that play bb and enc (default: the first two the model declares "
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    out = writable_dir(args.out)
+    out = writable_dir(args.out, inputs=input_paths(args))
     model, source = model_and_source(args)
     chains = load_chains(args, model)
     seed = args.seed if args.token_seed is None else args.token_seed
