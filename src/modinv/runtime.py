@@ -40,8 +40,9 @@ def check_seed(seed: object, what: str = "seed") -> int:
     return int(seed)
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/"auto" -> CUDA when available, else CPU; a named device must exist in this build."""
+def resolve_device(device: str | torch.device | None = None, allow_meta: bool = False) -> torch.device:
+    """``None``/"auto" -> CUDA when available, else CPU; a named device must exist in this build
+    (``allow_meta``: also the meta device, for building models that only report their shapes)."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -50,6 +51,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         raise ModinvError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModinvError(f"device {str(device)!r} requested but CUDA is not available here; use --device cpu")
+    if device.type == "meta" and allow_meta:
+        return device
     if device.type not in ("cpu", "cuda"):
         backend = getattr(torch, device.type, None) if device.type in ("mps", "xpu") else None
         if backend is None or not backend.is_available():

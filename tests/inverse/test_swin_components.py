@@ -140,6 +140,8 @@ def test_a_chain_saved_before_the_authors_layout_loads_unchanged(tiny, tmp_path)
     # configs written before shift_first / split_layout / init existed: the same outputs after loading
     import json
 
+    from modinv.fileio import sha256_file
+
     chain = InverseChain.build(tiny, arch="paper", seed=0, stages=["s2"])
     old = build_component({**chain.components["s2"].config, "shift_first": False, "split_layout": "timm",
                            "init": "timm"}).eval()
@@ -149,6 +151,9 @@ def test_a_chain_saved_before_the_authors_layout_loads_unchanged(tiny, tmp_path)
     for key in ("shift_first", "split_layout", "init"):
         del meta["config"][key]
     (tmp_path / "old" / "s2.json").write_text(json.dumps(meta))
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())  # as the old save recorded it
+    manifest["components"]["s2"]["config_sha256"] = sha256_file(tmp_path / "old" / "s2.json")
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
     loaded = InverseChain.load(tmp_path / "old", tiny)
     x = torch.randn(1, *tiny.stage_shapes()["s2"], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

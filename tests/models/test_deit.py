@@ -114,5 +114,6 @@ def test_cli_info_prints_stages_and_parameter_counts(capsys):
     bb = 768 * 3 * 16 * 16 + 768 + 768 + 196 * 768  # projection, class token, patch-only position embedding
     # forward: DeiT III's blocks add two LayerScale vectors; inverse: the paper's bb⁻¹ and 12 blocks
     assert rows["bb"] == ["197×768", f"{bb:,}", "857,267"] and bb == 741_888
-    assert rows["enc"] == ["197×768", f"{12 * (block + 2 * 768):,}", f"{12 * block:,}"]
+    # the paper's enc⁻¹ blocks have no q/k/v bias (the authors' qkv_bias=False): 85,026,816
+    assert rows["enc"] == ["197×768", f"{12 * (block + 2 * 768):,}", f"{12 * (block - 3 * 768):,}"]
     assert "inverse architecture: paper" in out

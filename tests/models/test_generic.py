@@ -359,6 +359,13 @@ def test_prefix_builders_get_the_text_after_the_prefix_as_source(monkeypatch):
         calls.append(kwargs)
         return direct
 
-    monkeypatch.setattr(hf, "build", fake_build)
+    import dataclasses
+
+    import modinv.models.family as family_module
+    from modinv.models.registry import model_family
+
+    family = model_family("hf:some/model")  # the registered family holds the builder (hf.build)
+    assert family.builder is hf.build
+    monkeypatch.setitem(family_module._FAMILIES, family.name, dataclasses.replace(family, builder=fake_build))
     load_model("hf:some/model", weights="random")
     assert calls[0]["source"] == "some/model" and "timm_name" not in calls[0]

@@ -68,7 +68,8 @@ def fill_run_options(args: argparse.Namespace, options: Mapping[str, tuple[str, 
         if config.is_file():
             record = read_json(config, "run config")
             if not isinstance(record, Mapping):
-                raise ModinvError(f"{str(config)!r} is not a run config (a JSON object); it cannot be resumed")
+                raise ModinvError(f"cannot resume the run in {str(args.out)!r}: its config.json is missing or is not a "
+                                  "run's (not a JSON object)")
             _fill_from_chain(args, Path(args.out))
         elif any(getattr(args, name, None) is None for name in needed):
             raise ModinvError(f"--resume: {str(args.out)!r} holds no config.json to take the run's settings from; "

@@ -157,7 +157,7 @@ def load_model(
     ``options`` go to the adapter (e.g. ``input_size=(H, W)``, ``indices=`` for timm models).
     """
     family, extra = _resolve(name)
-    device, seed = resolve_device(device), check_seed(seed)  # before anything is built
+    device, seed = resolve_device(device, allow_meta=True), check_seed(seed)  # before anything is built
     if "input_size" in options:
         options["input_size"] = check_input_size(options["input_size"])
     model = _builder(family)(weights=str(weights), seed=seed, **extra, **options)
