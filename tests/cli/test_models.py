@@ -125,6 +125,7 @@ def test_models_lists_every_family_without_building_one(monkeypatch, capsys):
     assert [f["name"] for f in listed] == ["vit-b16", "vit-b16-noselfattn"]
     assert listed[0]["shapes"] == {"img": [3, 224, 224], "bb": [197, 768], "enc": [197, 768]}
     assert listed[0]["mean"] == [0.5, 0.5, 0.5] and listed[0]["inverse_family"] == "vit"
+    assert listed[0]["recipes"] == ["modinv", "paper"] and listed[0]["offline_pretrained"] is False
     assert main(["models", "--task", "detection"]) == 0 and "vit" not in capsys.readouterr().out
 
 
