@@ -213,7 +213,8 @@ def _build(name: str, weights: str | os.PathLike, seed: int, input_size: Any,
     """The adapter ``name`` of :data:`TIMM_NAMES` from any weight source; a file may also be a
     VitStagedModel state dict (``vit.`` keys), and its position embeddings are resampled to
     ``input_size`` (None: the family's, 224×224) by timm."""
-    size = check_input_size(input_size or FAMILIES[name].input_size, PATCH, LABELS[name], f"made of whole {PATCH}-pixel patches")
+    size = check_input_size(input_size or FAMILIES[name].input_size, PATCH, LABELS[name],
+                            f"made of whole {PATCH}-pixel patches")
     vit = create_timm_model(TIMM_NAMES[name], weights, seed, adapter_prefix="vit.", img_size=size)
     return VitStagedModel(vit, name=name, self_attention=self_attention).freeze()
 
