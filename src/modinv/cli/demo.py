@@ -15,7 +15,7 @@ from modinv.runtime import AMP_CHOICES
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from modinv.cli.evaluate import add_metric_args
-    from modinv.demo import DEFAULT_BATCH, DEFAULT_HELD_OUT, DEFAULT_MINUTES, DEFAULT_MODEL, DEFAULT_WEIGHTS
+    from modinv.demo import DEFAULT_BATCH, DEFAULT_HELD_OUT, DEFAULT_MINUTES, DEFAULT_WEIGHTS
 
     p = sub.add_parser(
         "demo",
@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=positive_float, default=DEFAULT_MINUTES,
                    help=f"training time budget in minutes (default {DEFAULT_MINUTES:g}; loading and evaluation "
                    "add ~30 s)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
+    p.add_argument("--model", help="model name (default: the registered family whose pretrained weights load "
+                   "offline, MobileNetV2)")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="pretrained | random | PATH (default: pretrained)")
     p.add_argument("--steps", type=positive_int, help="stop after this many training steps (reproducible length; the "
                    "time budget still applies)")

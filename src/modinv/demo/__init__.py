@@ -44,19 +44,19 @@ number of steps (and so the quality) drops.
 from modinv.demo.photos import DEFAULT_HELD_OUT, DEFAULT_PHOTOS, DecodedSamples, split_photos
 from modinv.demo.report import (baseline_notes, class_names, report_markdown, summary, top_labels,
                                 weights_statement)
-from modinv.demo.run import DEFAULT_BATCH, DEFAULT_MINUTES, DEFAULT_MODEL, DEFAULT_WEIGHTS, LR_SCALE, run_demo
+from modinv.demo.run import DEFAULT_BATCH, DEFAULT_MINUTES, DEFAULT_WEIGHTS, LR_SCALE, default_model, run_demo
 
 __all__ = [
     "DEFAULT_BATCH",
     "DEFAULT_HELD_OUT",
     "DEFAULT_MINUTES",
-    "DEFAULT_MODEL",
     "DEFAULT_PHOTOS",
     "DEFAULT_WEIGHTS",
     "LR_SCALE",
     "DecodedSamples",
     "baseline_notes",
     "class_names",
+    "default_model",
     "report_markdown",
     "run_demo",
     "split_photos",

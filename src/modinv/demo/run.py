@@ -18,7 +18,6 @@ from modinv.errors import ModinvError
 from modinv.fileio import atomic_write_text, write_json
 from modinv.metrics import DEFAULT_METRICS
 
-DEFAULT_MODEL = "mobilenet-v2"
 DEFAULT_WEIGHTS = "pretrained"
 # Training budget of `make demo`: with model loading, evaluation and figures (~30 s) the demo takes
 # about 3.5 minutes on 2 CPU cores, leaving 6 for a fresh `make` to download and install .venv.
@@ -33,6 +32,18 @@ DEFAULT_BATCH = 6
 # conv components -> 3e-3; 1e-4 for attention -> 3e-4). Measured on MobileNetV2 at 128×128, held-out
 # s4 MSE after 40 steps of 6 crops: 0.0099 at 3e-3 vs 0.0147 at 1e-3 (0.0084 at 1e-3 takes 120 steps).
 LR_SCALE = 3.0
+
+
+def default_model() -> str:
+    """The model the demo runs when none is named: the first registered family whose pretrained
+    weights load offline, as it declares (``Family(offline_pretrained=True)``; modinv's: MobileNetV2)."""
+    from modinv.models.registry import families
+
+    for family in families().values():
+        if family.offline_pretrained and not family.is_prefix:
+            return family.name
+    raise ModinvError("no registered model family declares pretrained weights that load offline "
+                      "(Family(offline_pretrained=True)), so the demo needs a model name")
 
 
 class _Progress:
@@ -147,7 +158,7 @@ def _figure(net, chain, images: torch.Tensor, labels: list[dict[str, Any]], out:
 def run_demo(
     out: str | Path = "outputs/demo",
     minutes: float = DEFAULT_MINUTES,
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
     weights: str = DEFAULT_WEIGHTS,
     *,
     steps: int | None = None,
@@ -168,6 +179,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Train inverse components for ``model`` on the training photos, then write the figure and
     reports for the held-out photos into ``out``; returns the report (also ``out/report.json``).
+    ``model``: a model name (None: :func:`default_model`, a real network whose weights load offline).
 
     ``minutes``: training time budget (loading, evaluation and figures come on top, ~30 s for
     MobileNetV2 on 2 CPU cores); ``steps``: stop after this many steps instead (the budget still
@@ -191,7 +203,7 @@ def run_demo(
     train_photos, held = split_photos(held_out, photos)
     metrics = parse_metrics(metrics)
     dev = resolve_device(device)
-    net, is_random, statement = _load_model(model, weights, seed, dev, input_size, say)
+    net, is_random, statement = _load_model(model or default_model(), weights, seed, dev, input_size, say)
     chain = InverseChain.build(net, arch=arch, seed=seed)
     crops = max(1, math.ceil(batch_size / len(train_photos)))
     train_source = DecodedSamples(train_photos * crops, size=tuple(net.input_size), augment=True, seed=seed,

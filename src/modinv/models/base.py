@@ -28,6 +28,11 @@ LAYOUTS = ("nchw", "nhwc", "tokens")  # per-sample shapes C×H×W, H×W×C, N×D
 class ModelMeta:
     """What code outside ``models/`` may know about a model, declared once by its adapter.
 
+    A registered family's adapter builds it with :meth:`modinv.models.family.Family.meta`: the
+    family's declared task, normalisation, inverse family, recipes and weights note, plus what only
+    the built model knows (class names, layouts, rates); ``timm:``/``hf:``/``from_module`` models
+    build it at run time.
+
     Analyses, training and the CLI ask these fields ("is this a detector?" is ``task ==
     "detection"``); they never test a model's name or class, nor reach into an adapter's modules.
 

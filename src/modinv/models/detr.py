@@ -41,8 +41,9 @@ from torch import Tensor, nn
 
 from modinv.data.coco import coco_category_names
 from modinv.errors import ModinvError
-from modinv.models.base import ModelMeta, StagedModel, Trace
+from modinv.models.base import StagedModel, Trace
 from modinv.models.family import Family, register_family
+from modinv.models.modules import IMAGENET_MEAN, IMAGENET_STD
 from modinv.models.roles import PredictionStage, TokenGrid
 from modinv.models.recipes import DETR_PAPER
 from modinv.models.timm_loader import check_input_size
@@ -58,8 +59,6 @@ NUM_CLASSES_WITH_NO_OBJECT = NUM_LABELS + 1
 NUM_BOX_COORDS = 4
 STRIDE = 32  # ResNet-50 C5 stride
 DEFAULT_INPUT_SIZE = (480, 640)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 NO_OBJECT = "no object"
 UNUSED_LABEL = "N/A"
 LEARNING_RATES = {"bb": 1e-3, "enc": 1e-3, "dec": 1e-4, "pred": 1e-3}  # the paper code's Adam rates
@@ -131,17 +130,12 @@ class DetrStagedModel(StagedModel):
         self.detr = detr
         self.input_size = _check_input_size(input_size)
         # Constants of the preprocessing, not weights: kept out of the state dict.
-        self.set_normalization(IMAGENET_MEAN, IMAGENET_STD)
-        self.meta = ModelMeta(
-            task="detection",
+        self.set_normalization(FAMILY.mean, FAMILY.std)
+        self.meta = FAMILY.meta(
             class_names=logit_names(detr.config),
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            inverse_family="detr",
             learning_rates=dict(LEARNING_RATES),
             stage_layouts={stage: "tokens" for stage in self.stages},  # pred: one row per query
             finetune_stage="dec",
-            recipes={"paper": DETR_PAPER},
         )
 
     @property
@@ -371,10 +365,11 @@ def build(
     return DetrStagedModel(detr, size).eval()
 
 
-register_family(Family(
+FAMILY = register_family(Family(
     name=NAME, builder=build, summary=f"DETR with a ResNet-50 backbone ({HUB_ID}), COCO detection",
     task="detection", stages=DetrStagedModel.stages, input_size=DEFAULT_INPUT_SIZE,
     stage_shapes={"bb": (300, 256), "enc": (300, 256), "dec": (100, 256),  # 15×20 tokens, 100 queries
                   "pred": (100, NUM_CLASSES_WITH_NO_OBJECT + NUM_BOX_COORDS)},
     mean=IMAGENET_MEAN, std=IMAGENET_STD, weights=(f"Hugging Face hub {HUB_ID}",), inverse_family="detr",
+    recipes={"paper": DETR_PAPER},
 ))

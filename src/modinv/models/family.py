@@ -8,9 +8,10 @@ A family registers itself where it is defined, next to its builder::
 
 :mod:`modinv.models.registry` finds the families of modinv's own adapters and those of other
 packages (entry-point group ``modinv.models``), builds models by name and lists them
-(``modinv models``, :func:`modinv.list_models`) from this data alone. The built model's own
-``meta`` and ``stage_shapes()`` must agree with its family's declaration (a test checks every
-built-in family).
+(``modinv models``, :func:`modinv.list_models`) from this data alone. An adapter builds its
+model's ``meta`` from its family (:meth:`Family.meta`), so task, normalisation, inverse family,
+recipes and weights note are declared once; its ``stage_shapes()`` must agree with the declared
+shapes (a test checks every built-in family).
 
 This module imports no adapter, so that the listing stays fast.
 """
@@ -23,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modinv.errors import ModinvError
-from modinv.models.base import TASKS
+from modinv.models.base import TASKS, ModelMeta
+from modinv.models.recipes import RECIPE_NAMES, Recipe, recipe_names
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*:?$")  # "detr-r50", or a prefix such as "timm:"
 
@@ -38,8 +40,11 @@ class Family:
     on the source, so it declares none. ``stage_shapes`` are per-sample shapes at ``input_size``
     (the default size), without the image. ``weights`` names where ``weights="pretrained"`` comes
     from. ``inverse_module`` is the module whose import registers the family's inverse component
-    kinds (default: ``modinv.inverse.<inverse_family>``, modinv's own). ``recipes`` names the
-    training recipes the family declares.
+    kinds (default: ``modinv.inverse.<inverse_family>``, modinv's own). ``recipes`` maps each
+    training recipe the family declares besides ``modinv`` (every model's default) to its
+    :class:`~modinv.models.recipes.Recipe`. ``weights_note`` says in one phrase what
+    ``weights="pretrained"`` loads, for reports; ``offline_pretrained`` declares that those weights
+    load without the network (the offline demo runs on such a family).
     """
 
     name: str
@@ -54,7 +59,9 @@ class Family:
     weights: tuple[str, ...] = ()
     inverse_family: str | None = None
     inverse_module: str | None = None
-    recipes: tuple[str, ...] = ()
+    recipes: Mapping[str, Recipe] = field(default_factory=dict)
+    weights_note: str | None = None
+    offline_pretrained: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
@@ -71,6 +78,29 @@ class Family:
                               f"{sorted(set(self.stage_shapes) - set(self.stages))}")
         if self.is_prefix and self.stages:
             raise ModinvError(f"the prefix {self.name!r} stages whatever model follows it; it declares no stages")
+        self._check_recipes()
+
+    def _check_recipes(self) -> None:
+        if not isinstance(self.recipes, Mapping):
+            raise ModinvError(f"the recipes of model family {self.name!r} map a name to a Recipe, "
+                              f"got {type(self.recipes).__name__}")
+        for name, recipe in self.recipes.items():
+            if name not in RECIPE_NAMES or name == "modinv" or not isinstance(recipe, Recipe) or recipe.name != name:
+                raise ModinvError(f"model family {self.name!r} declares recipe {name!r} as {recipe!r}; a family "
+                                  f"declares Recipe objects of their own names among {', '.join(RECIPE_NAMES[1:])}")
+
+    def meta(self, **runtime: Any) -> ModelMeta:
+        """The :class:`ModelMeta` of a model built from this family: the declared task,
+        normalisation, inverse family, recipes and weights note, plus ``runtime``, what only the
+        built model knows (class names, layouts, learning rates...). Redeclaring a declared field
+        is refused, so each fact has one source."""
+        declared = dict(task=self.task, mean=self.mean, std=self.std, inverse_family=self.inverse_family,
+                        recipes=dict(self.recipes), weights_note=self.weights_note)
+        twice = sorted(set(runtime) & set(declared))
+        if twice:
+            raise ModinvError(f"model family {self.name!r} declares {', '.join(twice)} already; the built model "
+                              "takes them from the family")
+        return ModelMeta(**declared, **runtime)
 
     @property
     def is_prefix(self) -> bool:
@@ -94,7 +124,8 @@ class Family:
             "shapes": {s: list(v) for s, v in self.shapes().items()},
             "input_size": list(self.input_size) if self.input_size else None,
             "mean": list(self.mean) if self.mean else None, "std": list(self.std) if self.std else None,
-            "weights": list(self.weights), "inverse_family": self.inverse_family, "recipes": list(self.recipes),
+            "weights": list(self.weights), "inverse_family": self.inverse_family, "recipes": recipe_names(self),
+            "weights_note": self.weights_note, "offline_pretrained": self.offline_pretrained,
         }
 
 

@@ -30,7 +30,6 @@ it is loaded (``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import importlib.util
 from pathlib import Path
@@ -134,12 +133,13 @@ def pretrained_state() -> tuple[dict[str, torch.Tensor], str]:
 
 
 def build(
-    weights: str = "pretrained", seed: int = 0, input_size: tuple[int, int] = (224, 224), **_
+    weights: str = "pretrained", seed: int = 0, input_size: tuple[int, int] | None = None, **_
 ) -> ModuleStagedModel:
     """MobileNet-V2 staged at ``s4``, ``s8``, ``s16``, ``s32`` (see the module docstring).
 
     ``weights``: ``"pretrained"`` (torchvision's ImageNet weights, found offline when possible),
-    ``"random"`` (initialised from ``seed``) or a path to a state dict file.
+    ``"random"`` (initialised from ``seed``) or a path to a state dict file. ``input_size``: None
+    for the family's 224×224.
     """
     from torchvision.models import mobilenet_v2
 
@@ -150,15 +150,16 @@ def build(
         load_into(net, state, source)
     elif is_path(weights):
         load_into(net, load_state_file(weights), str(weights))
-    model = ModuleStagedModel(net, STAGES, input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, name=NAME,
-                              task="classification", class_names=imagenet_class_names())
-    model.meta = dataclasses.replace(model.meta, weights_note=WEIGHTS_NOTE)
+    model = ModuleStagedModel(net, STAGES, input_size or FAMILY.input_size, mean=FAMILY.mean, std=FAMILY.std,
+                              name=NAME)
+    model.meta = FAMILY.meta(class_names=imagenet_class_names(), stage_layouts=model.meta.stage_layouts)
     return model
 
 
-register_family(Family(
+FAMILY = register_family(Family(
     name=NAME, builder=build, summary="MobileNet-V2 (torchvision), ImageNet classifier; its weights work offline",
     task="classification", stages=tuple(STAGES), input_size=(224, 224),
     stage_shapes={"s4": (24, 56, 56), "s8": (32, 28, 28), "s16": (96, 14, 14), "s32": (1280, 7, 7)},
     mean=IMAGENET_MEAN, std=IMAGENET_STD, weights=(f"torchvision {FILE_NAME} (or the {OFFLINE_PACKAGE} package)",),
+    weights_note=WEIGHTS_NOTE, offline_pretrained=True,
 ))

@@ -2,7 +2,8 @@
 
 A :class:`Recipe` is every training setting in which the authors' scripts (github
 ``wiskott-lab/inverse-tvm``, commit 4f7d512) differ from modinv's default, held as values that the
-training code reads; a model family names its recipes in its metadata (``ModelMeta.recipes``).
+training code reads; a model family declares its recipes (``Family.recipes``, listed by ``modinv
+models``), and its built models carry them (``model.meta.recipes``).
 ``--recipe paper`` reproduces what their scripts ran, quirks included (README: "The paper's
 recipe"), so that the paper's numbers can be reproduced; the default recipe is sound and fast.
 

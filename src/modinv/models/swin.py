@@ -31,11 +31,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from modinv.models.base import ModelMeta, StagedModel, Trace
+from modinv.models.base import StagedModel, Trace
 from modinv.models.family import Family, register_family
 from modinv.models.roles import TokenGrid
 from modinv.models.recipes import SWIN_PAPER
-from modinv.models.timm_loader import check_input_size, classifier_meta, create_timm_model, pretrained_normalisation
+from modinv.models.modules import IMAGENET_MEAN, IMAGENET_STD
+from modinv.models.timm_loader import check_input_size, create_timm_model, family_meta
 
 TIMM_NAME = "swin_base_patch4_window7_224"
 NAME = "swin-b"
@@ -58,15 +59,12 @@ class SwinStagedModel(StagedModel):
         self.name = name
         self.stages = ("bb",) + tuple(f"s{i + 1}" for i in range(len(swin.layers)))
         self.input_size = tuple(int(s) for s in swin.patch_embed.img_size)
-        mean, std = pretrained_normalisation(swin, TIMM_NAME)
-        # Derived from the config, not weights: kept out of the state dict.
-        self.set_normalization(mean, std)
-        self.meta = ModelMeta(
-            **classifier_meta(swin),
-            mean=mean, std=std, inverse_family="swin",
+        # The normalisation of the timm config, as the family declares it; not weights: kept out of the state dict.
+        self.set_normalization(FAMILY.mean, FAMILY.std)
+        self.meta = family_meta(
+            FAMILY, swin,
             learning_rates={stage: LEARNING_RATE for stage in self.stages},
             num_prefix_tokens=0, stage_layouts={stage: "nhwc" for stage in self.stages},
-            recipes={"paper": SWIN_PAPER},
         )
 
     def step(self, stage: str, x: Tensor, context: dict[str, Any]) -> Tensor:
@@ -114,25 +112,26 @@ def _window(layer: nn.Module) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def build(weights: str | os.PathLike = "pretrained", seed: int = 0, input_size=(224, 224),
+def build(weights: str | os.PathLike = "pretrained", seed: int = 0, input_size: Any = None,
           **timm_options: Any) -> SwinStagedModel:
     """Swin-B with stages ``bb, s1 … s4``, frozen in eval mode (see the module docstring).
 
     ``weights``: ``"pretrained"`` (timm's default weights, through the local cache first),
     ``"random"`` (timm's initialisation under ``seed``) or the path of a timm state dict
-    (.safetensors or .pth; a swin-b adapter's own state dict works too).
+    (.safetensors or .pth; a swin-b adapter's own state dict works too). ``input_size``: None for
+    the family's 224×224.
     """
-    size = check_input_size(input_size, STRIDE, "Swin")
+    size = check_input_size(input_size or FAMILY.input_size, STRIDE, "Swin")
     known = {"embed_dim", "depths", "num_heads", "window_size", "num_classes"}
     options = {k: v for k, v in timm_options.items() if k in known}
     swin = create_timm_model(TIMM_NAME, weights, seed, adapter_prefix="swin.", img_size=size, **options)
     return SwinStagedModel(swin, name=NAME).freeze()
 
 
-register_family(Family(
+_SHAPES = {"bb": (56, 56, 128), "s1": (56, 56, 128), "s2": (28, 28, 256), "s3": (14, 14, 512), "s4": (7, 7, 1024)}
+FAMILY = register_family(Family(
     name=NAME, builder=build, summary=f"Swin-B (timm {TIMM_NAME}), ImageNet classifier",
-    task="classification", stages=("bb", "s1", "s2", "s3", "s4"), input_size=(224, 224),
-    stage_shapes={"bb": (56, 56, 128), "s1": (56, 56, 128), "s2": (28, 28, 256), "s3": (14, 14, 512),
-                  "s4": (7, 7, 1024)},
-    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), weights=(f"timm {TIMM_NAME}",), inverse_family="swin",
+    task="classification", stages=tuple(_SHAPES), stage_shapes=_SHAPES, input_size=(224, 224),
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, weights=(f"timm {TIMM_NAME}",), inverse_family="swin",
+    recipes={"paper": SWIN_PAPER},
 ))

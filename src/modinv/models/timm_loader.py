@@ -16,9 +16,10 @@ pretrained config (:func:`pretrained_normalisation`):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
@@ -26,6 +27,10 @@ from modinv.data.base import check_size
 from modinv.data.imagenet import imagenet_class_names
 from modinv.errors import ModinvError, brief
 from modinv.models.weights import from_hub, is_path, load_into, load_state_file, seeded
+
+if TYPE_CHECKING:
+    from modinv.models.base import ModelMeta
+    from modinv.models.family import Family
 
 
 def check_input_size(input_size: Any, multiple: int, what: str, requirement: str | None = None) -> tuple[int, int]:
@@ -53,6 +58,15 @@ def classifier_meta(net: nn.Module) -> dict[str, Any]:
     classes = int(getattr(net, "num_classes", 0) or 0)
     return {"task": "classification" if classes > 0 else None,
             "class_names": imagenet_class_names() if classes == 1000 else None}
+
+
+def family_meta(family: Family, net: nn.Module, **runtime: Any) -> ModelMeta:
+    """The ``meta`` of a timm-backed adapter of ``family``: the family's declarations
+    (:meth:`~modinv.models.family.Family.meta`) with the class names of ``net``'s head; a network
+    built without a head (``num_classes=0``) has no task."""
+    head = classifier_meta(net)
+    meta = family.meta(class_names=head["class_names"], **runtime)
+    return meta if head["task"] is not None else dataclasses.replace(meta, task=None)
 
 
 def how_to_supply(timm_name: str) -> str:

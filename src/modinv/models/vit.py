@@ -36,11 +36,12 @@ import torch
 from torch import Tensor, nn
 
 from modinv.errors import ModinvError
-from modinv.models.base import ModelMeta, StagedModel, Trace
+from modinv.models.base import StagedModel, Trace
 from modinv.models.family import Family, register_family
 from modinv.models.roles import TokenGrid
 from modinv.models.recipes import DEIT_PAPER, VIT_PAPER
-from modinv.models.timm_loader import check_input_size, classifier_meta, create_timm_model, pretrained_normalisation
+from modinv.models.modules import IMAGENET_MEAN, IMAGENET_STD
+from modinv.models.timm_loader import check_input_size, create_timm_model, family_meta
 
 TIMM_NAME = "vit_base_patch16_224"
 DEIT_TIMM_NAME = "deit3_base_patch16_224"
@@ -108,20 +109,17 @@ class VitStagedModel(StagedModel):
         self.name = name
         self.self_attention = self_attention
         self.input_size = tuple(int(s) for s in vit.patch_embed.img_size)
-        architecture = (getattr(vit, "pretrained_cfg", None) or {}).get("architecture", type(vit).__name__)
-        mean, std = pretrained_normalisation(vit, architecture)
-        # Derived from the config, not weights: kept out of the state dict.
-        self.set_normalization(mean, std)
-        self.meta = ModelMeta(
-            **classifier_meta(vit),
-            mean=mean,
-            std=std,
-            inverse_family="vit",
+        family = FAMILIES.get(name)
+        if family is None:
+            raise ModinvError(f"a ViT adapter is one of {', '.join(FAMILIES)}, got {name!r}")
+        # The normalisation of the timm config, as the family declares it; not weights: kept out of the state dict.
+        self.set_normalization(family.mean, family.std)
+        self.meta = family_meta(
+            family, vit,
             learning_rates=dict(LEARNING_RATES),
             num_prefix_tokens=int(vit.num_prefix_tokens),
             stage_layouts={stage: "tokens" for stage in self.stages},
             finetune_stage="enc",
-            recipes={"paper": DEIT_PAPER if name == DEIT_NAME else VIT_PAPER},
         )
 
     # -- StagedModel -----------------------------------------------------------------------------
@@ -214,13 +212,14 @@ def _build(name: str, weights: str | os.PathLike, seed: int, input_size: Any,
            self_attention: bool = True) -> VitStagedModel:
     """The adapter ``name`` of :data:`TIMM_NAMES` from any weight source; a file may also be a
     VitStagedModel state dict (``vit.`` keys), and its position embeddings are resampled to
-    ``input_size`` by timm."""
-    size = check_input_size(input_size, PATCH, LABELS[name], f"made of whole {PATCH}-pixel patches")
+    ``input_size`` (None: the family's, 224×224) by timm."""
+    size = check_input_size(input_size or FAMILIES[name].input_size, PATCH, LABELS[name],
+                            f"made of whole {PATCH}-pixel patches")
     vit = create_timm_model(TIMM_NAMES[name], weights, seed, adapter_prefix="vit.", img_size=size)
     return VitStagedModel(vit, name=name, self_attention=self_attention).freeze()
 
 
-def build(weights: str = "pretrained", seed: int = 0, input_size=(224, 224), **_: Any) -> VitStagedModel:
+def build(weights: str = "pretrained", seed: int = 0, input_size: Any = None, **_: Any) -> VitStagedModel:
     """ViT-B/16 (timm ``vit_base_patch16_224``) with stages ``bb`` and ``enc``, frozen in eval mode.
 
     ``weights``: ``"pretrained"`` (timm's default weights for the model, via the Hugging Face hub),
@@ -230,7 +229,7 @@ def build(weights: str = "pretrained", seed: int = 0, input_size=(224, 224), **_
     return _build(NAME, weights, seed, input_size)
 
 
-def build_deit(weights: str = "pretrained", seed: int = 0, input_size=(224, 224), **_: Any) -> VitStagedModel:
+def build_deit(weights: str = "pretrained", seed: int = 0, input_size: Any = None, **_: Any) -> VitStagedModel:
     """DeiT-B/16 (timm ``deit3_base_patch16_224``, DeiT III) with stages ``bb`` and ``enc``, frozen.
 
     The same adapter and weight sources as :func:`build`; DeiT III adds its position embedding to
@@ -241,7 +240,7 @@ def build_deit(weights: str = "pretrained", seed: int = 0, input_size=(224, 224)
 
 
 def build_no_self_attention(
-    weights: str = "pretrained", seed: int = 0, input_size=(224, 224), **_: Any
+    weights: str = "pretrained", seed: int = 0, input_size: Any = None, **_: Any
 ) -> VitStagedModel:
     """ViT-B/16 whose patch tokens attend only to themselves; the class token attends to all tokens.
 
@@ -251,17 +250,15 @@ def build_no_self_attention(
     return _build(NAME_NO_SELF_ATTENTION, weights, seed, input_size, self_attention=False)
 
 
-
 _VIT_SHAPES = {"bb": (197, 768), "enc": (197, 768)}  # 1 class token + 14×14 patches of 768 at 224×224
 _DECLARED = dict(task="classification", stages=VitStagedModel.stages, stage_shapes=_VIT_SHAPES, input_size=(224, 224),
                  inverse_family="vit")
-_VIT_NORMALISATION = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), weights=(f"timm {TIMM_NAME}",))
-register_family(Family(name=NAME, builder=build, summary=f"ViT-B/16 (timm {TIMM_NAME}), ImageNet classifier",
-                       **_VIT_NORMALISATION, **_DECLARED))
-register_family(Family(name=NAME_NO_SELF_ATTENTION, builder=build_no_self_attention,
-                       summary="ViT-B/16 whose patch tokens attend only to themselves (for fine-tuning)",
-                       **_VIT_NORMALISATION, **_DECLARED))
-register_family(Family(name=DEIT_NAME, builder=build_deit,
-                       summary=f"DeiT III B/16 (timm {DEIT_TIMM_NAME}), ImageNet classifier",
-                       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), weights=(f"timm {DEIT_TIMM_NAME}",),
-                       **_DECLARED))
+_VIT = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), weights=(f"timm {TIMM_NAME}",), recipes={"paper": VIT_PAPER})
+FAMILIES = {family.name: register_family(family) for family in (
+    Family(name=NAME, builder=build, summary=f"ViT-B/16 (timm {TIMM_NAME}), ImageNet classifier", **_VIT, **_DECLARED),
+    Family(name=NAME_NO_SELF_ATTENTION, builder=build_no_self_attention,
+           summary="ViT-B/16 whose patch tokens attend only to themselves (for fine-tuning)", **_VIT, **_DECLARED),
+    Family(name=DEIT_NAME, builder=build_deit, summary=f"DeiT III B/16 (timm {DEIT_TIMM_NAME}), ImageNet classifier",
+           mean=IMAGENET_MEAN, std=IMAGENET_STD, weights=(f"timm {DEIT_TIMM_NAME}",), recipes={"paper": DEIT_PAPER},
+           **_DECLARED),
+)}
