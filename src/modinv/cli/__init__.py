@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "efficiency": "efficiency",
     "demo": "demo",
     "push": "push",
+    "explore": "explore",
 }
 
 

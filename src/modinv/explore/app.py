@@ -60,7 +60,7 @@ def build_app(explorer: Explorer, samples: Sequence[str] = SAMPLE_PHOTOS, title:
                                 for label in labels))
         with gr.Row():
             sample = gr.Dropdown(list(samples), value=None, label="sample photo", elem_id="sample")
-            upload = gr.File(label="or upload an image", type="filepath", elem_id="upload")
+            upload = gr.UploadButton("or upload an image", type="filepath", elem_id="upload")
         with gr.Row():
             color = gr.Dropdown([(FILTER_LABELS.get(f, f), f) for f in (NONE, *FILTERS)], value=NONE,
                                 label="colour filter", elem_id="filter")
@@ -107,13 +107,15 @@ def build_app(explorer: Explorer, samples: Sequence[str] = SAMPLE_PHOTOS, title:
             return state
 
         def take(state: Session, path: str | None):
-            if not path:
-                return state, ""
+            """Read the upload into the session; the message, and whether to show it (False: keep the page)."""
             try:
                 state.set_photo(read_upload(path, explorer.size))
             except ModinvError as exc:
-                return state, f"**{exc}**"
-            return state, "; ".join(state.photo.notes)
+                return state, f"**{exc}**", False
+            return state, "; ".join(state.photo.notes), True
+
+        def after_upload(ok: bool, state: Session, *values: Any, progress=gr.Progress()):
+            return update(state, *values, progress=progress) if ok else [gr.update()] * len(shown)
 
         def download(state: Session, *values: Any):
             try:
@@ -124,9 +126,9 @@ def build_app(explorer: Explorer, samples: Sequence[str] = SAMPLE_PHOTOS, title:
             return "", [str(p) for p in save_view(explorer, view, folder)]
 
         sample.change(choose, [session, sample], session).then(update, controls, shown)
-        upload.upload(take, [session, upload], [session, message]).success(
-            lambda state, *v: update(state, *v) if state.photo is not None else [gr.update()] * len(shown),
-            controls, shown)
+        uploaded = gr.State(False)
+        upload.upload(take, [session, upload], [session, message, uploaded]).then(
+            after_upload, [uploaded, *controls], shown)
         run.click(update, controls, shown)
         color.change(update, controls, shown)
         token.change(update, controls, shown)

@@ -80,7 +80,8 @@ def _header(path: Path) -> tuple[str, tuple[int, int]]:
             raise ModinvError(f"the image is too large: above Pillow's limit of {MAX_IMAGE_PIXELS / 1e6:.0f} "
                               "megapixels") from None
         except (OSError, ValueError, SyntaxError) as exc:  # PIL.UnidentifiedImageError is an OSError
-            raise ModinvError(f"the file {path.name!r} is not an image that can be read ({brief(exc)})") from None
+            why = brief(exc).replace(str(path), path.name)
+            raise ModinvError(f"the file {path.name!r} is not an image that can be read ({why})") from None
     if size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise ModinvError(f"the image is too large: {size[0]}×{size[1]} is {size[0] * size[1] / 1e6:.0f} "
                           f"megapixels, above the limit of {MAX_IMAGE_PIXELS / 1e6:.0f}")
