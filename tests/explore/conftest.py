@@ -3,7 +3,9 @@ and photo files written to disk."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -43,3 +45,15 @@ def photo_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("photos") / "cat.png"
     Image.fromarray(np.ascontiguousarray(skimage.data.chelsea()[100:180, 120:216])).save(path)
     return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """``free_port()``: a TCP port free on the loopback interface now."""
+    return _free_port

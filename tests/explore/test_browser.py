@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 import urllib.request
 
 import numpy as np
@@ -24,14 +23,8 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian's chro
 TIMEOUT = 120  # seconds for one reconstruction to show on a busy 2-core machine
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def server(explorer):
+def server(explorer, free_port):
     pytest.importorskip("gradio")
     from modinv.explore.app import build_app, serve, stop
 

@@ -45,21 +45,7 @@ if __name__ == "__main__":
 '''
 
 README = """---
-title: {title}
-emoji: 🔍
-colorFrom: indigo
-colorTo: gray
-sdk: gradio
-sdk_version: {gradio}
-app_file: app.py
-pinned: false
-license: mit
-models:
-{models}
-tags:
-- modinv
-- feature-inversion
----
+{metadata}---
 
 # {title}
 
@@ -108,15 +94,19 @@ def export_space(folder: str | Path, specs: Sequence[str]) -> list[Path]:
     repos = [parse_hub_id(s)[0] for s in specs]
     try:
         import gradio
+        import yaml
     except ImportError:
         raise ModinvError("exporting a Space needs Gradio: pip install 'modinv[app]'") from None
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     title = f"modinv explore: {repos[0].split('/')[-1]}"[:60]
+    metadata = {"title": title, "emoji": "🔍", "colorFrom": "indigo", "colorTo": "gray", "sdk": "gradio",
+                "sdk_version": gradio.__version__, "app_file": "app.py", "pinned": False, "license": "mit",
+                "models": repos, "tags": ["modinv", "feature-inversion"]}
     texts = {
         "app.py": APP_PY.format(chains=", ".join(specs), chain_list=list(specs)),
         "requirements.txt": f"modinv[app]=={__version__}\ngradio=={gradio.__version__}\n",
-        "README.md": README.format(title=title, gradio=gradio.__version__, models="\n".join(f"- {r}" for r in repos),
-                                   chains=", ".join(f"`{r}`" for r in repos)),
+        "README.md": README.format(metadata=yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True),
+                                   title=title, chains=", ".join(f"`{r}`" for r in repos)),
     }
     return [atomic_write_text(folder / name, text) for name, text in texts.items()]
