@@ -20,6 +20,8 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/modinv demo --out outputs/demo
+	@echo "Explore the trained chain in the browser (after: $(PY) -m pip install -e '.[app]'):"
+	@echo "  $(VENV)/bin/modinv explore --model mobilenet-v2 --inverse outputs/demo/inverse"
 
 test: $(STAMP)
 	$(PY) -m pytest tests
