@@ -95,30 +95,37 @@ class Explorer:
 
 
 class Session:
-    """One browser session: its photo and the frozen forward passes of it and of its recolourings
-    (at most :data:`CACHE_SIZE`, the oldest dropped first)."""
+    """One browser session: its photo, and the frozen forward passes and reconstructions of it and
+    of its recolourings (at most :data:`CACHE_SIZE` of each, the oldest dropped first)."""
 
     def __init__(self) -> None:
         self.photo: Photo | None = None
-        self._traces: OrderedDict[tuple, Trace] = OrderedDict()
+        self._cache: dict[str, OrderedDict[tuple, Any]] = {k: OrderedDict() for k in ("trace", "panels", "output")}
 
     def set_photo(self, photo: Photo) -> None:
         self.photo = photo
-        self._traces.clear()
+        for cache in self._cache.values():
+            cache.clear()
+
+    def remember(self, kind: str, key: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()``, once per ``kind`` ("trace", "panels", "output") and ``key`` (the input's recolouring)."""
+        cache = self._cache[kind]
+        if key in cache:
+            cache.move_to_end(key)
+        else:
+            cache[key] = compute()
+            while len(cache) > CACHE_SIZE:
+                cache.popitem(last=False)
+        return cache[key]
 
     def trace(self, explorer: Explorer, key: tuple, image: Tensor) -> Trace:
         """The frozen forward pass of ``image``, computed once per ``key`` (the input's recolouring)."""
-        if key in self._traces:
-            self._traces.move_to_end(key)
-        else:
-            self._traces[key] = explorer.forward(image)
-            while len(self._traces) > CACHE_SIZE:
-                self._traces.popitem(last=False)
-        return self._traces[key]
+        return self.remember("trace", key, lambda: explorer.forward(image))
 
     @property
     def cached(self) -> int:
-        return len(self._traces)
+        """How many frozen forward passes the session holds."""
+        return len(self._cache["trace"])
 
 
 # -- perturbations ---------------------------------------------------------------------------------
@@ -249,17 +256,22 @@ def explore(explorer: Explorer, session: Session, p: Perturbation = Perturbation
         raise ModinvError("pick a sample photo or upload an image first")
     photo = session.photo
     trace = session.trace(explorer, (NONE, None), photo.image)
-    view = View(photo.name, photo.notes, p, photo.image, reconstruct(explorer, trace, photo.image, progress),
-                model_output(explorer.model, trace))
+    original = session.remember("panels", (NONE, None), lambda: reconstruct(explorer, trace, photo.image, progress))
+    output = session.remember("output", (NONE, None), lambda: model_output(explorer.model, trace))
+    view = View(photo.name, photo.notes, p, photo.image, original, output)
     if not p.active:
         return view
     image, region = recolor(photo.image, p)
     perturbed = session.trace(explorer, (p.filter, p.rect), image) if p.filter != NONE else trace
     if p.token_stage != NONE:
         perturbed, region = add_token_noise(explorer.model, perturbed, p)
+        view.perturbed = reconstruct(explorer, perturbed, image, progress)
+        view.perturbed_output = model_output(explorer.model, perturbed)
+    else:
+        key = (p.filter, p.rect)
+        view.perturbed = session.remember("panels", key, lambda: reconstruct(explorer, perturbed, image, progress))
+        view.perturbed_output = session.remember("output", key, lambda: model_output(explorer.model, perturbed))
     view.perturbed_image, view.region = image, region
-    view.perturbed = reconstruct(explorer, perturbed, image, progress)
-    view.perturbed_output = model_output(explorer.model, perturbed)
     view.pairwise = {label: {"input": float(pairwise_mse(torch.stack([photo.image, image])))}
                      | {s: float(pairwise_mse(torch.stack([panel.images[s], view.perturbed[label].images[s]])))
                         for s in panel.images}
