@@ -79,9 +79,9 @@ def build_app(explorer: Explorer, samples: Sequence[str] = SAMPLE_PHOTOS, title:
         rows, perturbed_rows = [], []
         for i, label in enumerate(labels):
             rows.append(gr.Gallery(label=f"{label}: input and reconstructions", columns=len(explorer.stages[label]) + 1,
-                                   format="png", height="auto", object_fit="contain", elem_id=f"row-{i}"))
+                                   format="png", rows=1, object_fit="contain", elem_id=f"row-{i}"))
             perturbed_rows.append(gr.Gallery(label=f"{label}: perturbed", columns=len(explorer.stages[label]) + 1,
-                                             format="png", height="auto", object_fit="contain", elem_id=f"prow-{i}"))
+                                             format="png", rows=1, object_fit="contain", elem_id=f"prow-{i}"))
         with gr.Row():
             output = gr.Markdown(label="model output", elem_id="output")
             detected = gr.Image(label="detections", format="png", visible=model.meta.task == "detection",
