@@ -14,6 +14,7 @@ from modinv.data import open_source
 from modinv.errors import ModinvError
 from modinv.explore import Explorer, Perturbation, Session, explore, read_upload, sample_photo, token_stages
 from modinv.explore.compute import rect_mask
+from modinv.explore.inputs import to_uint8
 from modinv.explore.export import numbers, save_view
 from modinv.inverse.registry import build_component
 
@@ -128,3 +129,20 @@ def test_save_view_writes_png_and_strict_json(explorer, tmp_path):
     assert record["explore"]["perturbation"]["filter"] == "blue"
     assert set(record["chains"]["chain"]["metrics"]) == {"mse", "psnr", "ssim"}
     assert record["perturbed"]["chain"]["pairwise_mse"]["input"] > 0
+
+
+def test_detector_output_is_boxes_with_labels():
+    from modinv.explore.compute import model_output
+    from modinv.explore.views import detections_image, output_markdown
+
+    detr = modinv.load_model("detr-r50", weights="random", seed=0, input_size=(64, 96))
+    image = sample_photo("coffee", (64, 96)).image
+    output = model_output(detr, detr.trace(image[None]), threshold=0.0)  # random weights: keep every query
+    assert output["task"] == "detection" and len(output["detections"]) == 100
+    first = output["detections"][0]
+    assert first["label"] == detr.meta.class_names[first["index"]] and len(first["box"]) == 4
+    assert [d["score"] for d in output["detections"]] == sorted((d["score"] for d in output["detections"]), reverse=True)
+    drawn = detections_image(image, output)
+    assert drawn.shape == (64, 96, 3) and (drawn != to_uint8(image).numpy()).any()
+    assert first["label"] in output_markdown(output)
+    assert detections_image(image, {"task": "classification"}) is None
