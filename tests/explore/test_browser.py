@@ -114,3 +114,21 @@ def test_upload_reconstruct_recolour_in_chromium(server, browser, explorer, phot
     loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     outside = [u for u in loaded if not u.startswith((server.rstrip("/"), "data:", "blob:"))]
     assert not outside, f"the page loaded from outside the server: {outside[:5]}"
+
+    first = browser.current_window_handle  # a second browser session sees none of the first's images
+    browser.switch_to.new_window("tab")
+    browser.get(server)
+    WebDriverWait(browser, TIMEOUT).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sample input"))
+    assert not browser.find_elements(By.CSS_SELECTOR, "#row-0 img")
+    browser.find_element(By.CSS_SELECTOR, "#sample input").click()
+    WebDriverWait(browser, TIMEOUT).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, 'li[role=option][aria-label="rocket"]'))[0].click()
+    WebDriverWait(browser, TIMEOUT).until(lambda d: "input: rocket" in d.find_element(By.CSS_SELECTOR, "#row-0").text)
+    browser.switch_to.window(first)  # the first session recolours its own photo, the cat
+    browser.find_element(By.CSS_SELECTOR, "#filter input").click()
+    WebDriverWait(browser, TIMEOUT).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, 'li[role=option][aria-label="green"]'))[0].click()
+    WebDriverWait(browser, TIMEOUT).until(lambda d: "perturbed: green" in d.find_element(By.CSS_SELECTOR, "#prow-0").text)
+    green = apply_filter(photo.image, "green")
+    assert_shows(gallery_pixels(browser, "prow-0", n), expected_row(model, chain, explorer.stages["chain"], green))
+    assert "input: cat" in browser.find_element(By.CSS_SELECTOR, "#row-0").text
