@@ -61,37 +61,13 @@ def build_app(explorer: Explorer, samples: Sequence[str] = SAMPLE_PHOTOS, title:
         with gr.Row():
             sample = gr.Dropdown(list(samples), value=None, label="sample photo", elem_id="sample")
             upload = gr.UploadButton("or upload an image", type="filepath", elem_id="upload")
-        with gr.Row():
-            color = gr.Dropdown([(FILTER_LABELS.get(f, f), f) for f in (NONE, *FILTERS)], value=NONE,
-                                label="colour filter", elem_id="filter")
-            in_rect = gr.Checkbox(label="only inside the rectangle", value=False, elem_id="in-rect")
-            rect = [gr.Slider(0, 100, value=v, step=1, label=f"{name} (%)")
-                    for name, v in (("left", 25), ("top", 25), ("right", 75), ("bottom", 75))]
-        with gr.Row():
-            stages = _probe_token_stages(explorer)
-            token = gr.Dropdown([NONE] + stages, value=NONE, label="token noise at stage", elem_id="token-stage",
-                                interactive=bool(stages),
-                                info=None if stages else f"{model.name} has no token stage")
-            fraction = gr.Slider(0.01, 1.0, value=DEFAULT_FRACTION, step=0.01, label="fraction of tokens")
-            seed = gr.Number(value=0, precision=0, minimum=0, label="noise seed")
-            run = gr.Button("Reconstruct", variant="primary", elem_id="run")
-        message = gr.Markdown(elem_id="message")
-        rows, perturbed_rows = [], []
-        for i, label in enumerate(labels):
-            rows.append(gr.Gallery(label=f"{label}: input and reconstructions", columns=len(explorer.stages[label]) + 1,
-                                   format="png", rows=1, object_fit="contain", elem_id=f"row-{i}"))
-            perturbed_rows.append(gr.Gallery(label=f"{label}: perturbed", columns=len(explorer.stages[label]) + 1,
-                                             format="png", rows=1, object_fit="contain", elem_id=f"prow-{i}"))
-        with gr.Row():
-            output = gr.Markdown(label="model output", elem_id="output")
-            detected = gr.Image(label="detections", format="png", visible=model.meta.task == "detection",
-                                elem_id="detections")
-        table = gr.Markdown(elem_id="numbers")
+        perturbation, run = _perturbation_controls(gr, explorer)
+        message, rows, perturbed_rows, output, detected, table = _outputs(gr, explorer)
         with gr.Row():
             save = gr.Button("Download row (PNG) and numbers (JSON)", elem_id="save")
             files = gr.File(label="downloads", file_count="multiple", elem_id="files")
 
-        controls = [session, color, in_rect, *rect, token, fraction, seed]
+        controls = [session, *perturbation]
         shown = [message, *rows, *perturbed_rows, output, detected, table]
 
         def update(state: Session, *values: Any, progress=gr.Progress()):
@@ -130,11 +106,50 @@ def build_app(explorer: Explorer, samples: Sequence[str] = SAMPLE_PHOTOS, title:
         upload.upload(take, [session, upload], [session, message, uploaded]).then(
             after_upload, [uploaded, *controls], shown)
         run.click(update, controls, shown)
-        color.change(update, controls, shown)
-        token.change(update, controls, shown)
+        for choice in (perturbation[0], perturbation[6]):  # the filter and the token stage
+            choice.change(update, controls, shown)
         save.click(download, controls, [message, files])
     app.modinv_downloads = downloads  # removed by serve() when the server stops
     return app
+
+
+def _perturbation_controls(gr, explorer: Explorer) -> tuple[list[Any], Any]:
+    """The inputs of :func:`_perturbation` (filter, in-rectangle, left, top, right, bottom, token
+    stage, fraction, seed) and the Reconstruct button."""
+    with gr.Row():
+        color = gr.Dropdown([(FILTER_LABELS.get(f, f), f) for f in (NONE, *FILTERS)], value=NONE,
+                            label="colour filter", elem_id="filter")
+        in_rect = gr.Checkbox(label="only inside the rectangle", value=False, elem_id="in-rect")
+        rect = [gr.Slider(0, 100, value=v, step=1, label=f"{name} (%)")
+                for name, v in (("left", 25), ("top", 25), ("right", 75), ("bottom", 75))]
+    with gr.Row():
+        stages = _probe_token_stages(explorer)
+        token = gr.Dropdown([NONE] + stages, value=NONE, label="token noise at stage", elem_id="token-stage",
+                            interactive=bool(stages),
+                            info=None if stages else f"{explorer.model.name} has no token stage")
+        fraction = gr.Slider(0.01, 1.0, value=DEFAULT_FRACTION, step=0.01, label="fraction of tokens")
+        seed = gr.Number(value=0, precision=0, minimum=0, label="noise seed")
+        run = gr.Button("Reconstruct", variant="primary", elem_id="run")
+    return [color, in_rect, *rect, token, fraction, seed], run
+
+
+def _outputs(gr, explorer: Explorer) -> tuple[Any, list[Any], list[Any], Any, Any, Any]:
+    """The message, one gallery row per chain, one perturbed row per chain, the model's output,
+    the detections image (detectors only) and the table of numbers."""
+    message = gr.Markdown(elem_id="message")
+    rows, perturbed_rows = [], []
+    for i, label in enumerate(explorer.chains):
+        columns = len(explorer.stages[label]) + 1
+        rows.append(gr.Gallery(label=f"{label}: input and reconstructions", columns=columns, format="png", rows=1,
+                               object_fit="contain", elem_id=f"row-{i}"))
+        perturbed_rows.append(gr.Gallery(label=f"{label}: perturbed", columns=columns, format="png", rows=1,
+                                         object_fit="contain", elem_id=f"prow-{i}"))
+    with gr.Row():
+        output = gr.Markdown(label="model output", elem_id="output")
+        detected = gr.Image(label="detections", format="png", visible=explorer.model.meta.task == "detection",
+                            elem_id="detections")
+    table = gr.Markdown(elem_id="numbers")
+    return message, rows, perturbed_rows, output, detected, table
 
 
 def _perturbation(color: str, in_rect: bool, left: float, top: float, right: float, bottom: float,
