@@ -76,3 +76,11 @@ def test_serves_on_loopback_and_stops_on_ctrl_c(chain_dir, free_port):
     finally:
         if child.poll() is None:
             child.kill()
+
+
+def test_without_gradio_one_sentence(monkeypatch, explorer):
+    from modinv.explore.app import build_app
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now fails as if not installed
+    with pytest.raises(ModinvError, match=r"pip install 'modinv\[app\]'"):
+        build_app(explorer)

@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     for spec in args.inverse:
         chains[chain_label(spec, list(chains))] = InverseChain.load(spec, model, map_location=model.device)
     app = build_app(Explorer(model, chains))
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"modinv explore: listening on {args.host}: other machines that can reach it can open the page")
     serve(app, host=args.host, port=args.port or None,
           announce=lambda url: print(f"modinv explore: {model.name} on {url} (Ctrl-C stops)", flush=True))
     print("modinv explore: stopped")
