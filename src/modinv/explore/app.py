@@ -27,6 +27,9 @@ from modinv.explore.views import detections_image, numbers_markdown, output_mark
 
 OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
 MAX_UPLOAD = "50mb"
+# a gallery row as high as its images (Gradio keeps room for several rows), captions on two lines
+CSS = (".grid-wrap.fixed-height { min-height: 0 !important; height: auto !important; max-height: none !important; }\n"
+       ".caption-label { white-space: normal !important; }")
 
 
 def _gradio():
@@ -181,7 +184,7 @@ def serve(app, host: str = "127.0.0.1", port: int | None = None, block: bool = T
     app.queue(default_concurrency_limit=1)
     app.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True,
                quiet=True, ssr_mode=False, mcp_server=False, show_error=True, max_file_size=MAX_UPLOAD,
-               footer_links=[])
+               footer_links=[], css=CSS)
     address = app.local_url
     if announce:
         announce(address)

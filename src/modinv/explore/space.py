@@ -29,6 +29,7 @@ APP_PY = '''"""Hugging Face Space: modinv explore on {chains}."""
 
 import os
 
+from modinv.explore.app import CSS
 from modinv.explore.space import build_from_chains
 
 CHAINS = {chain_list!r}
@@ -41,7 +42,7 @@ def build(chains=None):
 
 
 if __name__ == "__main__":
-    build().launch()
+    build().launch(css=CSS)
 '''
 
 README = """---
