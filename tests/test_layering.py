@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("modinv.training", "modinv.metrics"),
     ("modinv.analysis",),
     ("modinv.demo",),
+    ("modinv.explore",),
     ("modinv.cli", "modinv.__main__"),
 ]
 PACKAGE_ROOT = "modinv"  # `import modinv` / modinv/__init__.py: the public face, may import any layer

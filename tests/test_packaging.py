@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_IGNORE = shutil.ignore_patterns(".git", ".venv", "outputs", "runs", "site", "dist", "build",
                                        "*.egg-info", "__pycache__", ".pytest_cache", "*.pyc")
-OLDER_PILLOW = "12.3.0"  # inside pyproject's range, older than constraints.txt's pin (13.0.0)
+OLDER_PILLOW = "12.2.0"  # inside pyproject's range, older than constraints.txt's pin (12.3.0)
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> str:

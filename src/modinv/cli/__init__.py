@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "push": "push",
     "convert": "convert",
+    "explore": "explore",
 }
 
 
