@@ -192,3 +192,21 @@ def test_evaluate_refuses_an_unknown_metric(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "modinv evaluate: error: argument --metrics: unknown metric(s) nosuch; choose from mse, psnr, ssim, lpips")
     assert not (tmp_path / "e.json").exists()
+
+
+def test_evaluate_leaves_out_stages_whose_components_never_trained(model_cache, tmp_path, capsys):
+    """Was: after `train --stages pool`, every stage was evaluated and reported as if trained."""
+    model = model_cache.add(_tiny("tiny-eval"))
+    chain = InverseChain.build(model, arch="auto", seed=0).eval()
+    folder = chain.save(tmp_path / "chain", training={"pool": {"steps": 3}})
+    out = tmp_path / "e.json"
+    capsys.readouterr()
+    assert main(_evaluate_args("tiny-eval", folder, out)) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert list(result["stages"]) == ["pool"] and result["untrained_stages"] == ["conv"]
+    assert ("left out stage(s) conv, whose components were never trained (the chain's manifest says so); "
+            "--untrained includes them") in printed
+    assert main([*_evaluate_args("tiny-eval", folder, out), "--untrained"]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["stages"]) == ["conv", "pool"] and result["untrained_stages"] == ["conv"]

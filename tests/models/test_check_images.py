@@ -85,3 +85,10 @@ def test_rounding_at_the_ends_of_the_range_is_accepted(model, images):
     edited = images.clone()
     edited[0, 0, 0, 0], edited[0, 0, 0, 1] = 1 + 1e-6, -1e-6
     model.trace(edited)
+
+
+def test_meta_device_images_are_one_sentence(model):
+    """Was: NotImplementedError "Cannot copy out of meta tensor" from deep inside the forward pass."""
+    meta = torch.zeros(1, 3, *model.input_size, device="meta")
+    with pytest.raises(ModinvError, match="images are meta-device tensors, which hold no values"):
+        model.trace(meta)

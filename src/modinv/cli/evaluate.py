@@ -68,6 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive_int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--limit", type=positive_int, help="evaluate at most this many images")
     add_metric_args(p)
+    p.add_argument("--untrained", action="store_true",
+                   help="also evaluate stages whose components were never trained (left out by default)")
     add_report_amp_arg(p)
     p.set_defaults(handler=run)
 
@@ -84,12 +86,14 @@ def run(args: argparse.Namespace) -> int:
     chain = InverseChain.load(args.inverse, model, map_location=model.device)
     source = open_source(args.data, size=tuple(model.input_size))
     lpips = lpips_from_args(args, model.device)
+    untrained = chain.untrained_stages()
+    stages = [s for s in chain.stages if s not in untrained] if untrained and not args.untrained else None
     with warnings.catch_warnings():
         # unusable files are counted and reported below, not warned about one by one
         warnings.simplefilter("ignore", DataWarning)
         try:
-            result = evaluate_chain(model, chain, source, batch_size=args.batch, limit=args.limit, amp=args.amp,
-                                    metrics=args.metrics, lpips=lpips)
+            result = evaluate_chain(model, chain, source, stages=stages, batch_size=args.batch, limit=args.limit,
+                                    amp=args.amp, metrics=args.metrics, lpips=lpips)
         except ModinvError:  # no usable image: say which files failed and why
             wanted = min(len(source), args.limit or len(source))
             if len(source.skipped) >= wanted:  # every image was unusable: nothing to average
@@ -101,7 +105,11 @@ def run(args: argparse.Namespace) -> int:
     result["inverse"] = str(args.inverse)
     result["data"] = args.data
     result["skipped"] = {"count": len(source.skipped), "files": dict(source.skipped)}
+    result["untrained_stages"] = untrained
     write_json(out, result)
+    if untrained:
+        print(f"{'included' if args.untrained else 'left out'} stage(s) {', '.join(untrained)}, whose components "
+              f"were never trained (the chain's manifest says so){'' if args.untrained else '; --untrained includes them'}")
     if source.skipped:
         print(f"skipped {len(source.skipped)} unusable image file(s) (listed under 'skipped' in {out})")
     for name, why in result["not_computed"].items():

@@ -139,6 +139,12 @@ class InverseChain(nn.Module):
     def seeds(self) -> dict[str, Any]:
         return {s: self.component_meta[s].get("seed") for s in self.stages}
 
+    def untrained_stages(self) -> list[str]:
+        """Stages whose component never trained while others did (``train --stages s4`` leaves the
+        rest as built: their reconstructions mean nothing); empty for a chain nothing trained."""
+        trained = {s for s in self.stages if self.component_meta[s].get("training")}
+        return [s for s in self.stages if s not in trained] if trained else []
+
     def extra_repr(self) -> str:
         return f"model={self.model_name!r}, arch={self.arch!r}, stages={list(self.stages)}"
 

@@ -299,6 +299,8 @@ class StagedModel(nn.Module):
                 f"model {self.name!r} takes {h}×{w} images, got {images.shape[-2]}×{images.shape[-1]}; "
                 "resize them (the data sources do) or load the model with another input_size"
             )
+        if images.device.type == "meta" and self.device.type != "meta":  # nothing to copy to the model
+            raise ModinvError("images are meta-device tensors, which hold no values; pass real images")
         if images.numel() and images.device.type != "meta":  # a meta tensor (shape dry runs) has no values
             lo, hi = torch.stack(torch.aminmax(images.detach())).tolist()  # NaN propagates to both
             if lo != lo or hi != hi:
