@@ -188,14 +188,18 @@ COPY_OPS = {"aten::copy_": "copy", "aten::_to_copy": "cast", "aten::clone": "reo
 
 
 def copy_profile(call: Callable[[], object], device: torch.device) -> dict[str, float | int]:
-    """One profiled call (torch.profiler): the share of self time spent in ``aten::copy_`` (dtype
-    casts, layout reorders, broadcasts into outputs) and the calls of it, of ``aten::_to_copy``
-    (casts, ``.to``) and of ``aten::clone`` (reorders, ``.contiguous``). Device time on CUDA."""
+    """:func:`copy_summary` of one call under torch.profiler."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         call()
         sync(device)
-    events = prof.key_averages()
+    return copy_summary(prof.key_averages(), device)
+
+
+def copy_summary(events: Any, device: torch.device) -> dict[str, float | int]:
+    """From a profile's ``key_averages()``: the share of self time spent in ``aten::copy_`` (dtype
+    casts, layout reorders, broadcasts into outputs) and the calls of it, of ``aten::_to_copy``
+    (casts, ``.to``) and of ``aten::clone`` (reorders, ``.contiguous``). Device time on CUDA."""
     own = (lambda e: e.self_device_time_total) if device.type == "cuda" else (lambda e: e.self_cpu_time_total)
     total = sum(own(e) for e in events)
     out: dict[str, float | int] = {f"{kind}_calls": 0 for kind in COPY_OPS.values()}
