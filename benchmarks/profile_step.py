@@ -3,8 +3,8 @@
     python benchmarks/profile_step.py --model detr-r50 --batch 2 --device cpu --threads 2 --out profile.txt
 
 Builds the trainers of ``throughput.py`` (``plain``, ``default``, ...), runs one untimed step of
-each, then profiles one step of each and prints the top operators by self CPU time (and by self
-CUDA time on GPUs). Random weights, random images.
+each, then profiles one step of each and prints the share of ``aten::copy_`` (casts and reorders)
+and the top operators by self CPU time (and by self CUDA time on GPUs). Random weights, random images.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 import modinv
 from modinv.fileio import atomic_write_text
 from modinv.runtime import resolve_device
-from throughput import CONFIGS, build_setup, device_name, sync
+from throughput import CONFIGS, build_setup, copy_summary, device_name, sync
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
             sync(device)
             seconds = time.perf_counter() - start
         table = prof.key_averages().table(sort_by=sort, row_limit=args.top, max_name_column_width=48)
+        copies = copy_summary(prof.key_averages(), device)
         parts.append(f"== {name} (compute {setup.compute_dtype}): one modular step {seconds:.2f} s "
-                     f"(under the profiler), load average {os.getloadavg()}\n{table}")
+                     f"(under the profiler), load average {os.getloadavg()}\n"
+                     f"aten::copy_ {100 * copies['copy_share']:.1f}% of self time, {copies['copy_calls']} calls "
+                     f"(casts {copies['cast_calls']}, reorders {copies['reorder_calls']})\n{table}")
         del setup
     text = "\n\n".join(parts) + "\n"
     print(text)

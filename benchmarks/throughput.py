@@ -16,8 +16,10 @@ Per phase and configuration: images/s, ms per batch, FLOPs per image (PyTorch's 
 :func:`modinv.analysis.efficiency.flop_counter_mode` sets it up: matrix products, convolutions and
 attention, forward + backward, counted once in float32), achieved FLOP/s and MFU against the
 matrix-multiply peak of the configuration's compute precision measured in the same run on the
-same device (float32 and bf16), peak memory, and ``speedup_vs_plain``. Weights are random (speed
-does not depend on them). JSON goes to ``benchmarks/results/<model>-<device>.json``.
+same device (float32 and bf16), peak memory, ``speedup_vs_plain``, and from one more call under
+torch.profiler the share of self time in ``aten::copy_`` (dtype casts, layout reorders, bias
+broadcasts; ``--no-profile`` skips it) with the calls of copies, casts (``aten::_to_copy``) and
+reorders (``aten::clone``). Weights are random (speed does not depend on them). JSON goes to ``benchmarks/results/<model>-<device>.json``.
 
 Peak memory: on CUDA ``max_memory_allocated`` of the phase; on CPU the process's resident set,
 sampled every 5 ms while the phase runs (``peak_rss_mb``; both configurations' models live in the
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 import modinv
 from modinv.analysis.efficiency import flop_counter_mode
@@ -181,6 +184,34 @@ def count_flops(calls: dict[str, Callable[[], object]], batch: int) -> dict[str,
     return flops
 
 
+COPY_OPS = {"aten::copy_": "copy", "aten::_to_copy": "cast", "aten::clone": "reorder"}
+
+
+def copy_profile(call: Callable[[], object], device: torch.device) -> dict[str, float | int]:
+    """:func:`copy_summary` of one call under torch.profiler."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        call()
+        sync(device)
+    return copy_summary(prof.key_averages(), device)
+
+
+def copy_summary(events: Any, device: torch.device) -> dict[str, float | int]:
+    """From a profile's ``key_averages()``: the share of self time spent in ``aten::copy_`` (dtype
+    casts, layout reorders, broadcasts into outputs) and the calls of it, of ``aten::_to_copy``
+    (casts, ``.to``) and of ``aten::clone`` (reorders, ``.contiguous``). Device time on CUDA."""
+    own = (lambda e: e.self_device_time_total) if device.type == "cuda" else (lambda e: e.self_cpu_time_total)
+    total = sum(own(e) for e in events)
+    out: dict[str, float | int] = {f"{kind}_calls": 0 for kind in COPY_OPS.values()}
+    out["copy_share"] = 0.0
+    for e in events:
+        if e.key in COPY_OPS:
+            out[f"{COPY_OPS[e.key]}_calls"] += e.count
+        if e.key == "aten::copy_" and total:
+            out["copy_share"] = own(e) / total
+    return out
+
+
 def measure_peaks(device: torch.device, say: Callable[[str], None]) -> dict[str, dict[str, float]]:
     """Matrix-multiply peaks in float32 and bf16 (measured before and after each model: the larger
     counts, as the load of a shared machine varies)."""
@@ -197,9 +228,11 @@ def add_mfu(result: dict[str, Any], peaks: dict[str, dict[str, float]]) -> None:
 
 
 def measure_model(model_name: str, batch: int, device: torch.device, configs: list[str], warmup: int, steps: int,
-                  say: Callable[[str], None], input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+                  say: Callable[[str], None], input_size: tuple[int, int] | None = None,
+                  profiled: bool = True) -> dict[str, Any]:
     """Every phase of every configuration, interleaved; the result dictionary for the JSON.
-    ``input_size``: (H, W) of the images, None = the model's own."""
+    ``input_size``: (H, W) of the images, None = the model's own; ``profiled``: one more call of
+    each phase and configuration under the profiler, after the timed ones (:func:`copy_profile`)."""
     sized = {"input_size": tuple(input_size)} if input_size else {}
     model = modinv.load_model(model_name, weights="random", device=device, **sized)
     images = torch.rand(batch, 3, *model.input_size, generator=torch.Generator().manual_seed(0)).to(device)
@@ -229,6 +262,8 @@ def measure_model(model_name: str, batch: int, device: torch.device, configs: li
                     setup.memory[phase] = {"peak": max(old["peak"], watch.peak),
                                            "rise": max(old["rise"], watch.peak - watch.start)}
                 say(f"  rep {rep}{' (warm-up)' if rep < warmup else ''}  {setup.name:<8} {phase:<16} {seconds:8.2f} s")
+    copies = {(s.name, phase): copy_profile(calls[s.name][phase], device) if profiled else {}
+              for phase in names for s in setups}
     rows = []
     for setup in setups:
         for phase in names:
@@ -239,7 +274,8 @@ def measure_model(model_name: str, batch: int, device: torch.device, configs: li
                          "seconds": setup.times[phase], "flops_per_image": flops[phase],
                          "achieved_flops_per_s": achieved, "mfu": None,
                          "peak_memory_mb": setup.memory[phase]["peak"],
-                         "step_memory_mb": setup.memory[phase]["rise"]})
+                         "step_memory_mb": setup.memory[phase]["rise"], "copy_share": None,
+                         **copies[setup.name, phase]})
     plain = {r["phase"]: r["images_per_s"] for r in rows if r["config"] == "plain"}
     for r in rows:
         r["speedup_vs_plain"] = r["images_per_s"] / plain[r["phase"]] if plain else None
@@ -277,13 +313,14 @@ def cpu_flags() -> list[str]:
 def print_table(result: dict[str, Any]) -> None:
     print(f"\n{result['model']}  batch {result['batch']}  ({result['arch']} components)")
     print(f"{'phase':<18}{'config':<9}{'dtype':<10}{'img/s':>8}{'ms/batch':>10}{'GFLOP/img':>11}"
-          f"{'GFLOP/s':>9}{'MFU':>7}{'peak MB':>9}{'step MB':>9}{'× plain':>9}")
+          f"{'GFLOP/s':>9}{'MFU':>7}{'peak MB':>9}{'step MB':>9}{'copy_':>7}{'× plain':>9}")
     for r in result["rows"]:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         ratio = f"{r['speedup_vs_plain']:.2f}" if r["speedup_vs_plain"] is not None else "-"
+        copies = f"{100 * r['copy_share']:.1f}%" if r["copy_share"] is not None else "-"
         print(f"{r['phase']:<18}{r['config']:<9}{r['compute_dtype']:<10}{r['images_per_s']:>8.3f}"
               f"{r['ms_per_batch']:>10.0f}{r['flops_per_image'] / 1e9:>11.1f}{r['achieved_flops_per_s'] / 1e9:>9.1f}"
-              f"{mfu:>7}{r['peak_memory_mb']:>9.0f}{r['step_memory_mb']:>9.0f}{ratio:>9}")
+              f"{mfu:>7}{r['peak_memory_mb']:>9.0f}{r['step_memory_mb']:>9.0f}{copies:>7}{ratio:>9}")
     if result["speedup_vs_plain"] is not None:
         print(f"modular step, default vs plain: {result['speedup_vs_plain']:.2f}×")
 
@@ -300,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="input size (default: each model's own, e.g. 480×640 for DETR-R50)")
     p.add_argument("--out-dir", default=str(RESULTS))
+    p.add_argument("--no-profile", action="store_true", help="skip the profiled call per phase (copy_ shares)")
     args = p.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         p.error("--warmup and --steps must be at least 1 (a cold first call is not a step's speed)")
@@ -322,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         load_before = list(os.getloadavg())
         before = measure_peaks(device, say)
         say(f"{model_name} batch {batch}: {' / '.join(args.configs)}, {args.warmup} warm-up + {args.steps} timed")
-        result = measure_model(model_name, batch, device, args.configs, args.warmup, args.steps, say, args.size)
+        result = measure_model(model_name, batch, device, args.configs, args.warmup, args.steps, say, args.size,
+                               profiled=not args.no_profile)
         after = measure_peaks(device, say)
         peaks = {k: max(before[k], after[k], key=lambda v: v["flops_per_s"]) for k in before}
         add_mfu(result, peaks)

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 import modinv
 import modinv.runtime as runtime
 from modinv.data import open_source
 from modinv.distributed import SINGLE
+from modinv.training.classic import build_classic_chain
+from modinv.training.finetune import FinetuneConfig, FinetuneTrainer
 from modinv.training.modular import ModularTrainer, TrainConfig
 from modinv.training.optim import make_optimizer
 from modinv.training.parallel import set_conv_layout, wrap_for_training
@@ -134,3 +137,36 @@ def test_fused_adam_on_cpu_updates_like_plain_adam():
             optimizer.step()
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_frozen_forward_runs_a_cast_copy_and_leaves_the_model(mobilenet, batches, tmp_path):
+    """bf16: the frozen forward runs a copy cast once (no per-call weight casts); the stages come in
+    bf16, the image (bb⁻¹'s target) in float32. float32 on a CPU: nothing to change, no copy."""
+    chain = modinv.InverseChain.build(mobilenet, arch="auto", seed=0, stages=STAGES)
+    data = open_source("samples", size=SIZE)
+    trainer = ModularTrainer(mobilenet, chain, data, None, tmp_path / "bf16",
+                             TrainConfig(steps=1, batch_size=2, stages=STAGES, amp="bf16"))
+    frozen = trainer.frozen_model
+    assert frozen is not mobilenet and all(p.dtype == torch.bfloat16 for p in frozen.parameters())
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in mobilenet.parameters())
+    trace = trainer.frozen_trace(batches[0])
+    assert trace["img"].dtype == torch.float32 and all(trace[s].dtype == torch.bfloat16 for s in mobilenet.stages)
+    plain = ModularTrainer(mobilenet, chain, data, None, tmp_path / "fp32",
+                           TrainConfig(steps=1, batch_size=2, stages=STAGES, amp="off"))
+    assert plain.frozen_model is mobilenet
+
+
+def test_finetuning_theta_keeps_float32_master_weights(image_folder, tmp_path):
+    """λ fine-tuning trains θ: the frozen forward is the model itself (its weights must be current),
+    and the saved forward weights are contiguous float32 under bf16 autocast too."""
+    model = modinv.load_model("mobilenet-v2", weights="random", input_size=SIZE)
+    source = open_source(f"imagenet:{image_folder}", size=SIZE)
+    config = FinetuneConfig(stage="s8", lam=0.0, steps=2, batch_size=6, val_every=1000, checkpoint_every=1000,
+                            amp="bf16")
+    trainer = FinetuneTrainer(model, build_classic_chain(model, "s8"), source, None, tmp_path, config)
+    assert trainer.objective.theta_trains and trainer.frozen_model is model
+    trainer.fit(progress=False)
+    saved = load_file(tmp_path / "best" / "forward.safetensors")
+    floats = [v for v in saved.values() if v.is_floating_point()]  # (BatchNorm's counters are int64)
+    assert floats and all(v.dtype == torch.float32 and v.is_contiguous() for v in floats)
+    assert all(p.dtype == torch.float32 for p in model.parameters())

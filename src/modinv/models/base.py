@@ -9,6 +9,7 @@ stage, which is what the token-noise and intermediate-layer analyses rely on.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -362,3 +363,31 @@ class StagedModel(nn.Module):
         self.eval()
         self.requires_grad_(False)
         return self
+
+    def fuse_for_inference(self) -> None:
+        """Adapter hook, called on a :meth:`fast_copy` before any cast: rewrite modules so that
+        forward passes cost less and give the same outputs (e.g. fold frozen BatchNorm into the
+        convolution before it). The default changes nothing."""
+
+    def fast_copy(self, dtype: torch.dtype | None = None,
+                  memory_format: torch.memory_format = torch.contiguous_format) -> "StagedModel":
+        """A frozen copy for forward passes in its fastest form; this model is left unchanged.
+
+        Floating weights and buffers are cast once to ``dtype`` (None: kept), so that a forward
+        pass under autocast casts no weight per call and the layers between matrix products
+        (normalisation, residual sums) compute in ``dtype`` too; the input normalisation stays
+        float32. :meth:`fuse_for_inference` runs first, in float32. The weights of 2-D convolutions are laid out in ``memory_format`` (channels-last
+        convolutions then keep their activations channels-last: no reorder per layer).
+        """
+        fast = copy.deepcopy(self).freeze()
+        fast.fuse_for_inference()
+        if dtype is not None:
+            fast.to(dtype)
+            for name in ("mean", "std"):  # constants of the input, not weights: float32 like the images
+                if isinstance(getattr(fast, name, None), Tensor):
+                    setattr(fast, name, getattr(fast, name).float())
+        if memory_format != torch.contiguous_format:
+            for m in fast.modules():
+                if isinstance(m, nn.modules.conv._ConvNd) and m.weight.ndim == 4:
+                    m.to(memory_format=memory_format)
+        return fast

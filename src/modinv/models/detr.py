@@ -60,6 +60,7 @@ NUM_BOX_COORDS = 4
 STRIDE = 32  # ResNet-50 C5 stride
 DEFAULT_INPUT_SIZE = (480, 640)
 NO_OBJECT = "no object"
+FROZEN_NORM_EPS = 1e-5  # the epsilon of transformers' DetrFrozenBatchNorm2d (a constant in its forward)
 UNUSED_LABEL = "N/A"
 LEARNING_RATES = {"bb": 1e-3, "enc": 1e-3, "dec": 1e-4, "pred": 1e-3}  # the paper code's Adam rates
 HOW_TO_SUPPLY = (
@@ -150,7 +151,8 @@ class DetrStagedModel(StagedModel):
         b, (h, w) = images.shape[0], self.grid
         mask = torch.ones(b, h, w, dtype=torch.bool, device=images.device)
         shape = torch.Size([b, self.detr.config.d_model, h, w])
-        pos = self.detr.model.position_embedding(shape=shape, device=images.device, dtype=images.dtype, mask=mask)
+        dtype = self.detr.model.input_projection.weight.dtype  # the model's compute dtype (a bf16 fast copy's too)
+        pos = self.detr.model.position_embedding(shape=shape, device=images.device, dtype=dtype, mask=mask)
         return {
             "pos": pos.flatten(2).transpose(1, 2).contiguous(),
             "mask": mask,
@@ -232,6 +234,22 @@ class DetrStagedModel(StagedModel):
         context = self.prepare(images)
         enc = self._encoder_layers(self._backbone(images), context)
         return {"enc": enc, "dec": self._decoder_layers(enc[-1], context)}
+
+    def fuse_for_inference(self) -> None:
+        """Fold every frozen BatchNorm of the ResNet backbone into the convolution it follows (timm's
+        ResNet registers each ``convN`` right before its ``bnN``, and ``downsample`` as conv, norm):
+        a frozen forward pass then skips 53 elementwise scale-and-shift passes over the feature maps."""
+        from torch.nn.utils.fusion import fuse_conv_bn_weights
+        from transformers.models.detr.modeling_detr import DetrFrozenBatchNorm2d
+
+        for parent in self.detr.model.backbone.modules():
+            children = list(parent.named_children())
+            for (_, conv), (name, norm) in zip(children, children[1:]):
+                if isinstance(conv, nn.Conv2d) and isinstance(norm, DetrFrozenBatchNorm2d):
+                    conv.weight, conv.bias = fuse_conv_bn_weights(
+                        conv.weight, conv.bias, norm.running_mean, norm.running_var, FROZEN_NORM_EPS,
+                        norm.weight, norm.bias)
+                    setattr(parent, name, nn.Identity())
 
     # -- internals ---------------------------------------------------------------------------------
     def _backbone(self, images: Tensor) -> Tensor:

@@ -33,7 +33,7 @@ from modinv.errors import ModinvError, Terminated
 from modinv.fileio import append_jsonl, write_json
 from modinv.inverse.chain import InverseChain
 from modinv.models.base import StagedModel, Trace
-from modinv.runtime import amp_dtype, autocast, deferred_termination, termination_requested
+from modinv.runtime import amp_dtype, autocast, conv_memory_format, deferred_termination, termination_requested
 from modinv.training import checkpoint as ckpt
 from modinv.training.config import TrainConfig
 from modinv.training.data import set_data_epoch, usable_batches
@@ -92,6 +92,7 @@ class Engine:
         self.best: dict[str, dict[str, Any]] = {}
         self.nonfinite = {s: 0 for s in self.stages}
         self.best_chain = copy.deepcopy(chain).cpu()
+        self.frozen_model = self._frozen_form(model, config.channels_last)
         self.train_modules = {s: wrap_for_training(chain.components[s], self.device, dist, config.channels_last,
                                                    config.compile, amp=self.amp) for s in self.stages}
         self.stop_reason: str | None = None
@@ -101,11 +102,21 @@ class Engine:
         self._started = time.perf_counter()
         self._bar: Any = None
 
+    def _frozen_form(self, model: StagedModel, channels_last: bool) -> StagedModel:
+        """The model that computes the frozen forward passes: a copy cast once to the run's
+        precision, its convolutions in the device's fast layout (``model`` itself is left as it is),
+        or ``model`` when that changes nothing or when the objective trains it (its θ must be current)."""
+        layout = conv_memory_format(self.device, self.amp) if channels_last else torch.contiguous_format
+        if any(p.requires_grad for p in model.parameters()) or (self.amp is None and layout == torch.contiguous_format):
+            return model
+        return model.fast_copy(self.amp, layout)
+
     # -- pieces the objectives use -----------------------------------------------------------------
     def frozen_trace(self, images: Tensor, end: str | None = None) -> Trace:
-        """The frozen forward pass of a batch (up to ``end``), without gradients, in the run's precision."""
+        """The frozen forward pass of a batch (up to ``end``), without gradients, in the run's precision
+        (stages come in the compute dtype, the image as given)."""
         with torch.no_grad(), autocast(self.device, self.amp):
-            return self.model.trace(images.to(self.device, non_blocking=True), end=end).detach()
+            return self.frozen_model.trace(images.to(self.device, non_blocking=True), end=end).detach()
 
     def module(self, stage: str, training: bool = True) -> torch.nn.Module:
         """The component of ``stage``: as the training step calls it (DDP-wrapped, compiled as
