@@ -174,8 +174,8 @@ def run_demo(
     train_images = torch.stack([seen_source[i]["image"] for i in range(len(seen_source))])
     train_labels = top_labels(net, train_images, train_photos)
     row_titles = [
-        f"{lab['photo']}\n{lab['label']} {lab['probability']:.0%}" if lab["label"] is not None else lab["photo"]
-        for lab in labels
+        f"{lab['photo']}\n{lab['label']} {lab['probability']:.0%}" if lab["label"] is not None and not is_random
+        else lab["photo"] for lab in labels  # a random network's class labels mean nothing
     ]
     figure = reconstruction_figure(net, chain, images, out / "reconstructions.png", row_titles=row_titles)
     if save_chain:
