@@ -17,7 +17,8 @@ from modinv.models.base import StagedModel
 
 
 def model_and_source(args: argparse.Namespace) -> tuple[StagedModel, Any]:
-    """The model the ``--inverse`` chains were made for (``--model`` etc. may confirm it) and the image source of ``--data`` at its input size."""
+    """The model the ``--inverse`` chains were made for (``--model`` etc. may confirm it) and the
+    image source of ``--data`` at its input size."""
     model = model_for_chains(args)
     _caption(caption_parts(model, data=args.data, seed=args.seed))
     return model, open_source(args.data, size=tuple(model.input_size))
