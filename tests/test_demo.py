@@ -104,8 +104,16 @@ def test_demo_on_pretrained_mobilenet_shows_depth_ordering_and_sensible_labels(t
 
 
 @pytest.mark.slow
-def test_demo_on_random_vit_says_weights_are_random(tmp_path, capsys):
+def test_demo_on_random_vit_says_weights_are_random(tmp_path, capsys, monkeypatch):
     """The transformer path end to end through the command, stopped by its (tiny) time budget."""
+    import modinv.analysis.reconstruct as reconstruct
+
+    titles, draw = [], reconstruct.reconstruction_figure
+    def spy(*args, row_titles=None, **kwargs):
+        titles.append(list(row_titles))
+        return draw(*args, row_titles=row_titles, **kwargs)
+
+    monkeypatch.setattr(reconstruct, "reconstruction_figure", spy)  # imported by the demo when it runs
     out = tmp_path / "vit"
     code = main(["demo", "--model", "vit-b16", "--weights", "random", "--minutes", "0.001", "--input-size", "32", "32",
                  "--batch", "2", "--held-out", "chelsea,coffee", "--no-save-chain", "--out", str(out)])
@@ -118,6 +126,7 @@ def test_demo_on_random_vit_says_weights_are_random(tmp_path, capsys):
     assert "weights are RANDOM" in (out / "report.md").read_text()
     assert (out / "reconstructions.png").is_file()
     assert "weights are RANDOM" in capsys.readouterr().out
+    assert titles == [["chelsea", "coffee"]]  # a random network's class labels are not printed on the figure
 
 
 def test_demo_trains_through_the_engine_with_its_time_budget(tmp_path, monkeypatch):

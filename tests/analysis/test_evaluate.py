@@ -264,5 +264,8 @@ def test_every_analysis_is_exported_under_its_cli_name():
 
     for name in [*ANALYSES, "evaluate", "efficiency"]:
         assert callable(getattr(analysis, name)), name
-    assert analysis.stages is stage_errors and analysis.tokens is token_noise_analysis  # the old names too
-    assert analysis.stage_errors is stage_errors and analysis.evaluate is evaluate_chain
+    assert analysis.ANALYSES["stages"] is stage_errors and analysis.ANALYSES["tokens"] is token_noise_analysis
+    assert analysis.stage_errors is stage_errors and analysis.evaluate.__analysis__ is evaluate_chain  # old names too
+    from modinv.analysis import stages  # still the module, with everything in it
+
+    assert stages.StageErrors and stages.stage_errors is stage_errors

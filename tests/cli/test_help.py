@@ -70,3 +70,13 @@ def test_errors_speak_in_option_words_not_python(capsys):
     message = _error(["info", "--model", "mobilenet-v2", "--weights", "random", "--input-size", "32", "32",
                       "--arch", "auto", "--variant", "s4=local"], capsys)
     assert "arch=" not in message and "s4=local" in message
+
+
+def test_the_papers_short_names_are_spelled_out_in_the_help():
+    parsers = dict(_parsers(build_parser()))
+    analyze = next(a for a in parsers[("analyze",)]._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: a.help for a in analyze._choices_actions}
+    assert "full class distribution" in helps["structure"] and "one-hot" in helps["structure"]
+    assert all(name in helps["tokens"] for name in ("bb_man", "enc_man", "enc_man+"))
+    variant = next(a for a in parsers[("train",)]._actions if "--variant" in a.option_strings)
+    assert "one-hot" in variant.help and "full class distribution" in variant.help

@@ -141,3 +141,15 @@ def test_lpips_asked_for_by_name_without_its_weights_is_an_error(run, tmp_path, 
     assert main(["evaluate", "--inverse", str(run), "--data", "samples", "--limit", "2", "--out", str(out)]) == 0
     assert "LPIPS not computed: " in capsys.readouterr().out
     assert list(json.loads(out.read_text())["metrics"]) == ["mse", "psnr", "ssim"]
+
+
+def test_finetune_resumes_with_only_out_and_its_chain_names_the_finetuned_weights(tmp_path, photo, capsys):
+    out = tmp_path / "ft"
+    assert main(["finetune", *MOBILENET, "--lam", "1", "--stage", "s8", "--data", "samples", "--out", str(out),
+                 "--steps", "1", "--batch", "2", "--val-batches", "1", "--no-progress"]) == 0
+    with pytest.warns(UserWarning, match="steps 1 -> 2"):
+        assert main(["finetune", "--out", str(out), "--resume", "--steps", "2", "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["lam"] == 1 and config["train"]["stage"] == "s8" and config["train"]["steps"] == 2
+    # the chain was made for the fine-tuned weights written beside it: reconstruct finds them alone
+    assert main(["reconstruct", "--inverse", str(out), "--images", str(photo), "--out", str(tmp_path / "g.png")]) == 0

@@ -12,11 +12,18 @@ Each analysis is exported here under the name of its CLI command::
 ``structure`` (pred⁻¹ FD vs OH: FD = full distribution, the softmax of all class logits; OH =
 one-hot of the arg-max class), ``tokens`` (token noise: bb_man / enc_man = 20% of the tokens
 replaced at bb / enc; enc_man+ = bb_man passed on through the encoder), ``errors`` (detection
-errors), ``layers`` (intermediate layers), ``evaluate`` and ``efficiency``. The old names
-(``stage_errors``, ``token_noise_analysis``, ...) keep working. The modules (``modinv.analysis.stages``
-and so on) stay importable with ``from modinv.analysis.stages import ...``.
+errors), ``layers`` (intermediate layers), ``evaluate`` and ``efficiency``. Each of these names
+is the analysis's module, which, called, runs the analysis (``analysis.stages(...)`` is
+``stage_errors(...)``); the old function names (``stage_errors``, ``token_noise_analysis``, ...)
+keep working.
 """
 
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+from modinv.analysis import color, efficiency, errors, evaluate, layers, stages, structure, tokens  # noqa: F401
 from modinv.analysis.color import color_analysis
 from modinv.analysis.color_figures import color_figure
 from modinv.analysis.efficiency import efficiency_figure, measure_efficiency
@@ -28,28 +35,39 @@ from modinv.analysis.stages import stage_errors, stage_errors_figure
 from modinv.analysis.structure import structure_analysis, structure_figure
 from modinv.analysis.tokens import token_noise_analysis, token_noise_figure
 
-# The CLI's names (``modinv analyze NAME``, ``modinv evaluate``, ``modinv efficiency``). They are
-# bound after the imports above, so they take the place of the submodules of the same names as
-# attributes of this package.
-stages = stage_errors
-color = color_analysis
-structure = structure_analysis
-tokens = token_noise_analysis
-errors = detection_error_analysis
-layers = layer_analysis
-evaluate = evaluate_chain
-efficiency = measure_efficiency
-# and their figures
+# The CLI's names: ``modinv.analysis.stages`` is both the module and, called, its analysis
+# (``stage_errors``), so that ``analysis.stages(model, chain, source)``, ``from modinv.analysis
+# import stages`` and ``stages.StageErrors`` all work.
+ANALYSES: dict[str, Callable[..., Any]] = {
+    "stages": stage_errors, "color": color_analysis, "structure": structure_analysis,
+    "tokens": token_noise_analysis, "errors": detection_error_analysis, "layers": layer_analysis,
+    "evaluate": evaluate_chain, "efficiency": measure_efficiency,
+}
+
+
+class AnalysisModule(types.ModuleType):
+    """A module of :mod:`modinv.analysis` that, called, runs its analysis (``__analysis__``)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__analysis__(*args, **kwargs)
+
+
+for _name, _function in ANALYSES.items():
+    _module = sys.modules[f"{__name__}.{_name}"]
+    _module.__analysis__ = _function
+    _module.__class__ = AnalysisModule
+
+# the figures under the CLI's names
 stages_figure = stage_errors_figure
 tokens_figure = token_noise_figure
 errors_figure = detection_error_figure
 layers_figure = layer_figure
 
 __all__ = [
-    "Evaluation", "color", "color_analysis", "color_figure", "detection_error_analysis", "detection_error_figure",
-    "efficiency", "efficiency_figure", "errors", "errors_figure", "evaluate", "evaluate_chain", "evaluate_chains",
-    "layer_analysis", "layer_figure", "layers", "layers_figure", "measure_efficiency", "reconstruct_stages",
-    "reconstruction_figure", "stage_errors", "stage_errors_figure", "stages", "stages_figure", "structure",
-    "structure_analysis", "structure_figure", "token_noise_analysis", "token_noise_figure", "tokens",
-    "tokens_figure",
+    "ANALYSES", "AnalysisModule", "Evaluation", "color", "color_analysis", "color_figure",
+    "detection_error_analysis", "detection_error_figure", "efficiency", "efficiency_figure", "errors",
+    "errors_figure", "evaluate", "evaluate_chain", "evaluate_chains", "layer_analysis", "layer_figure", "layers",
+    "layers_figure", "measure_efficiency", "reconstruct_stages", "reconstruction_figure", "stage_errors",
+    "stage_errors_figure", "stages", "stages_figure", "structure", "structure_analysis", "structure_figure",
+    "token_noise_analysis", "token_noise_figure", "tokens", "tokens_figure",
 ]

@@ -50,7 +50,9 @@ def pairwise_figure(result, path: str | Path, compare: Mapping[str, Mapping[str,
         summaries = [entry["pairwise_mse"][key] for key in keys]
         xs = [order.index(key) for key in keys]
         color = f"C{k % 10}"
-        ax.plot(xs, [float(s["mse"]) for s in summaries], marker="o", ms=5, color=color, label=label)
+        n = entry.get("n_units")
+        ax.plot(xs, [float(s["mse"]) for s in summaries], marker="o", ms=5, color=color,
+                label=f"{label} (n = {n} image × category units)" if n is not None else label)
         bounds = [_ci(s) for s in summaries]
         ax.fill_between(xs, [b[0] for b in bounds], [b[1] for b in bounds], color=color, alpha=0.2, linewidth=0)
     ax.set_xticks(range(len(order)))
@@ -61,7 +63,8 @@ def pairwise_figure(result, path: str | Path, compare: Mapping[str, Mapping[str,
     ax.legend(fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, caption={"model": getattr(result, "model", None),
+                                           "note": "shaded: 95% confidence interval over the units"})
 
 
 def _ci(summary: Mapping[str, Any]) -> tuple[float, float]:

@@ -118,7 +118,8 @@ def evaluate_chain(
     """Image quality of the reconstruction from every stage: MSE, PSNR, SSIM and LPIPS (``metrics``;
     LPIPS only with an available ``lpips`` network, :func:`modinv.metrics.load_lpips`).
 
-    Returns an :class:`Evaluation` (a mapping with typed attributes and ``to_json()``): ``{"stages": {stage: MSE summary}, "mean_image_baseline": MSE summary, "metrics":
+    Returns an :class:`Evaluation` (a mapping with typed attributes and ``to_json()``):
+    ``{"stages": {stage: MSE summary}, "mean_image_baseline": MSE summary, "metrics":
     {metric: {"stages": {stage: summary}, "mean_image_baseline": summary}}, "metric_info",
     "not_computed": {metric: why}, "ci", "pixel_space": "[0, 1]", "n_images", "precision", "model",
     "weights"}``. A summary is :func:`~modinv.metrics.summarize_metric`'s (``"mean"``, ``"ci95"``

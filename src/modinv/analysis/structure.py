@@ -266,6 +266,11 @@ def structure_analysis(
     return step.result(origin)
 
 
+# What the figure's names mean, in its caption (the README and the CLI help say the same).
+NAMES_NOTE = ("FD: pred⁻¹ fed the full distribution (softmax over all class logits) and boxes; OH: pred⁻¹ fed "
+              "only the one-hot arg-max class and boxes")
+
+
 def structure_figure(result: StructureResult, path: str | Path, title: str | None = None) -> Path:
     """Fig. 8: one row per kept image: the input (detections boxed), then each column's reconstruction."""
     rows = result.figure_data
@@ -275,4 +280,5 @@ def structure_figure(result: StructureResult, path: str | Path, title: str | Non
     grid = [[draw_boxes(r["input"], r.get("boxes", []))] + [r["reconstructions"][c] for c in columns] for r in rows]
     titles = ["input (detections)"] + [COLUMN_TITLES.get(c, f"from {c}") for c in columns]
     row_titles = [Path(str(r["image"])).stem[:18] for r in rows]
-    return image_grid(grid, path, column_titles=titles, row_titles=row_titles, title=title)
+    caption = {"model": getattr(result, "model", None), "n": getattr(result, "n_images", None), "note": NAMES_NOTE}
+    return image_grid(grid, path, column_titles=titles, row_titles=row_titles, title=title, caption=caption)

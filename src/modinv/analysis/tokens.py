@@ -296,6 +296,11 @@ def token_noise_analysis(
     return step.result(run.feed(source, step))
 
 
+# What the figure's column names mean, in its caption (the README and the CLI help say the same).
+NAMES_NOTE = ("bb_man: tokens replaced at bb, reconstructed from bb; enc_man: replaced at enc, reconstructed from "
+              "enc; enc_man+: replaced at bb, passed on through the encoder, reconstructed from enc")
+
+
 def token_noise_figure(result: TokenNoiseResult, path: str | Path, title: str | None = None) -> Path:
     """Fig. 9: per image and chain one row: the input, then the default and manipulated
     reconstructions (bb, bb_man, enc, enc_man, enc_man+); replaced patches outlined in yellow on the
@@ -315,4 +320,5 @@ def token_noise_figure(result: TokenNoiseResult, path: str | Path, title: str | 
     columns = ["input (replaced outlined)", f"from {first}", "bb_man", f"from {second}", "enc_man", "enc_man+"]
     title = title or (f"{result.model}: {result.n_replaced} of {result.n_tokens} tokens replaced by one noise "
                       f"token ({result.noise['mode']})")
-    return image_grid(rows, path, column_titles=columns, row_titles=titles, title=title)
+    caption = {"model": result.model, "n": len(figure["images"]), "note": NAMES_NOTE}
+    return image_grid(rows, path, column_titles=columns, row_titles=titles, title=title, caption=caption)

@@ -147,6 +147,11 @@ ARCH_HELP = ("inverse components: default (the paper's where the model's family 
              "any model); default: default")
 
 
+VARIANT_HELP = ("a component variant of arch paper: bb=local (each token paints its own patch), pred=oh (pred⁻¹ "
+                "fed the one-hot class) or pred=fd (fed the full class distribution)")
+INVERSE_HELP = "inverse chain: a folder (RUN/best; a RUN folder means its best/) or hf:USER/NAME; it names the model"
+
+
 def add_arch_arg(parser: argparse.ArgumentParser, default: str | None = "default") -> None:
     """``--arch``, the same word, choices, default and help in every command that builds a chain
     (``default=None``: filled in later, e.g. from a resumed run, else ``"default"``)."""
@@ -464,8 +469,9 @@ def caption_parts(model: StagedModel, chains=(), data: str | None = None, where:
     """The caption line of a command's figures (:func:`modinv.figures.figure_caption`): model,
     weights (with ``seed`` for random weights), the chain folders and their training steps, data."""
     weights = str(model.weights)
-    parts: dict = {"model": model.name, "weights": f"{weights} (seed {seed})" if weights == "random" and seed is not None
-                   else weights, "data": data}
+    if weights == "random" and seed is not None:
+        weights = f"{weights} (seed {seed})"
+    parts: dict = {"model": model.name, "weights": weights, "data": data}
     chains, where = list(chains), list(where)
     if where:
         parts["chain"] = ", ".join(str(w) for w in where)

@@ -11,7 +11,8 @@ import argparse
 import warnings
 from typing import TYPE_CHECKING
 
-from modinv.cli.common import (add_model_args, add_report_amp_arg, input_paths, model_for_chains, positive_int,
+from modinv.cli.common import (INVERSE_HELP, add_model_args, add_report_amp_arg, input_paths, model_for_chains,
+                               positive_int,
                                writable_file)
 from modinv.errors import ModinvError
 
@@ -62,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="reconstruction quality per stage (MSE, PSNR, SSIM, LPIPS) vs the mean-image "
                                         "baseline")
     add_model_args(p, from_chain=True)
-    p.add_argument("--inverse", required=True, help="inverse chain: a folder (RUN/best, or a RUN folder: its best/) or hf:USER/NAME; it names the model")
+    p.add_argument("--inverse", required=True, help=INVERSE_HELP)
     p.add_argument("--data", required=True, help="image source spec")
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--batch", type=positive_int, default=8, help="images per forward pass (default 8)")

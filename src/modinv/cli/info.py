@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from modinv.cli.common import add_arch_arg, add_model_args, check_stage_names, model_from_args, parse_assignments
+from modinv.cli.common import (VARIANT_HELP, add_arch_arg, add_model_args, check_stage_names, model_from_args,
+                               parse_assignments)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print a model's stages, shapes and parameter counts")
     add_model_args(p)
     add_arch_arg(p)
-    p.add_argument("--variant", action="append", metavar="STAGE=NAME", help="component variant, e.g. bb=local")
+    p.add_argument("--variant", action="append", metavar="STAGE=NAME", help=VARIANT_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=run)
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 from typing import Any, Mapping
 
-from modinv.cli.common import (add_arch_arg, add_model_args, check_stage_names, input_paths, model_from_args,
-                               parse_assignments, writable_file)
+from modinv.cli.common import (VARIANT_HELP, add_arch_arg, add_model_args, check_stage_names, input_paths,
+                               model_from_args, parse_assignments, writable_file)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("params", help="trainable parameters: modular chain vs classic per-stage inverses")
     add_model_args(p)
     add_arch_arg(p)
-    p.add_argument("--variant", action="append", metavar="STAGE=NAME", help="e.g. bb=local, pred=oh")
+    p.add_argument("--variant", action="append", metavar="STAGE=NAME", help=VARIANT_HELP)
     p.add_argument("--out", help="JSON file to write")
     p.set_defaults(handler=run, weights="random")
 

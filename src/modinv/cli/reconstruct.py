@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from modinv.cli.common import add_model_args, add_report_amp_arg, caption_parts, input_paths, model_for_chains, writable_file
+from modinv.cli.common import (INVERSE_HELP, add_model_args, add_report_amp_arg, caption_parts, input_paths,
+                               model_for_chains, writable_file)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="reconstruct images from every stage into a PNG grid")
     add_model_args(p, from_chain=True)
-    p.add_argument("--inverse", required=True, help="inverse chain: a folder (RUN/best, or a RUN folder: its best/) or hf:USER/NAME; it names the model")
+    p.add_argument("--inverse", required=True, help=INVERSE_HELP)
     p.add_argument("--images", nargs="+", required=True, help="image files")
     p.add_argument("--out", required=True, help="image file to write (.png, .pdf, .svg, ...)")
     add_report_amp_arg(p, what="the forward pass and the reconstructions (the figure's title names it when not "

@@ -88,7 +88,8 @@ def fill_run_options(args: argparse.Namespace, options: Mapping[str, tuple[str, 
         setattr(args, "epochs" if given_steps else "steps", None)
     missing = [name for name in needed if getattr(args, name, None) is None]
     if missing:
-        raise ModinvError(f"the following arguments are required: {', '.join('--' + n.replace('_', '-') for n in missing)}")
+        listed = ", ".join("--" + n.replace("_", "-") for n in missing)
+        raise ModinvError(f"the following arguments are required: {listed}")
 
 
 def _fill_from_chain(args: argparse.Namespace, out: Path) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from modinv.cli.common import (add_arch_arg, add_amp_arg, add_model_args, check_stage_names, loop_settings, model_from_args,
-                               non_negative_int, number_in, parse_assignments, positive_float, positive_int,
-                               writable_dir)
+from modinv.cli.common import (VARIANT_HELP, add_amp_arg, add_arch_arg, add_model_args, check_stage_names,
+                               loop_settings, model_from_args, non_negative_int, number_in, parse_assignments,
+                               positive_float, positive_int, writable_dir)
 from modinv.errors import ModinvError
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def add_run_args(p: argparse.ArgumentParser, data_help: str) -> None:
                         "bf16 where native, image losses on [0, 1] pixels) or paper (what the authors' scripts "
                         "ran: see the README's recipe table)")
     add_arch_arg(p, default=None)
-    p.add_argument("--variant", action="append", metavar="STAGE=NAME", help="e.g. bb=local, pred=oh")
+    p.add_argument("--variant", action="append", metavar="STAGE=NAME", help=VARIANT_HELP)
     p.add_argument("--lr", action="append", type=stage_rate, metavar="STAGE=LR",
                    help="override an inverse component's learning rate (a resume may change it)")
     p.add_argument("--val-every", type=positive_int, help="steps between validations (default 500)")

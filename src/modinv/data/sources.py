@@ -169,8 +169,9 @@ def load_images(items: str | Path | list[str | Path], size: tuple[int, int]) -> 
 
 def image_tensors(items: Any) -> list[torch.Tensor]:
     """Images given in any of the usual forms as float32 3×h×w tensors in [0, 1], each at its own
-    size: file paths (or sample photo names, :data:`KNOWN_SAMPLES`), PIL images, numpy arrays (H×W, H×W×3, H×W×4; uint8, uint16 or float in
-    [0, 1]), tensors 3×h×w or B×3×h×w (float in [0, 1], or uint8), or a list mixing them."""
+    size: file paths (or sample photo names, :data:`KNOWN_SAMPLES`), PIL images, numpy arrays
+    (H×W, H×W×3, H×W×4; uint8, uint16 or float in [0, 1]), tensors 3×h×w or B×3×h×w (float in
+    [0, 1], or uint8), or a list mixing them."""
     from PIL import Image
 
     from modinv.data.decode import to_rgb_array

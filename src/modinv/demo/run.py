@@ -144,13 +144,14 @@ def _evaluate(net, chain, held: list[str], train_photos: list[str], metrics, lpi
     return evaluation, top_labels(net, images, held), top_labels(net, train_images, train_photos), images
 
 
-def _figure(net, chain, images: torch.Tensor, labels: list[dict[str, Any]], out: Path) -> Path:
-    """The reconstruction grid of the held-out photos, each row titled with the model's top label."""
+def _figure(net, chain, images: torch.Tensor, labels: list[dict[str, Any]], out: Path, is_random: bool) -> Path:
+    """The reconstruction grid of the held-out photos, each row titled with the model's top label
+    (only for real weights: a random network's class labels mean nothing)."""
     from modinv.analysis.reconstruct import reconstruction_figure
 
     row_titles = [
-        f"{lab['photo']}\n{lab['label']} {lab['probability']:.0%}" if lab["label"] is not None else lab["photo"]
-        for lab in labels
+        f"{lab['photo']}\n{lab['label']} {lab['probability']:.0%}" if lab["label"] is not None and not is_random
+        else lab["photo"] for lab in labels
     ]
     return reconstruction_figure(net, chain, images, out / "reconstructions.png", row_titles=row_titles)
 
@@ -219,7 +220,7 @@ def run_demo(
     chain.eval()
 
     evaluation, labels, train_labels, images = _evaluate(net, chain, held, train_photos, metrics, lpips_weights, dev)
-    figure = _figure(net, chain, images, labels, out)
+    figure = _figure(net, chain, images, labels, out, is_random)
     if save_chain:
         _save_chain(chain, out / "inverse", training, batch_size, seed, train_photos, evaluation)
     report = _report(net, chain, str(weights), seed, statement, is_random, train_photos, held, crops, training,

@@ -28,7 +28,9 @@ OWN_OPTIONS: dict[str, str] = {"tradeoff": "modinv.cli.analyze.tradeoff"}
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of every analysis: the model, the inverse chain(s), the data, the output folder."""
     add_model_args(parser, from_chain=True)
-    parser.add_argument("--inverse", required=True, nargs="+", help="inverse chain folder(s) (RUN/best, or a RUN folder: its best/) or hf:USER/NAME; they name the model")
+    parser.add_argument("--inverse", required=True, nargs="+",
+                        help="inverse chain(s): folders (RUN/best; a RUN folder means its best/) or hf:USER/NAME; they "
+                             "name the model")
     parser.add_argument("--data", required=True, help="image source spec")
     parser.add_argument("--out", required=True, help="folder for <analysis>.png and <analysis>.json")
     parser.add_argument("--batch", type=positive_int, default=8, help="images per forward pass (default 8)")

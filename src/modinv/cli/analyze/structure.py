@@ -1,4 +1,4 @@
-"""Reconstructions from pred through the FD and the OH pred⁻¹ beside the other stages (Fig. 8)."""
+"""Reconstructions from pred via the FD (full class distribution) and OH (one-hot class) pred⁻¹, Fig. 8."""
 
 from __future__ import annotations
 

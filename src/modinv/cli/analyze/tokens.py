@@ -1,4 +1,4 @@
-"""Token-noise analysis of spatial locality (paper Sec. 4.5, Fig. 9): a fifth of the tokens become one noise token.
+"""Token noise (Fig. 9): 20% of tokens become one noise token at bb (bb_man; then encoded: enc_man+) or enc (enc_man).
 
 ``modinv analyze tokens --model detr-r50 --inverse STANDARD_CHAIN LOCAL_BB_CHAIN --data SPEC --out DIR
 [--fraction 0.2] [--noise matched|unit] [--token-seed N]`` writes ``DIR/tokens.png`` and
