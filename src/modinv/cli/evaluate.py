@@ -12,8 +12,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 from modinv.cli.common import (INVERSE_HELP, add_model_args, add_report_amp_arg, input_paths, model_for_chains,
-                               positive_int,
-                               writable_file)
+                               positive_int, writable_file)
 from modinv.errors import ModinvError
 
 if TYPE_CHECKING:
