@@ -24,11 +24,20 @@ def _refused(**kwargs) -> str:
     ("tpu", "unknown device 'tpu'"),
     ("banana", "unknown device 'banana'"),
     ("mps", "is not available in this build of torch"),
-    ("meta", "is not available in this build of torch"),
     (3.5, "unknown device 3.5"),
 ])
 def test_devices_this_build_lacks(device, words):
     assert words in _refused(device=device)
+
+
+def test_the_meta_device_builds_a_shape_only_model():
+    """device="meta" is allowed for dry runs: stage shapes without memory or values."""
+    model = modinv.load_model("mobilenet-v2", weights="random", input_size=(32, 32), device="meta")
+    assert model.device.type == "meta"
+    trace = model.trace(torch.rand(1, 3, 32, 32))
+    assert all(t.device.type == "meta" for t in trace.stages.values() if t is not trace["img"])
+    assert {s: tuple(trace[s].shape[1:]) for s in model.stages} == {"s4": (24, 8, 8), "s8": (32, 4, 4),
+                                                                    "s16": (96, 2, 2), "s32": (1280, 1, 1)}
 
 
 @pytest.mark.parametrize("size, words", [

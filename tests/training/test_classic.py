@@ -16,12 +16,13 @@ from modinv.training.classic import build_classic_chain, classic_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # root conftest: one intra-op thread for these small passes
 SMALL = (32, 32)
+FOUR = "samples:astronaut,chelsea,coffee,rocket"  # the four photos the measured numbers below come from
 
 
 def test_classic_training_lowers_image_mse_and_its_chain_loads(tmp_path):
     out = tmp_path / "classic"
     rc = main(["train", "--model", "mobilenet-v2", "--weights", "random", "--input-size", "32", "32",
-               "--classic", "s16", "--data", "samples", "--val-data", "samples", "--out", str(out),
+               "--classic", "s16", "--data", FOUR, "--val-data", FOUR, "--out", str(out),
                "--steps", "12", "--batch", "4", "--val-every", "6", "--checkpoint-every", "6", "--no-progress",
                "--amp", "off"])
     assert rc == 0
@@ -32,9 +33,9 @@ def test_classic_training_lowers_image_mse_and_its_chain_loads(tmp_path):
     assert list(chain.stages) == ["s4", "s8", "s16"] == classic_path(model, "s16")[::-1]
     assert chain.component_meta["s16"]["training"]["method"] == "classic"
     assert chain.end_to_end_stage == "s16"  # evaluate/reconstruct then report s16 only
-    result = evaluate_chain(model, chain, open_source("samples", size=SMALL), progress=False)
+    result = evaluate_chain(model, chain, open_source(FOUR, size=SMALL), progress=False)
     assert list(result["stages"]) == ["s16"]
-    samples = open_source("samples", size=SMALL)
+    samples = open_source(FOUR, size=SMALL)
     images = torch.stack([samples[i]["image"] for i in range(len(samples))])
     fresh = build_classic_chain(model, "s16", seed=0).eval()  # the run's initial chain (same seed)
     with torch.no_grad():

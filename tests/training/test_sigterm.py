@@ -95,7 +95,7 @@ def test_sigterm_outside_the_training_loop_is_one_line_and_143(monkeypatch, caps
 def test_ctrl_c_while_the_parser_is_built_is_one_line(monkeypatch, capsys, error):
     import modinv.cli as cli
 
-    def interrupted():
+    def interrupted(*_args):
         raise error()
 
     monkeypatch.setattr(cli, "build_parser", interrupted)
