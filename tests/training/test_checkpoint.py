@@ -1,5 +1,6 @@
-"""A checkpoint's trainer state carries a SHA-256 (checksums.json beside it) that a resume checks
-before reading it; a checkpoint of an older modinv without one resumes with one warning."""
+"""What a resume reads carries a checksum it checks first: a checkpoint's trainer state (SHA-256 in
+checksums.json beside it) and the run's config.json (the SHA-256 of its settings in it); files of an
+older modinv without one resume with one warning."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from modinv.errors import ModinvError
 from modinv.fileio import sha256_file
 from modinv.training import checkpoint as ckpt
 from modinv.training.modular import ModularTrainer, TrainConfig
+from modinv.training.run_folder import CONFIG_CHECKSUM, verified_run_config
 
 SIZE = (32, 32)
 TRAIN = ["train", "--model", "mobilenet-v2", "--weights", "random", "--device", "cpu", "--input-size", "32", "32",
@@ -83,3 +85,39 @@ def test_an_old_checkpoint_without_checksums_warns_once_and_resumes(mobilenet, t
     assert resumed.step == 2
     latest = ckpt.latest(tmp_path / "checkpoints")  # the resumed run's checkpoints carry the checksum
     assert (latest / ckpt.CHECKSUM_FILE).is_file() and ckpt.load_state(latest)["step"] == 2
+
+
+# -- the run's config.json, which --resume reads -------------------------------------------------------
+
+def test_config_json_carries_the_checksum_of_its_settings(mobilenet, tmp_path):
+    _trainer(mobilenet, tmp_path, steps=1).fit(progress=False)
+    record = json.loads((tmp_path / "config.json").read_text())
+    assert len(record[CONFIG_CHECKSUM]) == 64 and verified_run_config(tmp_path)["model"] == "mobilenet-v2"
+
+
+def test_an_edited_config_json_is_refused_on_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out), "--steps", "1"]) == 0
+    config = out / "config.json"
+    record = json.loads(config.read_text())
+    record["train"]["batch_size"] = 4  # changed by hand: the resume would silently take it
+    config.write_text(json.dumps(record, indent=2))
+    capsys.readouterr()
+    assert main([*TRAIN, "--out", str(out), "--steps", "2", "--resume"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"modinv train: error: '{config}' does not match its checksum: it is truncated, corrupt or was replaced"]
+    assert main(["train", "--out", str(out), "--steps", "2", "--resume"]) == 2  # settings taken from the run
+
+
+def test_an_old_config_json_without_checksum_warns_once_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out), "--steps", "1"]) == 0
+    config = out / "config.json"
+    record = json.loads(config.read_text())
+    del record[CONFIG_CHECKSUM]  # as modinv wrote it before
+    config.write_text(json.dumps(record, indent=2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "--out", str(out), "--steps", "2", "--resume", "--no-progress"]) == 0
+    assert len([w for w in caught if "has no checksum" in str(w.message)]) == 1
+    assert CONFIG_CHECKSUM in json.loads(config.read_text())  # the resumed run wrote it again, with a checksum
