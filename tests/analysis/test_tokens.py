@@ -157,6 +157,23 @@ def test_cli_tokens_detr_two_chains(cli, chains, common_args, read_outputs, tmp_
     assert local["outside"]["mse"] == 0 and local["inside"]["mse"] > 0 and local["locality"]["mean"] == 1
 
 
+def test_cli_tokens_detr_every_token_replaced(cli, chains, common_args, read_outputs, tmp_path, capsys) -> None:
+    """--fraction 1: the whole image changes, so inside is computed and outside/locality are null with a
+    note saying why (before: the terminal summary raised TypeError on the null outside MSE)."""
+    out = tmp_path / "tokens_all"
+    cli("tokens", *common_args("detr-r50", DETR_SIZE, [chains["detr"]], "samples", out), "--fraction", "1")
+    result = read_outputs(out, "tokens")
+    assert result["n_replaced"] == result["n_tokens"] == 6 and result["fraction"] == 1
+    assert "every token is replaced" in result["note"]
+    for r in result["results"]["standard"].values():
+        assert r["inside"]["n"] == 2 and math.isfinite(r["inside"]["mse"])
+        assert r["vs_input"]["inside"]["n"] == 2
+        assert r["outside"]["mse"] is None and r["outside"]["n"] == 0
+        assert r["locality"]["mean"] is None and r["ratio"] is None
+    printed = capsys.readouterr().out
+    assert "outside n/a" in printed and "note: every token is replaced" in printed
+
+
 def test_cli_tokens_vit(cli, chains, common_args, read_outputs, tmp_path) -> None:
     out = tmp_path / "tokens_vit"
     cli("tokens", *common_args("vit-b16", VIT_SIZE, [chains["vit"]], "samples", out), "--noise", "unit",

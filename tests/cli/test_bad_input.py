@@ -30,6 +30,7 @@ import modinv.cli.common as cli_common
 from modinv.cli import main
 from modinv.data.synthetic import make_tiny_coco
 from modinv.errors import ModinvError
+from modinv.fileio import sha256_file
 from modinv.inverse.chain import InverseChain
 from modinv.training import checkpoint as ckpt
 
@@ -582,6 +583,10 @@ def test_trainer_state_replaced_by_a_pickle_is_refused_without_running_it(tmp_pa
     assert main([*argv, "--steps", "1"]) == 0  # a real run (a resume needs its config.json)
     folder = ckpt.latest(run / "checkpoints")
     write_malicious_pickle(folder / ckpt.STATE_FILE, marker)
+    assert fails([*argv, "--steps", "2", "--resume"], capsys).endswith("does not match its checksum: it is truncated, "
+                                                                        "corrupt or was replaced")
+    # with the checksum forged to match, weights_only still refuses to run it
+    (folder / ckpt.CHECKSUM_FILE).write_text(json.dumps({ckpt.STATE_FILE: sha256_file(folder / ckpt.STATE_FILE)}))
     assert fails([*argv, "--steps", "2", "--resume"], capsys) == f"cannot read trainer state in '{folder}' (UnpicklingError)"
     assert not marker.exists()
 

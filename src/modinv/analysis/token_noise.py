@@ -159,7 +159,8 @@ def patch_mask(indices: Tensor, grid: Sequence[int], image_size: Sequence[int]) 
 
 
 def region_mse(a: Tensor, b: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-image MSE over all channels of the pixels inside ``mask`` (B×H×W bool) and outside it."""
+    """Per-image MSE over all channels of the pixels inside ``mask`` (B×H×W bool) and outside it; NaN
+    (undefined) for an image where the region is empty, e.g. outside when every token is replaced."""
     sq = (a.float() - b.float()).pow(2).mean(1).cpu()
     m = mask.to(sq.dtype).cpu()
     inside = (sq * m).flatten(1).sum(1) / m.flatten(1).sum(1)

@@ -20,13 +20,15 @@ replaced tokens (32×32 px for DETR, 16×16 for ViT) and OUTSIDE them; mean with
 that stays inside [0, 1] (a BCa bootstrap, :mod:`modinv.metrics.bounded`; ``ci`` names the methods
 used), as for ``locality``. ``locality`` = per-image inside / (inside + outside): 1 = the change stays in the
 replaced patches, 0.5 = it spreads evenly over the image. ``ratio`` = mean inside / mean outside
-(null when outside is 0). The same inside/outside errors against the *input* are given for the
+(null when outside is 0). When every token is replaced (``fraction`` 1) and the patches cover the
+image, nothing lies outside them: the outside numbers, ``locality`` and ``ratio`` are undefined (null)
+and ``note`` says so; inside is then the change over the whole image. The same inside/outside errors against the *input* are given for the
 manipulated and the default reconstructions (``vs_input``, ``default_vs_input``).
 
 ``tokens.json`` (``TokenNoiseResult.to_json()``, plus from the CLI ``data``, ``inverse``,
 ``figure``): ``analysis, model, weights, n_images, pixel_space, grid, patch_size, n_tokens,
 n_replaced, num_prefix_tokens, fraction, seed, noise {mode, description}, position_embedding
-{stage: bool, source, description}, reference, conditions, chains {label: bb variant}, ci, precision, results
+{stage: bool, source, description}, reference, conditions, chains {label: bb variant}, ci, precision, note, results
 {chain label: {condition: {inside, outside, locality, ratio, vs_input {inside, outside},
 default_vs_input {inside, outside}}}}``; inside/outside are ``{"mse", "mean", "ci95", "n", "std",
 "ci_method", "range", "n_infinite"}`` (mean MSE over images and its 95% CI), locality the same
@@ -66,6 +68,8 @@ from modinv.inverse.chain import InverseChain
 from modinv.metrics import summarize, summarize_in_range
 from modinv.models.base import StagedModel
 
+NOTHING_OUTSIDE = ("every token is replaced, so no pixel lies outside the replaced patches: the outside errors, "
+                   "locality and ratio are undefined (null) and inside is the change over the whole image")
 CONDITIONS = ("bb_man", "enc_man", "enc_man+")  # the paper's names; the model's token stages play bb and enc
 REFERENCE = "the unmanipulated reconstruction from the same stage with the same chain"
 NOISE_DESCRIPTIONS = {
@@ -108,6 +112,7 @@ class TokenNoiseResult(AnalysisResult):
     chains: dict[str, str]
     ci: dict[str, Any] = dataclasses.field(default_factory=dict)  # the interval methods used
     precision: str = "float32"
+    note: str | None = None  # why numbers are undefined (every token replaced), else None
     results: dict[str, dict[str, dict[str, Any]]]
     figure_data: dict[str, Any] = figure_field()
 
@@ -172,6 +177,7 @@ class _TokenNoise:
         self.figure: dict[str, Any] = {"images": [], "names": [], "masks": [], "stages": list(pair),
                                        "rows": {c: [] for c in chains}}
         self.info: dict[str, Any] = {}
+        self.nothing_outside = False  # the replaced patches covered a whole image (every token replaced)
 
     def _describe(self, trace, images: Tensor) -> None:
         model, (first, second) = self.model, self.pair
@@ -208,6 +214,7 @@ class _TokenNoise:
     def __call__(self, batch: dict[str, Any]) -> None:
         images = batch["image"]
         trace, traces, mask = self._manipulated(batch)
+        self.nothing_outside |= bool(mask.flatten(1).all(1).any())
         keep = max(0, min(self.figure_images - len(self.figure["images"]), images.shape[0]))
         self.figure["images"] += [images[i].float().cpu() for i in range(keep)]
         self.figure["names"] += list(batch["name"][:keep])
@@ -260,6 +267,7 @@ class _TokenNoise:
             results=results,
             ci=interval_record(results),
             precision=self.run.precision,
+            note=NOTHING_OUTSIDE if self.nothing_outside else None,
             figure_data=self.figure,
         )
 

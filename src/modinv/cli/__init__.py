@@ -45,14 +45,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors print one sentence (no traceback) and exit with status 2; Ctrl-C
     exits 130 and SIGTERM 143 (training first finishes its step and writes a checkpoint), one line each."""
-    from modinv.cli.common import CREATED_DIRS, remove_unused_output_dirs
-    from modinv.runtime import sigterm_handled
-
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None  # a known command: import only its module
     prefix = "modinv"  # "modinv train" once the command is known
-    CREATED_DIRS.clear()
     try:
+        # inside the try: torch and the command's modules load here, and Ctrl-C meanwhile is one line
+        from modinv.cli.common import CREATED_DIRS
+        from modinv.runtime import sigterm_handled
+
+        CREATED_DIRS.clear()
         with sigterm_handled():
             args = build_parser(command).parse_args(argv)  # inside: Ctrl-C while the modules load is no traceback
             prefix = f"modinv {args.command}"
@@ -69,4 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
     finally:
-        remove_unused_output_dirs()  # a failed command leaves no empty output folder behind
+        common = sys.modules.get("modinv.cli.common")  # absent when interrupted before it loaded
+        if common is not None:
+            common.remove_unused_output_dirs()  # a failed command leaves no empty output folder behind

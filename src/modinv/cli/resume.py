@@ -62,11 +62,11 @@ def fill_run_options(args: argparse.Namespace, options: Mapping[str, tuple[str, 
     ``--resume``, else with its default; ``needed`` options must end up set (one sentence if not)."""
     record: Mapping[str, Any] = {}
     if getattr(args, "resume", False):
-        from modinv.fileio import read_json
+        from modinv.training.run_folder import verified_run_config
 
         config = Path(args.out) / "config.json"
         if config.is_file():
-            record = read_json(config, "run config")
+            record = verified_run_config(Path(args.out))
             if not isinstance(record, Mapping):
                 raise ModinvError(f"cannot resume the run in {str(args.out)!r}: its config.json is missing or is not a "
                                   "run's (not a JSON object)")

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from modinv.data import make_loader
 from modinv.distributed import SINGLE, DistContext
 from modinv.errors import ModinvError, Terminated
-from modinv.fileio import append_jsonl, write_json
+from modinv.fileio import append_jsonl
 from modinv.inverse.chain import InverseChain
 from modinv.models.base import StagedModel, Trace
 from modinv.runtime import amp_dtype, autocast, conv_memory_format, deferred_termination, termination_requested
@@ -40,7 +40,7 @@ from modinv.training.data import set_data_epoch, usable_batches
 from modinv.training.objective import Objective, Update
 from modinv.training.optim import default_learning_rate, make_optimizer
 from modinv.training.parallel import mean_over_processes, replica_checksums, wrap_for_training
-from modinv.training.run_folder import describe_changes, open_run_folder
+from modinv.training.run_folder import describe_changes, open_run_folder, write_run_config
 from modinv.training.sampling import EpochSampler
 
 
@@ -189,7 +189,7 @@ class Engine:
 
     def _write_config(self) -> None:
         if self.dist.is_main:
-            write_json(self.out / "config.json", self._config_record())
+            write_run_config(self.out, self._config_record())
 
     # -- one step ----------------------------------------------------------------------------------
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:

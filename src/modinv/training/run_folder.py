@@ -12,11 +12,15 @@
 - ``resume`` with settings that differ from the run's ``config.json`` is refused, listing the
   differences, except for the settings in :data:`CHANGEABLE_ON_RESUME` (how long to train, the
   learning rates, intervals and performance options), which are applied and recorded.
+- ``config.json`` carries the SHA-256 of its own settings (:data:`CONFIG_CHECKSUM`, see
+  :func:`write_run_config`); a resume refuses one that does not match, and warns once for a run of an
+  older modinv that wrote none.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -30,9 +34,11 @@ import torch
 
 from modinv.distributed import SINGLE, DistContext
 from modinv.errors import ModinvError
-from modinv.fileio import atomic_write_text, os_error_sentence, read_json, to_json
+from modinv.fileio import atomic_write_text, os_error_sentence, read_json, to_json, write_json
 
 LOCK_FILE = "run.lock"
+CONFIG_FILE = "config.json"
+CONFIG_CHECKSUM = "sha256"  # entry of config.json: hex SHA-256 of its other entries as compact strict JSON
 RUN_FILES = ("best", "checkpoints", "log.jsonl", "config.json")
 # Entries of config.json a resume may change: the length of the run, the learning rates (the
 # optimisers then run at the new rates), how often to log / validate / checkpoint, and options
@@ -69,6 +75,39 @@ def run_config(out: Path) -> dict[str, Any] | None:
     if isinstance(config, dict) and isinstance(config.get("model"), str) and isinstance(config.get("train"), dict):
         return config
     return None
+
+
+def _settings_digest(settings: Mapping[str, Any]) -> str:
+    return hashlib.sha256(to_json(settings, indent=None).encode("utf-8")).hexdigest()
+
+
+def write_run_config(out: Path, record: Mapping[str, Any]) -> Path:
+    """Write the run's ``config.json`` (atomically) with the checksum of its settings in it, so the
+    file and its checksum are replaced together; a resume checks it (:func:`verified_run_config`)."""
+    settings = json.loads(to_json(record))  # what reading the file back gives
+    settings.pop(CONFIG_CHECKSUM, None)
+    return write_json(Path(out) / CONFIG_FILE, {**settings, CONFIG_CHECKSUM: _settings_digest(settings)})
+
+
+_UNVERIFIED_WARNED: set[str] = set()  # config files already warned about (one warning per file and process)
+
+
+def verified_run_config(out: Path) -> Any:
+    """The JSON of ``out/config.json`` after checking its checksum: a mismatch is refused in one
+    sentence; a file without one (written by an older modinv) is read with one warning."""
+    path = Path(out) / CONFIG_FILE
+    record = read_json(path, "run config")
+    if not isinstance(record, dict) or not isinstance(record.get("train"), dict):
+        return record  # not a run's config: the callers refuse it
+    settings = {k: v for k, v in record.items() if k != CONFIG_CHECKSUM}
+    if CONFIG_CHECKSUM not in record:
+        if str(path.resolve()) not in _UNVERIFIED_WARNED:
+            _UNVERIFIED_WARNED.add(str(path.resolve()))
+            warnings.warn(f"{str(path)!r} has no checksum (written by an older modinv): the run is resumed "
+                          "without verifying its settings", stacklevel=2)
+    elif record[CONFIG_CHECKSUM] != _settings_digest(settings):
+        raise ModinvError(f"{str(path)!r} does not match its checksum: it is truncated, corrupt or was replaced")
+    return settings
 
 
 def _run_wrote(path: Path) -> bool:
@@ -112,6 +151,8 @@ def check_run_folder(out: str | os.PathLike, resume: bool = False, overwrite: bo
         raise ModinvError("give --resume (continue the run) or --overwrite (replace it), not both")
     out = Path(out)
     found = folder_contents(out)
+    if resume and (out / CONFIG_FILE).is_file():
+        verified_run_config(out)  # a changed or corrupt config.json is refused before anything else
     if resume and run_config(out) is None:
         if not [n for n in found if n in RUN_FILES]:
             raise ModinvError(f"there is no run to resume in {str(out)!r} (no config.json, no checkpoint); check "
@@ -165,10 +206,10 @@ def resume_changes(out: Path, record: Mapping[str, Any]) -> dict[str, dict[str, 
     """The settings of ``record`` (the config.json a run would write) that differ from the run's
     ``config.json`` in ``out``: ``{name: {"from", "to"}}``, only changeable ones; a difference in any
     other setting is refused in one sentence listing them. Nothing when there is no config.json."""
-    path = out / "config.json"
-    if not path.is_file():
+    if not (out / CONFIG_FILE).is_file():
         return {}
-    old, new = _flat(read_json(path, "run config")), _flat(json.loads(to_json(record)))
+    old, new = _flat(verified_run_config(out)), _flat(json.loads(to_json(record)))
+    new.pop(CONFIG_CHECKSUM, None)
     changes = {k: {"from": old[k], "to": new[k]} for k in new if k in old and old[k] != new[k]}
     refused = {k: v for k, v in changes.items() if k not in CHANGEABLE_ON_RESUME}
     if refused:

@@ -43,7 +43,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for label, conds in payload["results"].items():
         print(f"{label} bb⁻¹")
         for cond, r in conds.items():
-            print(f"  {cond:<9} MSE vs default inside {r['inside']['mse']:.5f}  outside {r['outside']['mse']:.5f}  "
-                  f"locality {format_ci(r['locality'], digits=3)}")
+            print(f"  {cond:<9} MSE vs default inside {_number(r['inside']['mse'])}  "
+                  f"outside {_number(r['outside']['mse'])}  locality {format_ci(r['locality'], digits=3)}")
+    if payload.get("note"):
+        print(f"note: {payload['note']}")
     wrote(out, "tokens")
     return payload
+
+
+def _number(value: float | None) -> str:
+    """An MSE for the terminal; ``n/a`` where it is undefined (null in the JSON)."""
+    return "n/a" if value is None else f"{value:.5f}"
