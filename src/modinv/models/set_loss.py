@@ -25,9 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
-from torchvision.ops import box_convert, generalized_box_iou
 
 from modinv.errors import ModinvError
 
@@ -56,6 +54,8 @@ def detr_targets(
     ``labels``: per image N COCO category ids (DETR's class index is the category id). Returns per
     image ``{"labels": int64 N, "boxes": N×4 normalised (cx, cy, w, h)}``.
     """
+    from torchvision.ops import box_convert  # imported on use: listing models stays light
+
     h, w = image_size
     scale = torch.tensor([w, h, w, h], dtype=torch.float32)
     out = []
@@ -70,6 +70,8 @@ def detr_targets(
 def match_cost(logits: Tensor, boxes: Tensor, target_labels: Tensor, target_boxes: Tensor,
                weights: SetLossWeights = DETR_WEIGHTS) -> Tensor:
     """Q×N matching cost of one image's Q predictions against its N targets (DETR's matcher)."""
+    from torchvision.ops import box_convert, generalized_box_iou
+
     prob = logits.float().softmax(-1)
     cost_class = -prob[:, target_labels]
     cost_bbox = torch.cdist(boxes.float(), target_boxes.float(), p=1)
@@ -84,6 +86,8 @@ def hungarian_match(logits: Tensor, boxes: Tensor, targets: Sequence[dict[str, T
                     weights: SetLossWeights = DETR_WEIGHTS) -> list[tuple[Tensor, Tensor]]:
     """Per image ``(query indices, target indices)`` (int64, sorted by query) of the minimum-cost
     one-to-one matching (``scipy.optimize.linear_sum_assignment``)."""
+    from scipy.optimize import linear_sum_assignment
+
     out = []
     for i, target in enumerate(targets):
         n = len(target["labels"])
@@ -106,6 +110,8 @@ def set_loss(logits: Tensor, boxes: Tensor, targets: Sequence[dict[str, Tensor]]
     """DETR's set loss of a batch: ``{"loss", "loss_ce", "loss_bbox", "loss_giou"}`` (scalars;
     ``loss = class_weight·loss_ce + bbox_weight·loss_bbox + giou_weight·loss_giou``), plus
     ``"indices"``, the matching from :func:`hungarian_match`."""
+    from torchvision.ops import box_convert, generalized_box_iou
+
     if logits.ndim != 3 or boxes.ndim != 3 or boxes.shape[-1] != 4 or logits.shape[:2] != boxes.shape[:2]:
         raise ModinvError(
             f"set_loss needs logits B×Q×(C+1) and boxes B×Q×4, got {tuple(logits.shape)} and {tuple(boxes.shape)}"
