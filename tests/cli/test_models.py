@@ -83,7 +83,11 @@ def _threads(one_thread):
 
 @pytest.fixture
 def fresh_registry(monkeypatch):
-    """Registries as a new process finds them (entry points not yet read); restored afterwards."""
+    """Registries as a new process finds them (entry points not yet read); restored afterwards.
+    modinv's own families and inverse kinds are loaded first: a module first imported inside the
+    test would register into the copies only, and stay imported after they are thrown away."""
+    registry.families()
+    inverse_registry.component_kinds()
     monkeypatch.setattr(family_module, "_FAMILIES", dict(family_module._FAMILIES))
     monkeypatch.setattr(registry, "_loaded", False)
     monkeypatch.setattr(inverse_registry, "_KINDS", dict(inverse_registry._KINDS))
