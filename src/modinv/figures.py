@@ -21,9 +21,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
+import os
+
 import matplotlib
 
-matplotlib.use("Agg")  # figures are files; never open a window
+if not os.environ.get("MPLBACKEND"):  # a backend the user chose (e.g. a notebook's inline one) stays
+    matplotlib.use("Agg")  # figures are files; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from torch import Tensor  # noqa: E402
