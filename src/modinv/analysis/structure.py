@@ -100,7 +100,7 @@ def pred_variant(chain, stage: str | None = None) -> str:
     if mode not in VARIANTS:
         raise ModinvError(
             f"cannot tell whether this pred⁻¹ is FD or OH (kind {meta.get('kind')!r}, variant "
-            f"{meta.get('variant')!r}); build it with InverseChain.build(model, variants={{{stage!r}: 'fd' | 'oh'}})"
+            f"{meta.get('variant')!r}); train it as variant fd or oh (modinv train --variant {stage}=fd)"
         )
     return str(mode)
 
@@ -114,7 +114,8 @@ def split_fd_oh(chains: Sequence[Any], stage: str | None = None) -> tuple[Any, A
     if set(variants) != set(VARIANTS):
         raise ModinvError(
             f"the two chains must hold one FD and one OH pred⁻¹; both hold {variants[0].upper()} "
-            f"(build the other with variants={{{stage or chains[0].model_stages[-1]!r}: 'oh' or 'fd'}})"
+            f"(train the other as variant {'oh' if variants[0] == 'fd' else 'fd'}: modinv train --variant "
+            f"{stage or chains[0].model_stages[-1]}={'oh' if variants[0] == 'fd' else 'fd'})"
         )
     return (chains[0], chains[1]) if variants[0] == "fd" else (chains[1], chains[0])
 

@@ -47,7 +47,7 @@ from modinv.runtime import resolve_device
 # "paper": the components of the family the model declares (model.meta.inverse_family); "auto": chosen
 # from the stage shapes of any model; "default": "paper" where the model declares a family, else "auto".
 ARCHS = ("paper", "auto", "default")
-def _probe_context(model: StagedModel) -> dict[str, Any]:
+def probe_context(model: StagedModel) -> dict[str, Any]:
     """The grid entries of the context of a blank image and the stages' declared layouts (what
     shape-based builders need)."""
     blank = torch.zeros(1, 3, *model.input_size, device=model.device)
@@ -188,7 +188,7 @@ class InverseChain(nn.Module):
         layout = model_layout(model) | {"arch": arch}
         shapes = {s: tuple(v) for s, v in layout["shapes"].items()}
         specs_of = paper_specs_of(family) if arch == "paper" else auto.auto_specs
-        specs = specs_of(shapes, _probe_context(model), variants, chosen)
+        specs = specs_of(shapes, probe_context(model), variants, chosen)
         components, meta = {}, {}
         for stage in chosen:
             config = specs[stage]["config"]

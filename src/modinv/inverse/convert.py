@@ -151,14 +151,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, StateDict]:
 
 def _candidates(model: Any, variants: Mapping[str, str]) -> list[tuple[str, str, dict[str, Any]]]:
     """``(stage, variant, config)`` of every paper component of ``model``, each bb⁻¹ variant included."""
-    from modinv.inverse.chain import _probe_context, model_layout
+    from modinv.inverse.chain import probe_context, model_layout
     from modinv.inverse.registry import paper_specs_of
 
     family = model.meta.inverse_family
     if not family:
         raise ModinvError(f"model {model.name!r} has no paper components, so no checkpoint of the authors fits it")
     shapes = {s: tuple(v) for s, v in model_layout(model)["shapes"].items()}
-    context = _probe_context(model)
+    context = probe_context(model)
     specs_of = paper_specs_of(family)
     out, seen = [], set()
     for bb in ("standard", "local"):
