@@ -118,8 +118,9 @@ def test_model_card_front_matter_and_content(tiny_chain, tmp_path):
     assert "| stage | steps | batch size | lr | seed |" in text and "| `s32` | 7 | 2 | 0.001 | 5 |" in text
     assert "| stage | step | val loss |" in text and "| `s16` | 7 | 0.0375 |" in text
     assert 'modinv.InverseChain.from_pretrained("user/tiny", model)' in text
-    assert "input_size=(32, 32), seed=5)" in text  # random weights: the model's seed matters
-    assert "--input-size 32 32 --seed 5 --inverse hf:user/tiny" in text
+    # random weights: the model's own seed (0, the manifest's model_seed), not the training seed 5
+    assert "input_size=(32, 32), seed=0)" in text
+    assert "--input-size 32 32 --seed 0 --inverse hf:user/tiny" in text
 
 
 def test_model_card_licence_tags_and_missing_information():

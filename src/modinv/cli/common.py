@@ -375,13 +375,13 @@ def chain_folder(spec: str | os.PathLike) -> str:
 
 
 def chain_model_seed(manifest: dict, folder: Path | None = None) -> int | None:
-    """The seed of the random weights a chain was made for: the manifest's own record when it has
-    one, else the ``--seed`` of the training run the chain belongs to (``folder/../config.json``,
+    """The seed of the random weights a chain was made for: the manifest's ``model_seed`` (which
+    chains saved from a random-weights model record), else, for older chains, the ``--seed`` of the training run the chain belongs to (``folder/../config.json``,
     which ``modinv train`` writes next to ``best/`` and whose ``--seed`` seeds the weights); None
     when neither tells (component seeds need not be the model's)."""
-    for key in ("model_seed", "weights_seed", "seed"):
-        if isinstance(manifest.get(key), int) and not isinstance(manifest.get(key), bool):
-            return manifest[key]
+    recorded = manifest.get("model_seed")
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        return recorded
     config = folder.parent / "config.json" if folder is not None else None
     if config is None or not config.is_file():
         return None

@@ -191,7 +191,10 @@ def _metrics(manifest: Mapping[str, Any]) -> str:
 
 
 def _model_seed(manifest: Mapping[str, Any], meta: Mapping[str, Mapping[str, Any]]) -> int | None:
-    """The seed of random model weights: the training seed (the CLI seeds both), when one is recorded."""
+    """The seed of random model weights: the manifest's ``model_seed``, else (older chains) the
+    training seed (the CLI seeds both), when one is recorded."""
+    if manifest.get("weights") == "random" and isinstance(manifest.get("model_seed"), int):
+        return manifest["model_seed"]
     seeds = {(m.get("training") or {}).get("seed") for m in meta.values()} - {None}
     return seeds.pop() if manifest.get("weights") == "random" and len(seeds) == 1 else None
 
