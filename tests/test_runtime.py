@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -58,3 +63,65 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ModinvError, match="CUDA is not available"):
             runtime.resolve_device("cuda")
+
+
+# -- freed CPU memory --------------------------------------------------------------------------------
+# Run in a fresh interpreter: page faults depend on what the process's heap already holds.
+FAULTS_SCRIPT = r"""
+import json, resource, sys
+import torch
+import modinv.runtime as runtime
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+def faults(mb):  # minor page faults of allocating, touching and freeing an mb-MB tensor
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = torch.empty(mb * 2**18)
+    block.fill_(1.0)
+    del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+out = {"before": [faults(64), faults(64)], "rss_before": rss_mb()}
+with runtime.reuse_freed_memory(torch.device("cpu")) as on:
+    out["on"], out["reusing"] = on, runtime.reuses_freed_memory()
+    faults(256)  # grows the heap; freed, it stays there, touched
+    out["rss_inside"] = rss_mb()
+    with runtime.reuse_freed_memory(torch.device("cpu")):  # nested blocks leave the settings to the outermost
+        pass
+    out["inside"] = [faults(64), faults(64), faults(32)]
+out["reusing_after"] = runtime.reuses_freed_memory()
+out["rss_after"] = rss_mb()
+print(json.dumps(out))
+"""
+
+
+def test_freed_memory_serves_the_next_allocation_within_the_block():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
+    done = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    if not seen["on"]:
+        pytest.skip("not a glibc process: nothing to tune")
+    if min(seen["before"]) < 1000:
+        pytest.skip(f"this system backs large blocks with huge pages ({seen}): too few faults to tell reuse apart")
+    assert seen["reusing"] and not seen["reusing_after"]
+    assert min(seen["before"]) > 12000, seen  # 16384 pages of 4 KiB each time: mmap'd, unmapped on free
+    assert max(seen["inside"]) < 1000, seen  # served from the kept heap
+    assert seen["rss_inside"] > seen["rss_before"] + 200, seen  # the process kept the 256 MB it freed
+    assert seen["rss_after"] < seen["rss_before"] + 64, seen  # and handed them back when the block ended
+
+
+def test_freed_memory_is_left_to_the_system_where_asked(monkeypatch):
+    with runtime.reuse_freed_memory(CPU, enabled=False) as on:
+        assert not on and not runtime.reuses_freed_memory()
+    with runtime.reuse_freed_memory(CUDA) as on:
+        assert not on
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")  # the user chose glibc's settings: theirs stand
+    with runtime.reuse_freed_memory(CPU) as on:
+        assert not on
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")  # another allocator
+    with runtime.reuse_freed_memory(CPU) as on:
+        assert not on

@@ -9,8 +9,11 @@ hundreds of times slower than float32, so "auto" keeps it in float32.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import operator
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import ContextManager
@@ -107,6 +110,79 @@ def conv_memory_format(device: torch.device, dtype: torch.dtype | None) -> torch
     if device.type == "cpu" and dtype == torch.bfloat16 and cpu_supports_bf16():
         return torch.channels_last
     return torch.contiguous_format
+
+
+# -- freed CPU memory ------------------------------------------------------------------------------
+
+# glibc's mallopt parameters (malloc.h) and the defaults restored afterwards.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+_KEEP = 2**31 - 1  # trim threshold (mallopt takes an int): keep up to 2 GiB of free heap top
+
+
+class _Heap:
+    depth = 0  # nested reuse_freed_memory blocks (the settings are process-wide)
+
+
+_HEAP = _Heap()
+
+
+def _tunable_glibc() -> ctypes.CDLL | None:
+    """glibc, when this process allocates through it and nobody chose its malloc settings (an
+    environment variable of glibc's, or another allocator preloaded): otherwise None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return None
+    except (ValueError, OSError):
+        return None
+    chosen = [k for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+              if os.environ.get(k)]
+    if chosen or "malloc" in os.environ.get("GLIBC_TUNABLES", "") or "malloc" in os.environ.get("LD_PRELOAD", ""):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def reuses_freed_memory() -> bool:
+    """Whether a :func:`reuse_freed_memory` block is in effect now."""
+    return _HEAP.depth > 0
+
+
+@contextlib.contextmanager
+def reuse_freed_memory(device: torch.device, enabled: bool = True) -> Iterator[bool]:
+    """Within (a training loop on a CPU): memory PyTorch frees stays in the process and serves the
+    next allocation, instead of going back to the system; yields whether that is in effect.
+
+    glibc serves every large block (activations, weight casts, gradients) with a fresh ``mmap``
+    and unmaps it on free, so each step faults all of its memory in again page by page: on a
+    2-core Zen 5, a third of a DETR-R50 step was system time, a 33 M-element bf16 cast took 21 ms
+    instead of 5. Within this block glibc serves them from its heap and never trims it (mallopt
+    M_MMAP_MAX 0, M_TRIM_THRESHOLD 2 GiB); the process keeps its peak memory until the block
+    ends, when glibc's defaults come back and the free memory is handed back (``malloc_trim``).
+    Nothing happens off Linux/glibc, for other devices, with ``enabled=False``, or when the user set
+    glibc's malloc variables or preloaded another allocator (jemalloc, tcmalloc): their choice stands.
+    """
+    libc = _tunable_glibc() if enabled and torch.device(device).type == "cpu" else None
+    if libc is None:
+        yield False
+        return
+    if _HEAP.depth == 0:
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, _KEEP)
+    _HEAP.depth += 1
+    try:
+        yield True
+    finally:
+        _HEAP.depth -= 1
+        if _HEAP.depth == 0:
+            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+            libc.malloc_trim(0)
 
 
 # -- SIGTERM ---------------------------------------------------------------------------------------

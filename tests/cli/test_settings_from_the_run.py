@@ -153,3 +153,13 @@ def test_finetune_resumes_with_only_out_and_its_chain_names_the_finetuned_weight
     assert config["train"]["lam"] == 1 and config["train"]["stage"] == "s8" and config["train"]["steps"] == 2
     # the chain was made for the fine-tuned weights written beside it: reconstruct finds them alone
     assert main(["reconstruct", "--inverse", str(out), "--images", str(photo), "--out", str(tmp_path / "g.png")]) == 0
+
+
+def test_no_reuse_memory_is_recorded_and_may_change_on_resume(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *MOBILENET, "--data", "samples", "--out", str(out), "--steps", "1", "--batch", "2",
+                 "--stages", "s8", "--val-every", "1", "--val-batches", "1", "--no-reuse-memory", "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["reuse_memory"] is False
+    with pytest.warns(UserWarning, match="reuse_memory"):  # a speed setting: changeable, and the change is logged
+        assert main(["train", "--out", str(out), "--resume", "--steps", "2", "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["reuse_memory"] is True

@@ -19,6 +19,8 @@ the earlier steps' rounding differences, which Adam amplifies: it follows the si
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -170,3 +172,24 @@ def test_finetuning_theta_keeps_float32_master_weights(image_folder, tmp_path):
     floats = [v for v in saved.values() if v.is_floating_point()]  # (BatchNorm's counters are int64)
     assert floats and all(v.dtype == torch.float32 and v.is_contiguous() for v in floats)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_the_training_loop_keeps_freed_memory_for_the_next_step_unless_told_not_to(mobilenet, tmp_path, monkeypatch):
+    with runtime.reuse_freed_memory(torch.device("cpu")) as possible:
+        pass  # False off glibc, or where the user chose malloc's settings: then never in effect
+    seen: list[bool] = []
+    real_step = ModularTrainer.train_step
+
+    def step(self, batch):
+        seen.append(runtime.reuses_freed_memory())
+        return real_step(self, batch)
+
+    monkeypatch.setattr(ModularTrainer, "train_step", step)
+    for reuse in (True, False):
+        out = tmp_path / str(reuse)
+        chain = modinv.InverseChain.build(mobilenet, arch="auto", seed=0, stages=["s8"])
+        config = TrainConfig(steps=2, batch_size=2, stages=["s8"], reuse_memory=reuse)
+        ModularTrainer(mobilenet, chain, open_source("samples", size=SIZE), None, out, config).fit(progress=False)
+        assert json.loads((out / "config.json").read_text())["train"]["reuse_memory"] is reuse
+    assert seen == [possible, possible, False, False]
+    assert not runtime.reuses_freed_memory()  # the loop's block ended with it

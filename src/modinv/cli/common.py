@@ -355,6 +355,8 @@ def loop_settings(args: argparse.Namespace) -> dict:
             settings[name] = getattr(args, name)
     if hasattr(args, "no_channels_last"):
         settings["channels_last"] = not args.no_channels_last
+    if hasattr(args, "no_reuse_memory"):
+        settings["reuse_memory"] = not args.no_reuse_memory
     return settings
 
 

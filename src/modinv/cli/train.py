@@ -128,6 +128,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-channels-last", action="store_true",
                    help="leave convolution layouts as they come (default: the device's fastest memory format: "
                         "channels-last on CUDA and bf16 CPUs, NCHW for float32 on CPUs)")
+    p.add_argument("--no-reuse-memory", action="store_true",
+                   help="on CPUs, hand freed memory back to the system after every step (default: keep it for "
+                        "the next step, which saves page faults; the process keeps its peak memory meanwhile)")
     p.set_defaults(handler=run)
 
 

@@ -31,6 +31,7 @@ class TrainConfig:
     drop_last: bool = False  # drop each epoch's last, smaller batch
     channels_last: bool = True  # convolutions in the device's fastest memory format (runtime.conv_memory_format)
     compile: bool = False  # torch.compile each trained component
+    reuse_memory: bool = True  # CPU: freed memory serves the next step (runtime.reuse_freed_memory)
     max_nonfinite: int = 20  # consecutive skipped updates of one component before the run stops
     stop_on_interrupt: bool = False  # Ctrl-C after a step ends training like the budget (no checkpoint)
     overwrite: bool = False  # a new run replaces a previous run in its folder (run_folder.RUN_FILES)

@@ -33,7 +33,8 @@ from modinv.errors import ModinvError, Terminated
 from modinv.fileio import append_jsonl
 from modinv.inverse.chain import InverseChain
 from modinv.models.base import StagedModel, Trace
-from modinv.runtime import amp_dtype, autocast, conv_memory_format, deferred_termination, termination_requested
+from modinv.runtime import (amp_dtype, autocast, conv_memory_format, deferred_termination, reuse_freed_memory,
+                            termination_requested)
 from modinv.training import checkpoint as ckpt
 from modinv.training.config import TrainConfig
 from modinv.training.data import set_data_epoch, usable_batches
@@ -405,7 +406,8 @@ class Engine:
         self._started, first = time.perf_counter(), self.step
         self.stop_reason = self._stop_reason()
         try:
-            with deferred_termination():  # SIGTERM: stop after the step in progress, checkpoint written
+            # SIGTERM: stop after the step in progress, checkpoint written
+            with deferred_termination(), reuse_freed_memory(self.device, self.config.reuse_memory):
                 self._loop()
         except KeyboardInterrupt:
             if not self.config.stop_on_interrupt or self.step == first:

@@ -46,6 +46,7 @@ RUN_FILES = ("best", "checkpoints", "log.jsonl", "config.json")
 CHANGEABLE_ON_RESUME = frozenset({
     "train.steps", "train.epochs", "train.max_seconds", "train.lr", "learning_rates", "train.val_every",
     "train.checkpoint_every", "train.log_every", "train.num_workers", "train.compile", "train.channels_last",
+    "train.reuse_memory",
     "train.stop_on_interrupt", "train.max_nonfinite", "train.overwrite", "device",
 })
 
