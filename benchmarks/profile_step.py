@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 import modinv
 from modinv.fileio import atomic_write_text
 from modinv.runtime import resolve_device
-from throughput import CONFIGS, build_setup, copy_summary, device_name, sync
+from throughput import CONFIGS, as_in_training, build_setup, copy_summary, device_name, sync
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         step = lambda: setup.trainer.train_step({"image": images})  # noqa: E731
         step()  # warm-up (and compilation)
         sync(device)
-        with profile(activities=activities) as prof:
+        with as_in_training(setup, step), profile(activities=activities) as prof:
             start = time.perf_counter()
             step()
             sync(device)

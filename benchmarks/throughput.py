@@ -5,12 +5,15 @@ component, in the *plain* configuration and in modinv's default one, side by sid
     python benchmarks/throughput.py --model detr-r50 vit-b16 --batch 2 8 --device cpu --threads 2
     python benchmarks/throughput.py --model detr-r50 --batch 32 --device cuda --configs plain default compile
 
-Configurations (``CONFIGS``): ``plain`` = float32, eager, NCHW, plain (for-loop) Adam — the path
-measured at parity with the paper authors' trainer; ``default`` = modinv's own defaults
-(``TrainConfig()`` and :func:`modinv.training.optim.make_optimizer`); ``compile`` = the default
-plus ``torch.compile`` of every component (compile time recorded). Repetitions are interleaved
-(phase by phase: plain, default, plain, default, ...) so that a shared machine's load hits every
-configuration alike; the medians are reported.
+Configurations (``CONFIGS``): ``plain`` = float32, eager, NCHW, plain (for-loop) Adam, freed CPU
+memory handed back to the system (PyTorch's behaviour) — the path measured at parity with the paper
+authors' trainer; ``default`` = modinv's own defaults (``TrainConfig()`` and
+:func:`modinv.training.optim.make_optimizer`); ``compile`` = the default plus ``torch.compile`` of
+every component (compile time recorded); ``no-reuse`` = the default without keeping freed CPU
+memory. Repetitions are interleaved (phase by phase: plain, default, plain, default, ...) so that a
+shared machine's load hits every configuration alike; the medians are reported. Every timed call
+follows one untimed call of the same phase under the same process settings (:func:`as_in_training`),
+as every training step but the first follows another.
 
 Per phase and configuration: images/s, ms per batch, FLOPs per image (PyTorch's FLOP counter as
 :func:`modinv.analysis.efficiency.flop_counter_mode` sets it up: matrix products, convolutions and
@@ -30,6 +33,7 @@ workspaces; freed heap is handed back to the system before each phase).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import platform
@@ -40,24 +44,25 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, schedule
 
 import modinv
 from modinv.analysis.efficiency import flop_counter_mode
 from modinv.fileio import write_json
-from modinv.runtime import amp_dtype, cpu_supports_bf16, resolve_device
+from modinv.runtime import amp_dtype, cpu_supports_bf16, resolve_device, reuse_freed_memory
 from modinv.training.modular import ModularTrainer, TrainConfig
 from modinv.training.objective import Update
 from modinv.training.optim import make_optimizer
 
 RESULTS = Path(__file__).parent / "results"
 CONFIGS: dict[str, dict[str, Any]] = {
-    "plain": {"amp": "off", "compile": False, "channels_last": False, "plain_adam": True},
+    "plain": {"amp": "off", "compile": False, "channels_last": False, "reuse_memory": False, "plain_adam": True},
     "default": {},  # TrainConfig's defaults and the engine's optimiser
     "compile": {"compile": True},
+    "no-reuse": {"reuse_memory": False},  # the default, freed CPU memory handed back every step (as before it was kept)
 }
 
 
@@ -174,6 +179,17 @@ def phases(setup: Setup, images: torch.Tensor) -> dict[str, Callable[[], object]
     return out
 
 
+@contextlib.contextmanager
+def as_in_training(setup: Setup, call: Callable[[], object]) -> Iterator[None]:
+    """Within: the process settings the training loop of ``setup`` runs under (freed CPU memory kept
+    for the next step when its configuration says so), after one untimed ``call``: in training, every
+    step but the first follows another one, whose freed memory it finds (or not) in the heap."""
+    with reuse_freed_memory(setup.trainer.device, setup.trainer.config.reuse_memory):
+        call()
+        sync(setup.trainer.device)
+        yield
+
+
 def count_flops(calls: dict[str, Callable[[], object]], batch: int) -> dict[str, float]:
     """FLOPs per image of each call (run once under the counter)."""
     flops = {}
@@ -187,13 +203,33 @@ def count_flops(calls: dict[str, Callable[[], object]], batch: int) -> dict[str,
 COPY_OPS = {"aten::copy_": "copy", "aten::_to_copy": "cast", "aten::clone": "reorder"}
 
 
-def copy_profile(call: Callable[[], object], device: torch.device) -> dict[str, float | int]:
-    """:func:`copy_summary` of one call under torch.profiler."""
+def copy_profile(setup: Setup, call: Callable[[], object], device: torch.device, warmup: int = 1,
+                 active: int = 2) -> dict[str, float | int]:
+    """:func:`copy_summary` of ``active`` calls under torch.profiler (:func:`as_in_training`), after
+    ``warmup`` calls under it: the profiler's own buffers move a step's large blocks around in the
+    heap, and the page faults that follow land in whatever touches fresh memory first, mostly copies
+    (one profiled DETR-R50 step gave 5-26% copy_ where the same steps unprofiled fault nothing).
+    ``profiled_page_faults``: the minor page faults per active call, to tell such runs apart."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        call()
-        sync(device)
-    return copy_summary(prof.key_averages(), device)
+    steps = schedule(wait=0, warmup=warmup, active=active, repeat=1)
+    faults = 0
+    with as_in_training(setup, call), profile(activities=activities, schedule=steps) as prof:
+        for i in range(warmup + active):
+            before = page_faults()
+            call()
+            sync(device)
+            prof.step()
+            faults += page_faults() - before if i >= warmup else 0
+    return {**copy_summary(prof.key_averages(), device), "profiled_page_faults": faults // active}
+
+
+def page_faults() -> int:
+    """Minor page faults of this process so far (0 where the platform does not count them)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def copy_summary(events: Any, device: torch.device) -> dict[str, float | int]:
@@ -249,7 +285,7 @@ def measure_model(model_name: str, batch: int, device: torch.device, configs: li
         for phase in names:
             for setup in setups:
                 sync(device)
-                with MemoryWatch(device) as watch:
+                with MemoryWatch(device) as watch, as_in_training(setup, calls[setup.name][phase]):
                     start = time.perf_counter()
                     calls[setup.name][phase]()
                     sync(device)
@@ -262,7 +298,7 @@ def measure_model(model_name: str, batch: int, device: torch.device, configs: li
                     setup.memory[phase] = {"peak": max(old["peak"], watch.peak),
                                            "rise": max(old["rise"], watch.peak - watch.start)}
                 say(f"  rep {rep}{' (warm-up)' if rep < warmup else ''}  {setup.name:<8} {phase:<16} {seconds:8.2f} s")
-    copies = {(s.name, phase): copy_profile(calls[s.name][phase], device) if profiled else {}
+    copies = {(s.name, phase): copy_profile(s, calls[s.name][phase], device) if profiled else {}
               for phase in names for s in setups}
     rows = []
     for setup in setups:
@@ -313,14 +349,15 @@ def cpu_flags() -> list[str]:
 def print_table(result: dict[str, Any]) -> None:
     print(f"\n{result['model']}  batch {result['batch']}  ({result['arch']} components)")
     print(f"{'phase':<18}{'config':<9}{'dtype':<10}{'img/s':>8}{'ms/batch':>10}{'GFLOP/img':>11}"
-          f"{'GFLOP/s':>9}{'MFU':>7}{'peak MB':>9}{'step MB':>9}{'copy_':>7}{'× plain':>9}")
+          f"{'GFLOP/s':>9}{'MFU':>7}{'peak MB':>9}{'step MB':>9}{'copy_':>7}{'faults':>8}{'× plain':>9}")
     for r in result["rows"]:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         ratio = f"{r['speedup_vs_plain']:.2f}" if r["speedup_vs_plain"] is not None else "-"
         copies = f"{100 * r['copy_share']:.1f}%" if r["copy_share"] is not None else "-"
+        faults = f"{r['profiled_page_faults'] / 1e3:.0f}k" if r.get("profiled_page_faults") is not None else "-"
         print(f"{r['phase']:<18}{r['config']:<9}{r['compute_dtype']:<10}{r['images_per_s']:>8.3f}"
               f"{r['ms_per_batch']:>10.0f}{r['flops_per_image'] / 1e9:>11.1f}{r['achieved_flops_per_s'] / 1e9:>9.1f}"
-              f"{mfu:>7}{r['peak_memory_mb']:>9.0f}{r['step_memory_mb']:>9.0f}{copies:>7}{ratio:>9}")
+              f"{mfu:>7}{r['peak_memory_mb']:>9.0f}{r['step_memory_mb']:>9.0f}{copies:>7}{faults:>8}{ratio:>9}")
     if result["speedup_vs_plain"] is not None:
         print(f"modular step, default vs plain: {result['speedup_vs_plain']:.2f}×")
 
@@ -355,7 +392,11 @@ def main(argv: list[str] | None = None) -> int:
            "threads": torch.get_num_threads(), "cpu_flags": cpu_flags() if device.type == "cpu" else None,
            "cpu_native_bf16": cpu_supports_bf16() if device.type == "cpu" else None,
            "default_amp_dtype": str(amp_dtype(device, "auto")), "warmup": args.warmup, "steps": args.steps,
-           "argv": sys.argv[1:] if argv is None else argv}
+           "argv": sys.argv[1:] if argv is None else argv,
+           # variables that change which kernels or allocator run (ONEDNN_MAX_CPU_ISA=AVX2 emulates an AVX2 CPU)
+           "kernel_environment": {k: v for k, v in os.environ.items()
+                                  if k.startswith(("ONEDNN_", "DNNL_", "ATEN_CPU", "MALLOC_", "OMP_", "MKL_"))
+                                  or k in ("LD_PRELOAD", "GLIBC_TUNABLES")}}
     for model_name, batch in zip(args.model, batches):
         load_before = list(os.getloadavg())
         before = measure_peaks(device, say)

@@ -50,6 +50,7 @@ def test_throughput_reports_both_paths_with_flops_mfu_and_speedup(throughput, tm
         assert row["peak_memory_mb"] > 0
         assert row["speedup_vs_plain"] == pytest.approx(row["images_per_s"] / rows["plain", phase]["images_per_s"])
         assert 0 <= row["copy_share"] < 1 and min(row["copy_calls"], row["cast_calls"], row["reorder_calls"]) >= 0
+        assert row["profiled_page_faults"] >= 0
     for config in ("plain", "default"):  # a step copies (the engine saves BatchNorm buffers with clone: copy_)
         step = rows[config, "modular step"]
         assert step["copy_share"] > 0 and step["copy_calls"] >= step["reorder_calls"] > 0

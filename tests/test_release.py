@@ -15,7 +15,9 @@ def test_version_is_declared_once_and_every_release_file_names_it():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert "version" not in project and "version" in project["dynamic"]
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
-    assert re.search(r"^## \[(\S+)\]", changelog, re.M).group(1) == modinv.__version__
+    headings = re.findall(r"^## \[([^\]]+)\]", changelog, re.M)
+    assert headings[0] in ("Unreleased", modinv.__version__)  # changes since the release gather above it
+    assert next(h for h in headings if h != "Unreleased") == modinv.__version__
     citation = (ROOT / "CITATION.cff").read_text(encoding="utf-8")
     assert re.search(r'^version: "(\S+)"', citation, re.M).group(1) == modinv.__version__
 
