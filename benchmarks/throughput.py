@@ -203,7 +203,7 @@ def count_flops(calls: dict[str, Callable[[], object]], batch: int) -> dict[str,
 COPY_OPS = {"aten::copy_": "copy", "aten::_to_copy": "cast", "aten::clone": "reorder"}
 
 
-def copy_profile(setup: Setup, call: Callable[[], object], device: torch.device, warmup: int = 1,
+def copy_profile(setup: Setup, call: Callable[[], object], device: torch.device, warmup: int = 3,
                  active: int = 2) -> dict[str, float | int]:
     """:func:`copy_summary` of ``active`` calls under torch.profiler (:func:`as_in_training`), after
     ``warmup`` calls under it: the profiler's own buffers move a step's large blocks around in the
