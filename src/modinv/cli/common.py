@@ -381,8 +381,10 @@ def chain_model_seed(manifest: dict, folder: Path | None = None) -> int | None:
     chains saved from a random-weights model record), else, for older chains, the ``--seed`` of the training run the chain belongs to (``folder/../config.json``,
     which ``modinv train`` writes next to ``best/`` and whose ``--seed`` seeds the weights); None
     when neither tells (component seeds need not be the model's)."""
-    recorded = manifest.get("model_seed")
-    if isinstance(recorded, int) and not isinstance(recorded, bool):
+    from modinv.inverse.card import recorded_model_seed
+
+    recorded = recorded_model_seed(manifest)
+    if recorded is not None:
         return recorded
     config = folder.parent / "config.json" if folder is not None else None
     if config is None or not config.is_file():

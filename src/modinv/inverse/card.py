@@ -190,11 +190,18 @@ def _metrics(manifest: Mapping[str, Any]) -> str:
             + _table(["stage", *[k.replace("_", " ") for k in keys]], rows))
 
 
+def recorded_model_seed(made_for: Mapping[str, Any]) -> int | None:
+    """The seed of the random model weights a chain's manifest (or layout) records, None if none."""
+    seed = made_for.get("model_seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
 def _model_seed(manifest: Mapping[str, Any], meta: Mapping[str, Mapping[str, Any]]) -> int | None:
     """The seed of random model weights: the manifest's ``model_seed``, else (older chains) the
     training seed (the CLI seeds both), when one is recorded."""
-    if manifest.get("weights") == "random" and isinstance(manifest.get("model_seed"), int):
-        return manifest["model_seed"]
+    recorded = recorded_model_seed(manifest)
+    if manifest.get("weights") == "random" and recorded is not None:
+        return recorded
     seeds = {(m.get("training") or {}).get("seed") for m in meta.values()} - {None}
     return seeds.pop() if manifest.get("weights") == "random" and len(seeds) == 1 else None
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from modinv.errors import ModinvError
 from modinv.fileio import atomic_write, atomic_write_text, os_error_sentence, read_json, sha256_file, to_json, write_json
-from modinv.inverse.card import is_generated, model_card
+from modinv.inverse.card import is_generated, model_card, recorded_model_seed
 from modinv.inverse.registry import build_component, upgrade_config
 from modinv.models.base import IMAGE, StagedModel
 from modinv.models.weights import describe_load_error, load_into, seeded
@@ -73,7 +73,7 @@ def model_layout(model: StagedModel) -> dict[str, Any]:
 def model_seed_mismatch(made_for: Mapping[str, Any], model: StagedModel) -> str | None:
     """Why a chain made for random weights of one seed does not fit a model of random weights of
     another (None when it fits, or when either does not say)."""
-    theirs, mine = made_for.get("model_seed"), getattr(model, "seed", None)
+    theirs, mine = recorded_model_seed(made_for), getattr(model, "seed", None)
     if made_for.get("weights") != "random" or str(getattr(model, "weights", "")) != "random":
         return None
     if isinstance(theirs, int) and isinstance(mine, int) and theirs != mine:
