@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.configs:
         setup = build_setup(name, model, args.batch)
         step = lambda: setup.trainer.train_step({"image": images})  # noqa: E731
-        step()  # warm-up (and compilation)
-        sync(device)
+        # as_in_training runs one untimed step first (the warm-up, and compilation), as training would
         with as_in_training(setup, step), profile(activities=activities) as prof:
             start = time.perf_counter()
             step()

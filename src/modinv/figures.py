@@ -16,12 +16,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import os
 import textwrap
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Sequence
-
-import os
 
 import matplotlib
 

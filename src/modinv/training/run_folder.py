@@ -66,7 +66,7 @@ def folder_contents(out: Path) -> list[str]:
 def run_config(out: Path) -> dict[str, Any] | None:
     """The ``config.json`` in ``out`` when a modinv run wrote it (a mapping naming the model and
     holding the run's ``train`` settings); None when there is none or it is someone else's file."""
-    path = Path(out) / "config.json"
+    path = Path(out) / CONFIG_FILE
     if not path.is_file():
         return None
     try:
