@@ -20,7 +20,8 @@ from torch.profiler import ProfilerActivity, profile
 import modinv
 from modinv.fileio import atomic_write_text
 from modinv.runtime import resolve_device
-from throughput import CONFIGS, as_in_training, build_setup, copy_summary, device_name, sync
+from throughput import (CONFIGS, PROFILE_HEADROOM_MB, as_in_training, build_setup, copy_summary, device_name,
+                        heap_headroom, sync)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", nargs="+", default=["plain", "default"], choices=list(CONFIGS))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--profile-headroom-mb", type=int, default=PROFILE_HEADROOM_MB,
+                   help="heap room faulted in before profiling on CPUs (0: none), see throughput.heap_headroom")
     p.add_argument("--out", default=None, help="also write the tables to this text file")
     args = p.parse_args(argv)
     if args.threads:
@@ -46,11 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         setup = build_setup(name, model, args.batch)
         step = lambda: setup.trainer.train_step({"image": images})  # noqa: E731
         # as_in_training runs one untimed step first (the warm-up, and compilation), as training would
-        with as_in_training(setup, step), profile(activities=activities) as prof:
-            start = time.perf_counter()
-            step()
-            sync(device)
-            seconds = time.perf_counter() - start
+        with as_in_training(setup, step):
+            heap_headroom(args.profile_headroom_mb)  # room for what the profiler's records displace
+            with profile(activities=activities) as prof:
+                start = time.perf_counter()
+                step()
+                sync(device)
+                seconds = time.perf_counter() - start
         table = prof.key_averages().table(sort_by=sort, row_limit=args.top, max_name_column_width=48)
         copies = copy_summary(prof.key_averages(), device)
         parts.append(f"== {name} (compute {setup.compute_dtype}): one modular step {seconds:.2f} s "

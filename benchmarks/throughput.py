@@ -52,7 +52,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 import modinv
 from modinv.analysis.efficiency import flop_counter_mode
 from modinv.fileio import write_json
-from modinv.runtime import amp_dtype, cpu_supports_bf16, resolve_device, reuse_freed_memory
+from modinv.runtime import amp_dtype, cpu_supports_bf16, resolve_device, reuse_freed_memory, reuses_freed_memory
 from modinv.training.modular import ModularTrainer, TrainConfig
 from modinv.training.objective import Update
 from modinv.training.optim import make_optimizer
@@ -203,24 +203,46 @@ def count_flops(calls: dict[str, Callable[[], object]], batch: int) -> dict[str,
 COPY_OPS = {"aten::copy_": "copy", "aten::_to_copy": "cast", "aten::clone": "reorder"}
 
 
+PROFILE_HEADROOM_MB = 1024
+
+
+def heap_headroom(megabytes: int) -> bool:
+    """Within :func:`as_in_training` on a CPU (freed memory stays in the process): touch
+    ``megabytes`` of fresh heap and free them, so that the heap holds that much faulted-in room.
+    Returns whether it did (not outside the memory block, where large blocks are mapped per call).
+
+    The profiler's own records are small allocations that split the free blocks a step's large
+    tensors would reuse; the tensors then take fresh memory from the top of the heap and fault it in
+    (a profiled DETR-R50 step faulted 19,000-115,000 pages where the same unprofiled steps fault
+    none), and the faults land in whatever writes that memory first, mostly casts: copy_ measured
+    9.5-26% of the step. With the room, profiled calls fault about as little as unprofiled ones."""
+    if megabytes <= 0 or not reuses_freed_memory():
+        return False
+    torch.empty(megabytes << 20, dtype=torch.uint8).fill_(0)
+    return True
+
+
 def copy_profile(setup: Setup, call: Callable[[], object], device: torch.device, warmup: int = 3,
-                 active: int = 2) -> dict[str, float | int]:
+                 active: int = 2, headroom_mb: int = PROFILE_HEADROOM_MB) -> dict[str, float | int]:
     """:func:`copy_summary` of ``active`` calls under torch.profiler (:func:`as_in_training`), after
-    ``warmup`` calls under it: the profiler's own buffers move a step's large blocks around in the
-    heap, and the page faults that follow land in whatever touches fresh memory first, mostly copies
-    (one profiled DETR-R50 step gave 5-26% copy_ where the same steps unprofiled fault nothing).
-    ``profiled_page_faults``: the minor page faults per active call, to tell such runs apart."""
+    ``warmup`` calls under it and :func:`heap_headroom` of ``headroom_mb`` (the profiler's records
+    would otherwise make the calls fault pages that unprofiled calls do not). ``profiled_page_faults``:
+    the minor page faults per active call, to tell a disturbed profile from a clean one;
+    ``profile_headroom_mb``: the room given (0 where none was: outside the memory block)."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     steps = schedule(wait=0, warmup=warmup, active=active, repeat=1)
     faults = 0
-    with as_in_training(setup, call), profile(activities=activities, schedule=steps) as prof:
-        for i in range(warmup + active):
-            before = page_faults()
-            call()
-            sync(device)
-            prof.step()
-            faults += page_faults() - before if i >= warmup else 0
-    return {**copy_summary(prof.key_averages(), device), "profiled_page_faults": faults // active}
+    with as_in_training(setup, call):
+        room = heap_headroom(headroom_mb)
+        with profile(activities=activities, schedule=steps) as prof:
+            for i in range(warmup + active):
+                before = page_faults()
+                call()
+                sync(device)
+                prof.step()
+                faults += page_faults() - before if i >= warmup else 0
+    return {**copy_summary(prof.key_averages(), device), "profiled_page_faults": faults // active,
+            "profile_headroom_mb": headroom_mb if room else 0}
 
 
 def page_faults() -> int:
@@ -265,10 +287,11 @@ def add_mfu(result: dict[str, Any], peaks: dict[str, dict[str, float]]) -> None:
 
 def measure_model(model_name: str, batch: int, device: torch.device, configs: list[str], warmup: int, steps: int,
                   say: Callable[[str], None], input_size: tuple[int, int] | None = None,
-                  profiled: bool = True) -> dict[str, Any]:
+                  profiled: bool = True, headroom_mb: int = PROFILE_HEADROOM_MB) -> dict[str, Any]:
     """Every phase of every configuration, interleaved; the result dictionary for the JSON.
     ``input_size``: (H, W) of the images, None = the model's own; ``profiled``: one more call of
-    each phase and configuration under the profiler, after the timed ones (:func:`copy_profile`)."""
+    each phase and configuration under the profiler, after the timed ones (:func:`copy_profile`,
+    with ``headroom_mb`` of heap room)."""
     sized = {"input_size": tuple(input_size)} if input_size else {}
     model = modinv.load_model(model_name, weights="random", device=device, **sized)
     images = torch.rand(batch, 3, *model.input_size, generator=torch.Generator().manual_seed(0)).to(device)
@@ -298,7 +321,7 @@ def measure_model(model_name: str, batch: int, device: torch.device, configs: li
                     setup.memory[phase] = {"peak": max(old["peak"], watch.peak),
                                            "rise": max(old["rise"], watch.peak - watch.start)}
                 say(f"  rep {rep}{' (warm-up)' if rep < warmup else ''}  {setup.name:<8} {phase:<16} {seconds:8.2f} s")
-    copies = {(s.name, phase): copy_profile(s, calls[s.name][phase], device) if profiled else {}
+    copies = {(s.name, phase): copy_profile(s, calls[s.name][phase], device, headroom_mb=headroom_mb) if profiled else {}
               for phase in names for s in setups}
     rows = []
     for setup in setups:
@@ -375,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="input size (default: each model's own, e.g. 480×640 for DETR-R50)")
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--no-profile", action="store_true", help="skip the profiled call per phase (copy_ shares)")
+    p.add_argument("--profile-headroom-mb", type=int, default=PROFILE_HEADROOM_MB,
+                   help="heap room faulted in before profiling on CPUs (0: none), see heap_headroom")
     args = p.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         p.error("--warmup and --steps must be at least 1 (a cold first call is not a step's speed)")
@@ -402,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         before = measure_peaks(device, say)
         say(f"{model_name} batch {batch}: {' / '.join(args.configs)}, {args.warmup} warm-up + {args.steps} timed")
         result = measure_model(model_name, batch, device, args.configs, args.warmup, args.steps, say, args.size,
-                               profiled=not args.no_profile)
+                               profiled=not args.no_profile,
+                               headroom_mb=args.profile_headroom_mb)
         after = measure_peaks(device, say)
         peaks = {k: max(before[k], after[k], key=lambda v: v["flops_per_s"]) for k in before}
         add_mfu(result, peaks)

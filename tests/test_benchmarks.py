@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from modinv.runtime import reuse_freed_memory
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,9 +35,11 @@ def throughput(monkeypatch):
 
 def test_throughput_reports_both_paths_with_flops_mfu_and_speedup(throughput, tmp_path, capsys):
     argv = ["--model", "mobilenet-v2", "--batch", "2", "--size", "32", "32", "--device", "cpu",
-            "--warmup", "1", "--steps", "1", "--out-dir", str(tmp_path)]
+            "--warmup", "1", "--steps", "1", "--out-dir", str(tmp_path), "--profile-headroom-mb", "16"]
     assert throughput.main(argv) == 0
     result = json.loads((tmp_path / "mobilenet-v2-cpu.json").read_text())
+    with reuse_freed_memory(torch.device("cpu")) as keeps_memory:
+        pass
     assert result["input_size"] == [32, 32] and result["batch"] == 2
     rows = {(r["config"], r["phase"]): r for r in result["rows"]}
     phases = ["frozen forward", "s4⁻¹ alone", "s8⁻¹ alone", "s16⁻¹ alone", "s32⁻¹ alone", "modular step"]
@@ -51,6 +56,8 @@ def test_throughput_reports_both_paths_with_flops_mfu_and_speedup(throughput, tm
         assert row["speedup_vs_plain"] == pytest.approx(row["images_per_s"] / rows["plain", phase]["images_per_s"])
         assert 0 <= row["copy_share"] < 1 and min(row["copy_calls"], row["cast_calls"], row["reorder_calls"]) >= 0
         assert row["profiled_page_faults"] >= 0
+        # heap room before profiling only where freed memory stays in the process (the default's block)
+        assert row["profile_headroom_mb"] == (16 if config == "default" and keeps_memory else 0)
     for config in ("plain", "default"):  # a step copies (the engine saves BatchNorm buffers with clone: copy_)
         step = rows[config, "modular step"]
         assert step["copy_share"] > 0 and step["copy_calls"] >= step["reorder_calls"] > 0
